@@ -1,0 +1,90 @@
+"""
+Checkpoints: one file, a plain dict of tensors and primitive values, written atomically and read
+with torch.load(weights_only=True), so that loading one never runs code.
+
+    {"format": FORMAT, "version": VERSION,
+     "config": GPTConfig as dict, "model": state_dict (no torch.compile/DDP prefixes),
+     "optimizer": AdamW state_dict or None,
+     "train": {step, max_iters, tokens, flops, done, rng, args} or None (stage progress),
+     "meta": {size, flops_total (this stage and every ancestor), lineage: [...], expansion: {...}}}
+"""
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from model import GPT, GPTConfig, PRESETS
+from util import UserError, atomic_write
+
+FORMAT = "progressive-gpt-family"
+VERSION = 1
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def size_name(cfg: GPTConfig) -> str:
+    """The preset name of a config, or a description of it when it is custom."""
+    for name, c in PRESETS.items():
+        if c == cfg:
+            return name
+    return f"custom(L{cfg.n_layer},d{cfg.n_embd})"
+
+
+def make_checkpoint(model: GPT, optimizer=None, train=None, meta=None) -> dict:
+    return {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(),
+            "model": {k: v.detach() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "train": train, "meta": {"size": size_name(model.cfg), **(meta or {})}}
+
+
+def save(path, ckpt: dict):
+    """Atomic: serialize to memory, write a temp file beside `path`, fsync, rename."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def load(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} holds pickled objects beyond tensors and plain values; "
+                              "refusing to load it (it could run code)") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}); "
+                              "use an intact checkpoint or the previous one") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no '{FORMAT}' header)")
+    if ckpt.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} has format version {ckpt['version']}, newer than this code's "
+                              f"{VERSION}; update the code")
+    try:
+        ckpt["config"] = GPTConfig.from_dict(ckpt["config"])
+    except (TypeError, KeyError) as e:
+        raise CheckpointError(f"{path} has an unreadable model config ({e})") from e
+    return ckpt
+
+
+def build_model(ckpt: dict, device="cpu", use_kernels=True) -> GPT:
+    """The GPT of a loaded checkpoint, with its weights."""
+    model = GPT(ckpt["config"], use_kernels=use_kernels)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not match its config: {str(e).splitlines()[0]}") from e
+    return model.to(device)
+
+
+def load_model(path, device="cpu", use_kernels=True):
+    """(model in eval mode, checkpoint dict) from a checkpoint path."""
+    ckpt = load(path)
+    model = build_model(ckpt, device, use_kernels)
+    model.eval()
+    return model, ckpt

@@ -1,0 +1,221 @@
+"""
+The GPT of the family: a pre-LN transformer (GPT-2 layout), its configuration and size presets.
+
+Design choices that the rest of the project leans on:
+- The input embedding `wte` and the output head `head` are UNTIED, so that growing the width
+  (expand.py) can copy rows of one and divide columns of the other independently and stay exactly
+  function-preserving.
+- head_dim is fixed within a family: width grows by adding heads, so a head is one unit of growth.
+- Positions are LEARNED (`wpe`, GPT-2 style) rather than RoPE: a position table is one more producer
+  of the residual width, widened by the same index map as `wte`, and it maps 1:1 onto the standard
+  GPT-2 architecture for export (export_hf.py) without custom code.
+
+Run `python model.py` to print every preset as a table.
+"""
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int
+    n_head: int
+    head_dim: int
+    d_ff: int  # hidden size of the MLP (4 * n_embd in every preset)
+    vocab_size: int  # padded size of the embedding/head; tokens >= tokenizer vocab are never seen
+    block_size: int  # context length
+    tokenizer: str  # "bytes" or "gpt2": data and checkpoints must agree on it
+    norm_eps: float = 1e-5
+
+    @property
+    def n_embd(self) -> int:
+        return self.n_head * self.head_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        return cls(**d)
+
+
+def _paper(n_layer, n_head):
+    # GPT-2 BPE: 50,257 tokens padded to 50,304 (a multiple of 64, for fast matmuls)
+    return GPTConfig(n_layer, n_head, 128, 4 * 128 * n_head, 50304, 1024, "gpt2")
+
+
+def _tiny(n_layer, n_head):
+    # byte-level: the 256-entry head keeps the output layer small next to the body
+    return GPTConfig(n_layer, n_head, 16, 4 * 16 * n_head, 256, 256, "bytes")
+
+
+# Names are the total parameter counts, rounded (see the table of `python model.py`).
+PRESETS = {
+    "1b": _paper(16, 16),  # width 2048
+    "2b": _paper(22, 20),  # width 2560
+    "4b": _paper(28, 26),  # width 3328
+    "8b": _paper(38, 32),  # width 4096
+    # tiny: sized so that the whole CPU experiment fits minutes. 20k -> 50k and the skip
+    # 50k -> 250k are exact 2x widths (FPI is exact there); the other steps are 1.5x and 1.33x
+    "20k": _tiny(2, 1),  # width 16
+    "50k": _tiny(2, 2),  # width 32
+    "120k": _tiny(3, 3),  # width 48
+    "250k": _tiny(4, 4),  # width 64
+}
+FAMILIES = {"paper": ["1b", "2b", "4b", "8b"], "tiny": ["20k", "50k", "120k", "250k"]}
+
+
+def get_config(size: str) -> GPTConfig:
+    if size not in PRESETS:
+        raise ValueError(f"unknown size {size!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[size]
+
+
+def count_params(cfg: GPTConfig) -> dict:
+    """Closed-form parameter counts (tests check them against the built module)."""
+    d, f, L = cfg.n_embd, cfg.d_ff, cfg.n_layer
+    per_layer = (
+        2 * 2 * d  # ln1, ln2 (weight + bias)
+        + 3 * d * d + 3 * d  # qkv
+        + d * d + d  # attention output projection
+        + d * f + f  # mlp up
+        + f * d + d  # mlp down
+    )
+    embedding = cfg.vocab_size * d + cfg.block_size * d  # wte + wpe: lookups, no matmul
+    head = cfg.vocab_size * d  # untied output head, no bias
+    body = L * per_layer + 2 * d  # + final LayerNorm
+    return {"total": embedding + body + head, "non_embedding": body + head, "embedding": embedding,
+            "matmul": L * (4 * d * d + 2 * d * f) + head}
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers. On CUDA (and with use_kernels) LayerNorm and attention run the Triton kernels of
+# kernels.py; elsewhere PyTorch's own ops, which are faster than Triton's CPU interpreter.
+
+class LayerNorm(nn.Module):
+    def __init__(self, d, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+        self.eps = eps
+        self.use_kernels = False
+
+    def forward(self, x):
+        if self.use_kernels and x.is_cuda:
+            import kernels
+            return kernels.layer_norm(x, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        # qkv rows are laid out [q heads | k heads | v heads], each head a block of head_dim rows
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.use_kernels = False
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.use_kernels and x.is_cuda:
+            import kernels
+            y = kernels.causal_attention(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, cfg.d_ff)
+        self.proj = nn.Linear(cfg.d_ff, cfg.n_embd)
+
+    def forward(self, x):
+        # tanh-approximate GELU, as GPT-2 uses: the exported model then matches exactly
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = LayerNorm(cfg.n_embd, cfg.norm_eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = LayerNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig, use_kernels: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = LayerNorm(cfg.n_embd, cfg.norm_eps)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.set_kernels(use_kernels)
+        if not any(p.is_meta for p in self.parameters()):
+            self.reset_parameters()
+
+    def set_kernels(self, on: bool):
+        """Use the Triton kernels for LayerNorm and attention when the input is on CUDA."""
+        for m in self.modules():
+            if isinstance(m, (LayerNorm, CausalSelfAttention)):
+                m.use_kernels = on
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        # GPT-2 init: N(0, 0.02); projections into the residual stream scaled by 1/sqrt(2L) so
+        # that the residual's variance does not grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.dim() == 1:  # LayerNorm gains
+                p.fill_(1.0)
+            elif name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
+                p.normal_(0.0, 0.02 / math.sqrt(2 * self.cfg.n_layer))
+            else:
+                p.normal_(0.0, 0.02)
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) token ids -> logits (B, T, vocab); with targets also the mean cross-entropy."""
+        B, T = idx.shape
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds the model's context {self.cfg.block_size}")
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln_f(x))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+
+def _table():
+    from flops import train_flops_per_token
+    head = f"{'family':7s} {'size':>5s} {'layers':>6s} {'width':>6s} {'heads':>5s} {'hd':>4s} " \
+           f"{'FFN':>6s} {'vocab':>6s} {'ctx':>5s} {'total':>14s} {'non-emb':>14s} {'train FLOPs/tok':>16s}"
+    print(head)
+    print("-" * len(head))
+    for fam, sizes in FAMILIES.items():
+        for s in sizes:
+            c, n = PRESETS[s], count_params(PRESETS[s])
+            print(f"{fam:7s} {s:>5s} {c.n_layer:6d} {c.n_embd:6d} {c.n_head:5d} {c.head_dim:4d} "
+                  f"{c.d_ff:6d} {c.vocab_size:6d} {c.block_size:5d} {n['total']:14,d} "
+                  f"{n['non_embedding']:14,d} {train_flops_per_token(c):16.4g}")
+
+
+if __name__ == "__main__":
+    _table()
