@@ -48,12 +48,13 @@ def save(path, ckpt: dict):
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
-def load(path, map_location="cpu") -> dict:
+def load(path, map_location="cpu", mmap=False) -> dict:
+    """mmap=True maps the tensors instead of reading them: cheap when only config/meta are needed."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} holds pickled objects beyond tensors and plain values; "
                               "refusing to load it (it could run code)") from e

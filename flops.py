@@ -1,5 +1,5 @@
 """
-FLOPs of training a GPT of this project, and the family budget.
+FLOPs of training a GPT of this project, the family's FLOPs budget, and per-GPU memory.
 
 Per token, one forward+backward pass costs (backward = 2 x forward):
 
@@ -8,12 +8,311 @@ Per token, one forward+backward pass costs (backward = 2 x forward):
 - N_matmul = n_layer * (4 d^2 + 2 d d_ff) + vocab * d: every weight that takes part in a matrix
   multiply, the output head included; embedding lookups, biases and LayerNorms are not counted.
 - 12 L d T: attention scores q.k^T and the weighted sum of v, 2 * T * d multiply-adds each per
-  layer forward. We count the full T x T square, as PaLM's MFU and torch's FlopCounterMode do;
-  a causal kernel does only about half of that useful work.
+  layer forward. We count the full T x T square, as PaLM's MFU does; a causal kernel does only
+  about half of that useful work. torch's FlopCounterMode counts the full square too, for the
+  CUDA SDPA kernels and for the math backend; it does NOT count the CPU flash kernel
+  (aten._scaled_dot_product_flash_attention_for_cpu) at all, so compare on CPU under
+  sdpa_kernel(SDPBackend.MATH) (tests/test_flops.py: agreement is exact).
+
+The family budget (Yano et al. 2025): the smallest member trains D_1 = 20 * chinchilla * N_1 tokens
+(N = total parameters); every grown stage k gets the same fraction f of the FLOPs F_k its
+independent counterpart (D_k = 20 * chinchilla * N_k tokens) would use, and f is chosen so that the
+whole progressive family costs what the largest member alone costs:
+
+    f = (F_L - F_1) / sum_{k>=2} F_k,    F_k = train_flops_per_token(k) * D_k
+
+For exact 2x steps (F = 1 : 4 : 16 : 64) that is f = 0.75, stage tokens D, 1.5D, 3D, 6D, and a
+saving of 1 - 64/85 = 24.7% against training the four members independently.
+
+    python flops.py --family paper --chinchilla 2 --lr-schedule adjusted   # both plans, GPU-hours
+    python flops.py --family tiny --json plan.json                          # the plan run_family.sh reads
+    python flops.py --memory --nproc 8 --family paper                       # DDP vs FSDP per GPU
 """
-from model import GPTConfig, count_params
+import argparse
+
+from model import FAMILIES, GPTConfig, count_params, get_config
+from util import UserError, run_cli, write_json
+
+TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): compute-optimal tokens ~ 20 x params
+
+# Training recipe per family. Max LR of the smallest and of the largest member: the "adjusted"
+# schedule interpolates between them, "fixed" uses the first for every member.
+# paper: the paper's values. tiny: placeholders until the LR sweep fills them in.
+FAMILY_LR = {"paper": (1.5e-3, 3e-4), "tiny": (3e-3, 1.5e-3)}
+# Sequences per optimizer step; the sequence length is the preset's context (block_size).
+# paper: 1024 x 1024 tokens ~ 1M tokens per step; tiny: 16 x 256 = 4096 tokens.
+FAMILY_BATCH = {"paper": 1024, "tiny": 16}
+MIN_LR_RATIO = 0.1  # cosine decay ends at lr / 10
+WARMUP_FRACTION = 0.05  # of each stage's tokens; a grown stage warms up again (fresh optimizer)
+
+GPU_MEM_USABLE = 0.9  # CUDA context, allocator fragmentation and temporary buffers take the rest
 
 
 def train_flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
     T = cfg.block_size if seq_len is None else seq_len
     return 6 * count_params(cfg)["matmul"] + 12 * cfg.n_layer * cfg.n_embd * T
+
+
+# ---------------------------------------------------------------------------------------------
+# The family budget
+
+def progressive_flops(independent_flops: list[float],
+                      stage_fractions: list[float] | None = None) -> list[float]:
+    """FLOPs of each progressive stage, given what each member would cost trained independently.
+
+    The first stage costs what the smallest member costs alone; the grown stages share the rest
+    of the largest member's cost, F_L - F_1, in proportion to `stage_fractions` (one weight per
+    grown stage), by default to their independent FLOPs: then every grown stage gets the same
+    fraction f = (F_L - F_1) / sum_{k>=2} F_k of its independent cost. Either way the stages sum
+    to F_L.
+    """
+    first, grown = independent_flops[0], independent_flops[1:]
+    weights = grown if stage_fractions is None else stage_fractions
+    budget = independent_flops[-1] - first
+    return [first] + [budget * w / sum(weights) for w in weights]
+
+
+def member_lr(family: list[str], family_name: str, size: str, lr_schedule: str) -> float:
+    """Max LR of a member: "adjusted" decreases linearly with its index in the whole family.
+
+    The index is taken in the whole family, not in a sub-chain, so that a member trains with the
+    same LR whichever chain it is part of (skip-a-member ablations change the growth only).
+    """
+    lr_first, lr_last = FAMILY_LR[family_name]
+    if lr_schedule == "fixed":
+        return lr_first
+    t = family.index(size) / (len(family) - 1)
+    return (1 - t) * lr_first + t * lr_last  # exact at both ends
+
+
+def _resolve_family(family: str | list[str]) -> tuple[str, list[str]]:
+    """A family name or list of sizes -> (name of the family the recipe comes from, sizes)."""
+    if isinstance(family, str):
+        if family not in FAMILIES:
+            raise UserError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
+        return family, list(FAMILIES[family])
+    for name, sizes in FAMILIES.items():
+        if family and all(s in sizes for s in family):
+            return name, list(family)
+    raise UserError(f"sizes {', '.join(family) or '(none)'} are not all members of one family "
+                    f"({'; '.join(f'{n}: ' + ', '.join(s) for n, s in FAMILIES.items())})")
+
+
+def _stage(size: str, tokens: float, flops_per_token: float, cumulative: float,
+           independent_flops: float, lr: float, batch_size: int) -> dict:
+    """One row of a plan: what train.py needs to train `size` for `tokens`, plus its cost."""
+    cfg = get_config(size)
+    tokens = round(tokens)
+    flops = flops_per_token * tokens
+    return {"size": size, "params": count_params(cfg)["total"], "tokens": tokens, "flops": flops,
+            "cumulative_flops": cumulative + flops, "fraction": flops / independent_flops,
+            "flops_per_token": flops_per_token, "lr": lr, "min_lr": lr * MIN_LR_RATIO,
+            "warmup_tokens": round(WARMUP_FRACTION * tokens), "batch_size": batch_size,
+            "seq_len": cfg.block_size}
+
+
+def _rows(sizes, tokens, flops_per_token, independent_flops, lrs, batch_size) -> list[dict]:
+    rows, cumulative = [], 0.0
+    for size, d, c, f_ind, lr in zip(sizes, tokens, flops_per_token, independent_flops, lrs):
+        rows.append(_stage(size, d, c, cumulative, f_ind, lr, batch_size))
+        cumulative = rows[-1]["cumulative_flops"]
+    return rows
+
+
+def plan(family: str | list[str], chinchilla: float = 1, lr_schedule: str = "fixed",
+         members: list[str] | None = None, stage_fractions: list[float] | None = None) -> dict:
+    """The progressive plan and the independent plan for the same members, under one budget.
+
+    family: a family name ("paper", "tiny") or a list of its sizes; members: a sub-chain of it
+    (e.g. ["50k", "250k"], a 4x jump), default the whole family; stage_fractions: weights of the
+    grown stages' shares of the budget (see progressive_flops). Tokens are rounded to whole
+    tokens, so the progressive total equals the largest member's independent FLOPs up to half a
+    token's FLOPs per stage.
+    """
+    family_name, sizes = _resolve_family(family)
+    members = sizes if members is None else list(members)
+    unknown = [m for m in members if m not in sizes]
+    if unknown:
+        raise UserError(f"{', '.join(unknown)} not in the {family_name} family ({', '.join(sizes)})")
+    if not chinchilla > 0:
+        raise UserError(f"chinchilla must be > 0, got {chinchilla}")
+    if lr_schedule not in ("fixed", "adjusted"):
+        raise UserError(f"lr_schedule must be fixed or adjusted, got {lr_schedule!r}")
+    params = [count_params(get_config(m))["total"] for m in members]
+    if len(members) < 2 or any(a >= b for a, b in zip(params, params[1:])):
+        raise UserError(f"a progressive chain needs >= 2 members of increasing size, got {members}")
+    if stage_fractions is not None and (len(stage_fractions) != len(members) - 1
+                                        or any(not w > 0 for w in stage_fractions)):
+        raise UserError(f"stage_fractions needs {len(members) - 1} positive weights (one per "
+                        f"grown stage), got {stage_fractions}")
+
+    c = [train_flops_per_token(get_config(m)) for m in members]
+    indep_tokens = [TOKENS_PER_PARAM * chinchilla * n for n in params]
+    indep_flops = [ci * d for ci, d in zip(c, indep_tokens)]
+    prog_tokens = [f / ci for f, ci in zip(progressive_flops(indep_flops, stage_fractions), c)]
+    lrs = [member_lr(sizes, family_name, m, lr_schedule) for m in members]
+    batch = FAMILY_BATCH[family_name]
+    progressive = _rows(members, prog_tokens, c, indep_flops, lrs, batch)
+    independent = _rows(members, indep_tokens, c, indep_flops, lrs, batch)
+    total_prog, total_indep = progressive[-1]["cumulative_flops"], independent[-1]["cumulative_flops"]
+    return {"family": family_name, "members": members, "chinchilla": chinchilla,
+            "lr_schedule": lr_schedule, "stage_fractions": stage_fractions,
+            "budget_flops": independent[-1]["flops"],  # the largest member trained alone
+            "progressive": progressive, "independent": independent,
+            "progressive_flops": total_prog, "independent_flops": total_indep,
+            "saving": 1 - total_prog / total_indep}
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory per GPU: DDP replicates the training state on every GPU, FSDP (full shard) splits it.
+
+def activation_bytes(cfg: GPTConfig, micro_batch: int, seq_len: int) -> float:
+    """Bytes of activations kept for the backward pass, bf16, no activation checkpointing.
+
+    Korthikanti et al. 2022 (Reducing Activation Recomputation), Eq. 1, per layer:
+    s*b*h*(34 + 5*a*s/h) bytes for 16-bit activations, with dropout and an unfused attention.
+    Our blocks have no dropout (-2*s*b*h of masks; of the 5*a*s^2*b only the softmax's 2*a*s^2*b
+    would remain) and attention is a fused flash kernel (on GPU, and SDPA's default on CPU) that
+    stores no s x s matrix, only its fp32 log-sum-exp (4*a*s*b). Per layer: s*b*(32*h + 4*a).
+    Head: its input (ln_f's input and output, 4*s*b*h), the bf16 logits that forward returns
+    (2*s*b*V) and the fp32 log-softmax the loss keeps (4*s*b*V). tests/test_flops.py checks it
+    against the tensors autograd saves.
+    """
+    s, b, h, a, V = seq_len, micro_batch, cfg.n_embd, cfg.n_head, cfg.vocab_size
+    return cfg.n_layer * s * b * (32 * h + 4 * a) + s * b * (4 * h + 6 * V)
+
+
+def memory_plan(cfg: GPTConfig, nproc: int, micro_batch: int, seq_len: int | None = None,
+                gpu_mem_gb: float = 80.0) -> dict:
+    """Estimated bytes per GPU under DDP and under FSDP (full shard), and whether each fits.
+
+    Training state, 16 bytes per parameter under bf16 mixed precision with AdamW
+    (the ZeRO paper's accounting, Rajbhandari et al. 2020): bf16 weights 2 + bf16 grads 2 + fp32
+    master weights 4 + fp32 moments m, v 8. (Autocast over fp32 weights, 4 + 4 + 8, and FSDP2's
+    fp32 shards with bf16 compute come to the same 16.) DDP holds all of it on every GPU (its
+    gradient buckets can add up to another gradient copy, not counted); FSDP holds 1/nproc of it
+    plus the working set of unsharded bf16 weights and grads: the root unit (embeddings, final
+    norm, head; gathered through forward and backward) and two blocks (the current one and the
+    prefetched next). Activations are per GPU under both (see activation_bytes). A strategy fits
+    when its total is at most GPU_MEM_USABLE of the GPU's memory.
+    """
+    if nproc < 1:
+        raise UserError(f"nproc must be >= 1, got {nproc}")
+    if micro_batch < 1:
+        raise UserError(f"micro_batch must be >= 1, got {micro_batch}")
+    if not gpu_mem_gb > 0:
+        raise UserError(f"gpu_mem_gb must be > 0, got {gpu_mem_gb}")
+    seq_len = cfg.block_size if seq_len is None else seq_len
+    n = count_params(cfg)
+    root = n["embedding"] + cfg.vocab_size * cfg.n_embd + 2 * cfg.n_embd  # wte, wpe, head, ln_f
+    block = (n["total"] - root) / cfg.n_layer
+    state = {"weights": 2 * n["total"], "grads": 2 * n["total"], "master": 4 * n["total"],
+             "moments": 8 * n["total"]}
+    act = activation_bytes(cfg, micro_batch, seq_len)
+    usable = GPU_MEM_USABLE * gpu_mem_gb * 1e9
+    ddp = {**state, "state": sum(state.values()), "working_set": 0.0, "activations": act}
+    fsdp = {**{k: v / nproc for k, v in state.items()}, "state": sum(state.values()) / nproc,
+            "working_set": (2 + 2) * (root + 2 * block), "activations": act}
+    for d in (ddp, fsdp):
+        d["total"] = d["state"] + d["working_set"] + d["activations"]
+        d["fits"] = d["total"] <= usable
+    return {"params": n["total"], "nproc": nproc, "micro_batch": micro_batch, "seq_len": seq_len,
+            "gpu_mem_gb": gpu_mem_gb, "usable_bytes": usable, "ddp": ddp, "fsdp": fsdp}
+
+
+def choose_strategy(cfg: GPTConfig, nproc: int, micro_batch: int, seq_len: int | None = None,
+                    gpu_mem_gb: float = 80.0) -> str:
+    """"ddp" when a full replica fits on each GPU (simpler, no gathers), else "fsdp"."""
+    return "ddp" if memory_plan(cfg, nproc, micro_batch, seq_len, gpu_mem_gb)["ddp"]["fits"] else "fsdp"
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def print_plan(p: dict, mfu: float, peak: float, gpus: int):
+    gpu_hours = lambda flops: flops / (mfu * peak) / 3600  # noqa: E731
+    head = (f"{'':12s} {'size':>5s} {'params':>7s} {'tokens':>8s} {'FLOPs':>9s} {'x indep':>7s} "
+            f"{'cum FLOPs':>9s} {'max LR':>8s} {'GPU-h':>9s} {f'h on {gpus}':>9s}")
+    print(f"family {p['family']}: {' -> '.join(p['members'])}, {p['chinchilla']:g}x Chinchilla "
+          f"({TOKENS_PER_PARAM} tokens/param), LR {p['lr_schedule']}; "
+          f"GPU-hours at MFU {mfu:g} of {peak:.4g} FLOP/s")
+    print(head)
+    print("-" * len(head))
+    for plan_name in ("progressive", "independent"):
+        for r in p[plan_name]:
+            print(f"{plan_name:12s} {r['size']:>5s} {_si(r['params']):>7s} {_si(r['tokens']):>8s} "
+                  f"{r['flops']:9.3e} {r['fraction']:7.3f} {r['cumulative_flops']:9.3e} "
+                  f"{r['lr']:8.2e} {gpu_hours(r['flops']):9.4g} {gpu_hours(r['flops']) / gpus:9.4g}")
+    print(f"total: progressive {p['progressive_flops']:.4e} FLOPs "
+          f"({gpu_hours(p['progressive_flops']):.4g} GPU-h), independent "
+          f"{p['independent_flops']:.4e} ({gpu_hours(p['independent_flops']):.4g} GPU-h); "
+          f"saving {100 * p['saving']:.1f}%")
+
+
+def print_memory(sizes: list[str], nproc: int, micro_batch: int, gpu_mem_gb: float):
+    plans = [memory_plan(get_config(s), nproc, micro_batch, gpu_mem_gb=gpu_mem_gb) for s in sizes]
+    gb = lambda x: f"{x / 1e9:.1f}"  # noqa: E731
+    print(f"per-GPU memory (GB) on {nproc} GPUs of {gpu_mem_gb:g} GB ({GPU_MEM_USABLE:.0%} usable), "
+          f"micro-batch {micro_batch}, bf16 mixed precision + AdamW, no activation checkpointing")
+    head = (f"{'size':>5s} {'params':>7s} {'DDP state':>9s} {'FSDP state':>10s} {'FSDP work':>9s} "
+            f"{'activ':>7s} {'DDP total':>9s} {'FSDP total':>10s} {'chosen':>6s}")
+    print(head)
+    print("-" * len(head))
+    for s, m in zip(sizes, plans):
+        ddp, fsdp = m["ddp"], m["fsdp"]
+        chosen = choose_strategy(get_config(s), nproc, micro_batch, gpu_mem_gb=gpu_mem_gb)
+        note = "" if m[chosen]["fits"] else " (does not fit)"
+        print(f"{s:>5s} {_si(m['params']):>7s} {gb(ddp['state']):>9s} {gb(fsdp['state']):>10s} "
+              f"{gb(fsdp['working_set']):>9s} {gb(ddp['activations']):>7s} {gb(ddp['total']):>9s} "
+              f"{gb(fsdp['total']):>10s} {chosen:>6s}{note}")
+
+
+def _csv(kind):
+    return lambda s: [kind(x) for x in s.split(",") if x]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", default="paper", help=f"one of: {', '.join(FAMILIES)} (default paper)")
+    ap.add_argument("--members", type=_csv(str), default=None,
+                    help="comma-separated sub-chain of the family, e.g. 50k,250k (default: all)")
+    ap.add_argument("--chinchilla", type=float, default=1.0,
+                    help=f"multiple of Chinchilla's {TOKENS_PER_PARAM} tokens/param (default 1)")
+    ap.add_argument("--lr-schedule", choices=["fixed", "adjusted"], default="fixed",
+                    help="fixed: every member uses the smallest's max LR; adjusted: max LR "
+                         "decreases linearly from the smallest's to the largest's (default fixed)")
+    ap.add_argument("--stage-fractions", type=_csv(float), default=None,
+                    help="comma-separated weights of the grown stages' shares of the budget "
+                         "(default: proportional to their independent FLOPs)")
+    ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization for GPU-hours (default 0.4)")
+    ap.add_argument("--peak", type=float, default=989e12,
+                    help="peak FLOP/s of one GPU (default 989e12: H100 SXM bf16 dense, datasheet)")
+    ap.add_argument("--gpus", type=int, default=8, help="GPUs for the wall-clock column (default 8)")
+    ap.add_argument("--json", metavar="PATH", help="also write the plan as JSON (atomically)")
+    ap.add_argument("--memory", action="store_true",
+                    help="print per-GPU memory for DDP vs FSDP for each size instead of the plan")
+    ap.add_argument("--nproc", type=int, default=8, help="GPUs for --memory (default 8)")
+    ap.add_argument("--micro-batch", type=int, default=8, help="sequences per GPU for --memory (default 8)")
+    ap.add_argument("--gpu-mem", type=float, default=80.0, help="GB of memory per GPU for --memory (default 80)")
+    args = ap.parse_args()
+    if not 0 < args.mfu <= 1 or not args.peak > 0 or args.gpus < 1:
+        raise UserError("need 0 < --mfu <= 1, --peak > 0 and --gpus >= 1")
+    p = plan(args.family, args.chinchilla, args.lr_schedule, args.members, args.stage_fractions)
+    if args.memory:
+        print_memory(p["members"], args.nproc, args.micro_batch, args.gpu_mem)
+    else:
+        print_plan(p, args.mfu, args.peak, args.gpus)
+    if args.json:
+        write_json(args.json, p)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

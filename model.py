@@ -103,9 +103,10 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d))
         self.eps = eps
         self.use_kernels = False
+        self.kernels_on_cpu = False  # GPT.set_kernels(on, on_cpu=True): tests only
 
     def forward(self, x):
-        if self.use_kernels and x.is_cuda:
+        if self.use_kernels and (x.is_cuda or self.kernels_on_cpu):
             import kernels
             return kernels.layer_norm(x, self.weight, self.bias, self.eps)
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
@@ -119,11 +120,12 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.use_kernels = False
+        self.kernels_on_cpu = False  # GPT.set_kernels(on, on_cpu=True): tests only
 
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.use_kernels and x.is_cuda:
+        if self.use_kernels and (x.is_cuda or self.kernels_on_cpu):
             import kernels
             y = kernels.causal_attention(q, k, v)
         else:
@@ -168,11 +170,13 @@ class GPT(nn.Module):
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
 
-    def set_kernels(self, on: bool):
-        """Use the Triton kernels for LayerNorm and attention when the input is on CUDA."""
+    def set_kernels(self, on: bool, on_cpu: bool = False):
+        """Use the Triton kernels for LayerNorm and attention when the input is on CUDA. on_cpu:
+        on CPU tensors too, which only Triton's interpreter (TRITON_INTERPRET=1) runs: for tests."""
         for m in self.modules():
             if isinstance(m, (LayerNorm, CausalSelfAttention)):
                 m.use_kernels = on
+                m.kernels_on_cpu = on_cpu
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -199,7 +203,7 @@ class GPT(nn.Module):
         logits = self.head(self.ln_f(x))
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
 

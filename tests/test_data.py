@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SHARED, assert_user_error, run_script
+from data import open_split
+from tokenizer import get_tokenizer
+
+TEXTS = ["Hello, world!", "naïve café — 日本語 🙂", "line\nbreaks\tand  spaces ", "", "<|endoftext|> literal"]
+
+
+def test_byte_round_trip():
+    tok = get_tokenizer("bytes")
+    for t in TEXTS:
+        assert tok.decode(tok.encode(t)) == t
+        assert tok.eot not in tok.encode(t)  # 0xFF is never a UTF-8 byte: a safe separator
+
+
+def test_gpt2_round_trip(monkeypatch):
+    cache = SHARED / "tiktoken_cache"
+    if not cache.is_dir():
+        pytest.skip("no offline tiktoken cache")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    tok = get_tokenizer("gpt2")
+    assert tok.encode("hello world") == [31373, 995]
+    for t in TEXTS:
+        assert tok.decode(tok.encode(t)) == t
+
+
+def docs_of(tokens, eot):
+    """Split a token file back into its documents (each was preceded by EOT)."""
+    cuts = np.flatnonzero(np.asarray(tokens) == eot).tolist() + [len(tokens)]
+    return {tuple(tokens[a + 1:b].tolist()) for a, b in zip(cuts, cuts[1:])}
+
+
+def write_corpus(path, n=400):
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "ητα", "θ"]
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"text": f"doc {i}: " + " ".join(rng.choice(words, 30))}) + "\n")
+
+
+def test_prepare_hash_split_is_disjoint_and_rerun_skips(tmp_path):
+    write_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "out"
+    args = ["data/prepare.py", "--dataset", tmp_path / "corpus.jsonl", "--tokenizer", "bytes",
+            "--out", out, "--val_fraction", "0.1", "--workers", "2"]
+    proc = run_script(*args)
+    assert proc.returncode == 0, proc.stderr
+    train, meta = open_split(out, "train")
+    val, _ = open_split(out, "val")
+    assert meta["dtype"] == "uint8" and meta["tokenizer"] == "bytes"
+    tr, va = docs_of(train, meta["eot"]), docs_of(val, meta["eot"])
+    assert len(tr) + len(va) == 400 and 10 < len(va) < 80 and not tr & va
+    before = (out / "train.bin").stat().st_mtime_ns
+    again = run_script(*args)
+    assert "up to date" in again.stdout and (out / "train.bin").stat().st_mtime_ns == before
+
+
+def test_prepare_openstax_uses_its_val_file(byte_data):
+    train, meta = open_split(byte_data, "train")
+    val, _ = open_split(byte_data, "val")
+    assert meta["train_tokens"] >= 4_000_000 and len(val) > 1_000_000
+    tok = get_tokenizer("bytes")
+    val_doc = tok.decode(val[1:2000].tolist())
+    assert val_doc not in tok.decode(train[:3_000_000].tolist())
+
+
+def test_prepare_gpt2_uint16(tmp_path, monkeypatch):
+    cache = SHARED / "tiktoken_cache"
+    if not cache.is_dir():
+        pytest.skip("no offline tiktoken cache")
+    write_corpus(tmp_path / "c.jsonl", 50)
+    proc = run_script("data/prepare.py", "--dataset", tmp_path / "c.jsonl", "--tokenizer", "gpt2",
+                      "--out", tmp_path / "o", "--val_fraction", "0.2",
+                      env={**__import__("os").environ, "TIKTOKEN_CACHE_DIR": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    train, meta = open_split(tmp_path / "o", "train")
+    assert meta["dtype"] == "uint16" and meta["eot"] == 50256 and train.max() < 50257
+
+
+@pytest.mark.parametrize("case", ["missing", "empty_folder", "bad_json"])
+def test_prepare_bad_input(tmp_path, case):
+    src = tmp_path / "src"
+    if case == "empty_folder":
+        src.mkdir()
+    elif case == "bad_json":
+        src.write_text("not json\n")
+        src = src.rename(tmp_path / "src.jsonl")
+    proc = run_script("data/prepare.py", "--dataset", src, "--tokenizer", "bytes", "--out", tmp_path / "o")
+    assert_user_error(proc)

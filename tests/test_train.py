@@ -1,0 +1,83 @@
+import json
+
+import pytest
+import torch
+
+import checkpoint
+from conftest import assert_user_error, run_script
+from flops import train_flops_per_token
+from model import PRESETS
+from train import Trainer, parse_args
+
+
+def args(data, out, *extra):
+    return parse_args(["--size", "20k", "--data", str(data), "--out", str(out), "--batch_size", "8",
+                       "--seq_len", "64", "--eval_tokens", "4096", "--log_interval", "5", *map(str, extra)])
+
+
+class StopAt(Trainer):
+    """A run that is stopped (as by SIGTERM) after `stop_at` steps."""
+    stop_at = None
+
+    def train_step(self):
+        out = super().train_step()
+        if self.step + 1 == self.stop_at:
+            self.stop_requested = True
+        return out
+
+
+def losses(history):
+    return [r["loss"] for r in history if "loss" in r]
+
+
+def test_resume_continues_bit_for_bit(byte_data, tmp_path):
+    straight = Trainer(args(byte_data, tmp_path / "a", "--max_iters", 40, "--ckpt_interval", 100))
+    straight.run()
+    StopAt.stop_at = 20
+    first = StopAt(args(byte_data, tmp_path / "b", "--max_iters", 40, "--ckpt_interval", 100))
+    first.run()
+    assert first.step == 20 and not checkpoint.load(tmp_path / "b" / "ckpt.pt")["train"]["done"]
+    second = Trainer(args(byte_data, tmp_path / "b", "--max_iters", 40, "--resume"))
+    assert second.step == 20
+    second.run()
+    assert losses(second.history) == losses(straight.history) and len(losses(straight.history)) == 8
+    a, b = checkpoint.load(tmp_path / "a" / "ckpt.pt"), checkpoint.load(tmp_path / "b" / "ckpt.pt")
+    assert a["train"]["done"] and b["train"]["done"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    # the metrics file of the resumed run reads as one uninterrupted run
+    rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [r["step"] for r in straight.history]
+
+
+def test_val_loss_falls_and_flops_are_counted(byte_data, tmp_path):
+    t = Trainer(args(byte_data, tmp_path, "--tokens", 150_000, "--lr", 3e-3))
+    t.run()
+    vals = [r["val_loss"] for r in t.history if "val_loss" in r]
+    assert vals[0] > 5.3 and vals[-1] < 3.6, vals  # from ln(256) = 5.55 to clearly learned
+    ck = checkpoint.load(tmp_path / "ckpt.pt")
+    assert ck["train"]["tokens"] == t.max_iters * 8 * 64 >= 150_000
+    assert ck["train"]["flops"] == ck["train"]["tokens"] * train_flops_per_token(PRESETS["20k"], 64)
+    assert ck["meta"]["flops_total"] == ck["train"]["flops"]
+
+
+def test_init_carries_flops_and_lineage(byte_data, tmp_path):
+    Trainer(args(byte_data, tmp_path / "a", "--max_iters", 4)).run()
+    t = Trainer(args(byte_data, tmp_path / "b", "--max_iters", 4, "--init", tmp_path / "a" / "ckpt.pt"))
+    t.run()
+    a, b = checkpoint.load(tmp_path / "a" / "ckpt.pt"), checkpoint.load(tmp_path / "b" / "ckpt.pt")
+    assert b["meta"]["flops_total"] == pytest.approx(2 * a["meta"]["flops_total"])
+    assert b["meta"]["lineage"] == [str(tmp_path / "a" / "ckpt.pt")]
+
+
+def test_bad_inputs_give_one_clear_line(byte_data, tmp_path):
+    base = ["train.py", "--data", byte_data, "--out", tmp_path / "x", "--max_iters", 2]
+    assert_user_error(run_script(*base, "--size", "3b"), "unknown size")
+    assert_user_error(run_script("train.py", "--size", "20k", "--data", tmp_path / "none", "--max_iters", 2),
+                      "no prepared data")
+    ok = run_script(*base, "--size", "20k", "--batch_size", 2, "--seq_len", 32)
+    assert ok.returncode == 0, ok.stderr
+    assert_user_error(run_script(*base, "--size", "50k", "--init", tmp_path / "x" / "ckpt.pt"),
+                      "expand.py")
+    assert_user_error(run_script(*base, "--size", "20k", "--init", tmp_path / "missing.pt"), "does not exist")
+    assert_user_error(run_script("train.py", "--size", "20k", "--data", byte_data), "budget")

@@ -1,0 +1,447 @@
+"""
+Train one stage of a model family: from scratch, or from a grown checkpoint (expand.py).
+
+    python train.py --size 20k --data data/openstax_bytes --tokens 400_000 --out runs/20k
+    torchrun --nproc_per_node=8 train.py --size 2b --init ckpt_1b_expanded.pt --tokens 60e9 ...
+
+One optimizer step sees batch_size x grad_accum x world_size sequences of seq_len tokens. The
+batch of step s is a pure function of (seed, s): resuming at step s, or running on another number
+of processes, sees exactly the same data. A checkpoint (checkpoint.py) is written atomically every
+--ckpt_interval steps and at the end; `--resume` continues from it bit for bit.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import checkpoint
+from data import open_split
+from flops import train_flops_per_token
+from model import GPT, get_config
+from util import UserError, atomic_write, pick_device, run_cli
+
+
+def _opt(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    size: str = _opt("", "model preset (python model.py lists them)")
+    data: str = _opt("", "folder made by data/prepare.py (train.bin, val.bin, meta.json)")
+    out: str = _opt("out", "run folder: checkpoint, metrics.jsonl, train.log")
+    ckpt: str = _opt("", "checkpoint path (default: OUT/ckpt.pt)")
+    init: str = _opt("", "start from this checkpoint's weights (e.g. from expand.py); else random init")
+    resume: bool = _opt(False, "continue from --ckpt if it exists (else start fresh)")
+    tokens: float = _opt(0, "stage budget in training tokens (or give --max_iters)")
+    max_iters: int = _opt(0, "number of optimizer steps (overrides --tokens)")
+    batch_size: int = _opt(16, "sequences per micro-step per process")
+    grad_accum: int = _opt(1, "micro-steps per optimizer step")
+    seq_len: int = _opt(0, "tokens per sequence (default: the model's context)")
+    lr: float = _opt(3e-3, "max learning rate")
+    min_lr: float = _opt(-1, "final learning rate (default: lr / 10)")
+    warmup: int = _opt(-1, "linear warmup steps (default: 2%% of the steps)")
+    schedule: str = _opt("cosine", "cosine: warmup, cosine decay to min_lr; wsd: warmup, constant, "
+                                   "linear decay over the last --decay_frac", choices=["cosine", "wsd"])
+    decay_frac: float = _opt(0.2, "wsd: share of the steps spent decaying")
+    weight_decay: float = _opt(0.1, "AdamW weight decay (matrices and embeddings only)")
+    beta1: float = _opt(0.9, "AdamW beta1")
+    beta2: float = _opt(0.95, "AdamW beta2")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")
+    dtype: str = _opt("auto", "compute dtype (auto: bfloat16 autocast on CUDA, float32 on CPU)",
+                      choices=["auto", "float32", "bfloat16"])
+    compile: str = _opt("auto", "torch.compile the model (auto: on CUDA only; on CPU it did not pay "
+                                "for the tiny family, see bench/)", choices=["auto", "on", "off"])
+    kernels: bool = _opt(True, "use the Triton kernels of kernels.py on CUDA")
+    device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
+    seed: int = _opt(1337, "seed of the initialization and of the data order")
+    eval_interval: int = _opt(0, "steps between validation losses (default: 10 per stage)")
+    eval_tokens: int = _opt(131072, "validation tokens per evaluation")
+    log_interval: int = _opt(0, "steps between log lines (default: about 50 per stage)")
+    ckpt_interval: int = _opt(0, "steps between checkpoints (default: the eval interval)")
+    on_nan: str = _opt("stop", "non-finite loss or gradient: stop (keep the last good checkpoint) "
+                               "or skip the step (stops after 10 in a row)", choices=["stop", "skip"])
+    peak_flops: float = _opt(0, "device peak FLOP/s for MFU (default: known GPUs; none on CPU)")
+
+
+# Settings that must not change when a run is resumed: the data order and the schedule depend on them.
+RESUME_KEYS = ("size", "data", "init", "tokens", "max_iters", "batch_size", "grad_accum", "seq_len",
+               "lr", "min_lr", "warmup", "schedule", "decay_frac", "seed")
+
+# Dense bf16 peak by device name, datasheet values: MFU is only printed where the peak is known.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+
+
+def parse_args(argv=None) -> TrainConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        kw = {"default": f.default, "help": f.metadata["help"]}
+        if f.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str)
+                                                                  else f.type.__name__]
+            kw["choices"] = f.metadata.get("choices")
+        p.add_argument(f"--{f.name}", **kw)
+    cfg = TrainConfig(**vars(p.parse_args(argv)))
+    if not cfg.size or not cfg.data:
+        raise UserError("--size and --data are required (python train.py --help)")
+    if cfg.tokens <= 0 and cfg.max_iters <= 0:
+        raise UserError("give the stage budget: --tokens N (> 0) or --max_iters N (> 0)")
+    if min(cfg.batch_size, cfg.grad_accum) < 1 or cfg.lr <= 0 or cfg.seq_len < 0:
+        raise UserError("--batch_size and --grad_accum must be >= 1, --lr > 0, --seq_len >= 0")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed setup (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    if "RANK" not in os.environ:
+        return Dist(), pick_device(device_name)
+    try:
+        d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    except (KeyError, ValueError) as e:
+        raise UserError("bad torchrun environment: RANK, WORLD_SIZE and LOCAL_RANK must be integers; "
+                        "launch with torchrun") from e
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, d.world)))
+    import datetime
+    # a rank that dies must make the others fail, not wait forever in a collective
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(minutes=int(os.environ.get("DIST_TIMEOUT_MIN", 10))))
+    return d, device
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+def get_batch(tokens: np.ndarray, seq_len: int, n: int, seed: int, step: int, micro: int):
+    """n windows of seq_len+1 tokens at offsets drawn from (seed, step, micro): reproducible."""
+    ix = np.random.default_rng([seed, step, micro]).integers(0, len(tokens) - seq_len - 1, size=n)
+    xy = torch.from_numpy(np.stack([tokens[i:i + seq_len + 1].astype(np.int64) for i in ix]))
+    return xy[:, :-1], xy[:, 1:]
+
+
+def val_windows(tokens: np.ndarray, seq_len: int, n_tokens: int) -> list[int]:
+    """Evenly spaced, fixed offsets over the validation split."""
+    n = max(1, min(n_tokens // seq_len, (len(tokens) - 1) // seq_len))
+    return np.linspace(0, len(tokens) - seq_len - 1, n).astype(np.int64).tolist()
+
+
+def check_data(meta: dict, model_cfg, data_dir: str):
+    if meta["tokenizer"] != model_cfg.tokenizer or meta["vocab_size"] > model_cfg.vocab_size:
+        raise UserError(f"{data_dir} was tokenized with {meta['tokenizer']} (vocab {meta['vocab_size']}) "
+                        f"but the model expects {model_cfg.tokenizer} (vocab {model_cfg.vocab_size}); "
+                        f"prepare the data with --tokenizer {model_cfg.tokenizer}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer and schedule
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Group 0 (decayed): matrices and embeddings; group 1: biases and LayerNorm gains.
+
+    Each group lists parameters in named_parameters() order: expand.py relies on this layout
+    to find a parameter's AdamW moments by name.
+    """
+    params = list(model.named_parameters())
+    return [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def lr_at(step: int, cfg: TrainConfig, max_iters: int, warmup: int) -> float:
+    min_lr = cfg.lr / 10 if cfg.min_lr < 0 else cfg.min_lr
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.schedule == "wsd":
+        decay_start = int(max_iters * (1 - cfg.decay_frac))
+        if step < decay_start:
+            return cfg.lr
+        return cfg.lr + (min_lr - cfg.lr) * (step - decay_start) / max(1, max_iters - decay_start)
+    progress = (step - warmup) / max(1, max_iters - warmup)
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.dist, self.device = init_distributed(cfg.device)
+        try:
+            self.model_cfg = get_config(cfg.size)
+        except ValueError as e:
+            raise UserError(str(e)) from e
+        self.seq_len = cfg.seq_len or self.model_cfg.block_size
+        if self.seq_len > self.model_cfg.block_size:
+            raise UserError(f"--seq_len {self.seq_len} exceeds the {cfg.size} context "
+                            f"({self.model_cfg.block_size})")
+        self.train_tokens, meta = open_split(cfg.data, "train")
+        self.val_tokens, _ = open_split(cfg.data, "val")
+        check_data(meta, self.model_cfg, cfg.data)
+        for name, toks in (("train", self.train_tokens), ("val", self.val_tokens)):
+            if len(toks) <= self.seq_len + 1:
+                raise UserError(f"{cfg.data} {name} split has {len(toks)} tokens, fewer than one "
+                                f"sequence of {self.seq_len}; prepare more data or lower --seq_len")
+        self.ckpt_path = Path(cfg.ckpt or Path(cfg.out) / "ckpt.pt")
+        self.step_tokens = cfg.batch_size * cfg.grad_accum * self.dist.world * self.seq_len
+        self.max_iters = cfg.max_iters or math.ceil(cfg.tokens / self.step_tokens)
+        self.warmup = cfg.warmup if cfg.warmup >= 0 else max(1, round(0.02 * self.max_iters))
+        self.flops_per_token = train_flops_per_token(self.model_cfg, self.seq_len)
+        self.eval_interval = cfg.eval_interval or max(1, self.max_iters // 10)
+        self.log_interval = cfg.log_interval or max(1, self.max_iters // 50)
+        self.ckpt_interval = cfg.ckpt_interval or self.eval_interval
+        use_cuda = self.device.type == "cuda"
+        self.dtype = {"auto": torch.bfloat16 if use_cuda else torch.float32,
+                      "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+        self.peak = cfg.peak_flops or (next((v for k, v in PEAK_FLOPS.items()
+                                              if k in torch.cuda.get_device_name(self.device)), 0)
+                                       if use_cuda else 0)
+        self.stop_requested = False
+        self._build()
+
+    # -- model, optimizer, state ----------------------------------------------------------------
+    def _build(self):
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.meta, self.flops_base, grown_opt = {"lineage": []}, 0.0, None
+        model = GPT(self.model_cfg, use_kernels=cfg.kernels)
+        if cfg.init:
+            init = checkpoint.load(cfg.init)
+            if init["config"] != self.model_cfg:
+                raise UserError(f"--init {cfg.init} is a {checkpoint.size_name(init['config'])} checkpoint "
+                                f"but --size is {cfg.size}; grow it first with expand.py --size {cfg.size}")
+            model = checkpoint.build_model(init, use_kernels=cfg.kernels)
+            self.meta = {"lineage": list(init["meta"].get("lineage", [])) + [str(cfg.init)],
+                         "expansion": init["meta"].get("expansion")}
+            self.flops_base = init["meta"].get("flops_total", 0.0)  # FLOPs of the ancestors
+            grown_opt = init.get("optimizer")
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(cfg.beta1, cfg.beta2),
+                                           fused=self.device.type in ("cuda", "cpu"))
+        if grown_opt is not None:  # expand.py --optimizer-state: continue with grown moments
+            self.optimizer.load_state_dict(grown_opt)
+        self.step, self.tokens_seen, self.flops = 0, 0, 0.0
+        self.history = []
+        if cfg.resume and self.ckpt_path.exists():
+            self._resume(checkpoint.load(self.ckpt_path, map_location=self.device))
+        self.train_model = self._wrap(self.model)
+
+    def _wrap(self, model):
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg.compile == "on" or (self.cfg.compile == "auto" and self.device.type == "cuda"):
+            model = torch.compile(model)
+        return model
+
+    def _resume(self, ck):
+        saved = ck["train"] or {}
+        old = saved.get("args", {})
+        changed = [k for k in RESUME_KEYS if k in old and old[k] != getattr(self.cfg, k)]
+        if changed:
+            raise UserError(f"cannot resume {self.ckpt_path}: {', '.join(f'--{k}' for k in changed)} "
+                            f"changed since it was written; use the same settings or a new --out")
+        if ck["config"] != self.model_cfg:
+            raise UserError(f"{self.ckpt_path} holds a {checkpoint.size_name(ck['config'])} model, "
+                            f"not {self.cfg.size}; use a new --out")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.step, self.tokens_seen, self.flops = saved["step"], saved["tokens"], saved["flops"]
+        self.flops_base, self.history, self.meta = saved["flops_base"], saved["history"], ck["meta"]
+        torch.set_rng_state(saved["rng"])
+        if self.dist.master:  # drop lines logged after this checkpoint by the run that died
+            write_jsonl(Path(self.cfg.out) / "metrics.jsonl", self.history)
+        if self.dist.master:
+            print(f"resumed {self.ckpt_path} at step {self.step}/{self.max_iters}")
+
+    def save(self, done=False):
+        if not self.dist.master:
+            return
+        train = {"step": self.step, "max_iters": self.max_iters, "tokens": self.tokens_seen,
+                 "flops": self.flops, "flops_base": self.flops_base, "done": done,
+                 "rng": torch.get_rng_state(),
+                 "history": self.history, "args": dataclasses.asdict(self.cfg),
+                 "data_position": {"seed": self.cfg.seed, "next_step": self.step}}
+        meta = {**self.meta, "flops_total": self.flops_total,
+                "metrics": str(Path(self.cfg.out) / "metrics.jsonl")}
+        checkpoint.save(self.ckpt_path, checkpoint.make_checkpoint(self.model, self.optimizer, train, meta))
+
+    @property
+    def flops_total(self) -> float:
+        """FLOPs of this stage and of every stage the initial checkpoint came from."""
+        return self.flops_base + self.flops
+
+    # -- loop -------------------------------------------------------------------------------------
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss on fixed validation windows; each rank takes its share, then all-reduce."""
+        self.model.eval()
+        offs = val_windows(self.val_tokens, self.seq_len, self.cfg.eval_tokens)[self.dist.rank::self.dist.world]
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)
+        for i in range(0, len(offs), self.cfg.batch_size):
+            xy = torch.from_numpy(np.stack([self.val_tokens[o:o + self.seq_len + 1].astype(np.int64)
+                                            for o in offs[i:i + self.cfg.batch_size]])).to(self.device)
+            with self.autocast():
+                _, loss = self.model(xy[:, :-1], xy[:, 1:])
+            total += torch.tensor([loss.item() * xy.shape[0], xy.shape[0]], device=self.device,
+                                  dtype=torch.float64)
+        if self.dist.world > 1:
+            dist.all_reduce(total)
+        self.model.train()
+        return (total[0] / total[1]).item()
+
+    def train_step(self) -> tuple[float, float]:
+        cfg, model = self.cfg, self.train_model
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, y = get_batch(self.train_tokens, self.seq_len, cfg.batch_size * self.dist.world,
+                             cfg.seed, self.step, micro)
+            lo = self.dist.rank * cfg.batch_size
+            x, y = x[lo:lo + cfg.batch_size].to(self.device), y[lo:lo + cfg.batch_size].to(self.device)
+            last = micro == cfg.grad_accum - 1
+            sync = model.no_sync() if self.dist.world > 1 and not last else nullcontext()
+            with sync, self.autocast():
+                _, loss = model(x, y)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        if self.dist.world > 1:
+            dist.all_reduce(loss_sum)
+        loss = loss_sum.item() / (cfg.grad_accum * self.dist.world)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf")).item()
+        return loss, gnorm
+
+    def run(self):
+        cfg, log = self.cfg, self.log
+        if self.dist.master:
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            n = sum(p.numel() for p in self.model.parameters())
+            log(f"stage {cfg.size}: {n:,} params, {self.max_iters} steps of {self.step_tokens:,} tokens "
+                f"({self.max_iters * self.step_tokens:,} tokens, "
+                f"{self.max_iters * self.step_tokens * self.flops_per_token:.3g} FLOPs), "
+                f"world {self.dist.world}, {self.device}, {str(self.dtype).split('.')[-1]}"
+                + (f", from {cfg.init}" if cfg.init else ""))
+        for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: checkpoint, then exit
+            signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
+        # tok/s counts training steps only (not evaluations or checkpoint writes)
+        t_start, window_time, bad_steps, self.start_step = time.time(), 0.0, 0, self.step
+        self.model.train()
+        if self.step == 0 and not self.history:
+            self.record_eval()
+        while self.step < self.max_iters:
+            lr = lr_at(self.step, cfg, self.max_iters, self.warmup)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            t0 = time.time()
+            loss, gnorm = self.train_step()
+            if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                self.optimizer.zero_grad(set_to_none=True)
+                bad_steps += 1
+                if cfg.on_nan == "stop" or bad_steps >= 10:
+                    raise UserError(f"non-finite loss/gradient at step {self.step} (loss {loss}, grad norm "
+                                    f"{gnorm}); the last good checkpoint is {self.ckpt_path}; lower --lr "
+                                    f"or use --on_nan skip")
+                log(f"step {self.step}: non-finite loss or gradient, step skipped ({bad_steps} in a row)")
+                self.step += 1
+                continue
+            bad_steps = 0
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            window_time += time.time() - t0
+            self.step += 1
+            self.tokens_seen += self.step_tokens
+            self.flops += self.step_tokens * self.flops_per_token
+            if self.step % self.log_interval == 0 or self.step == self.max_iters:
+                steps = self.step % self.log_interval or self.log_interval
+                self.log_step(loss, lr, gnorm, steps * self.step_tokens / window_time, time.time() - t_start)
+                window_time = 0.0
+            done = self.step == self.max_iters
+            if self.step % self.eval_interval == 0 or done:
+                self.record_eval()
+            if self.step % self.ckpt_interval == 0 or done or self.stop_requested:
+                self.save(done=done)
+            if self.stop_requested and not done:
+                log(f"stop requested: checkpoint at step {self.step} written to {self.ckpt_path}")
+                break
+        if self.dist.world > 1:
+            dist.barrier()
+
+    # -- logging ------------------------------------------------------------------------------------
+    def log(self, msg: str):
+        if self.dist.master:
+            print(msg, flush=True)
+            with open(Path(self.cfg.out) / "train.log", "a") as f:
+                f.write(msg + "\n")
+
+    def metrics(self, row: dict):
+        self.history.append(row)
+        if self.dist.master:
+            with open(Path(self.cfg.out) / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def log_step(self, loss, lr, gnorm, tps, elapsed):
+        mfu = tps * self.flops_per_token / self.dist.world / self.peak if self.peak else None
+        eta = elapsed / (self.step - self.start_step) * (self.max_iters - self.step)
+        self.log(f"step {self.step:6d}/{self.max_iters} | loss {loss:.4f} | lr {lr:.2e} | gnorm {gnorm:.2f} | "
+                 f"{tps / 1e3:8.1f}k tok/s" + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
+                 + f" | ETA {eta / 60:.1f} min")
+        self.metrics({"step": self.step, "tokens": self.tokens_seen, "flops": self.flops,
+                      "flops_total": self.flops_total, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                      "tok_per_s": tps, "mfu": mfu})
+
+    def record_eval(self):
+        val = self.evaluate()
+        self.log(f"step {self.step:6d}/{self.max_iters} | val loss {val:.4f}")
+        self.metrics({"step": self.step, "tokens": self.tokens_seen, "flops": self.flops,
+                      "flops_total": self.flops_total, "val_loss": val})
+
+
+def write_jsonl(path, rows):
+    atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), mode="w")
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    trainer = Trainer(cfg)
+    try:
+        trainer.run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run_cli(main)
