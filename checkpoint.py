@@ -34,11 +34,16 @@ def size_name(cfg: GPTConfig) -> str:
     return f"custom(L{cfg.n_layer},d{cfg.n_embd})"
 
 
+def pack(cfg: GPTConfig, model_state: dict, optimizer_state=None, train=None, meta=None) -> dict:
+    """The checkpoint dict from state dicts (train.py gathers them itself under FSDP)."""
+    return {"format": FORMAT, "version": VERSION, "config": cfg.to_dict(),
+            "model": {k: v.detach() for k, v in model_state.items()},
+            "optimizer": optimizer_state, "train": train, "meta": {"size": size_name(cfg), **(meta or {})}}
+
+
 def make_checkpoint(model: GPT, optimizer=None, train=None, meta=None) -> dict:
-    return {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(),
-            "model": {k: v.detach() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "train": train, "meta": {"size": size_name(model.cfg), **(meta or {})}}
+    return pack(model.cfg, model.state_dict(), optimizer.state_dict() if optimizer is not None else None,
+                train, meta)
 
 
 def save(path, ckpt: dict):

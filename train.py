@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 import checkpoint
-from data import open_split
+from data import open_split, val_windows
 from flops import train_flops_per_token
 from model import GPT, get_config
 from util import UserError, atomic_write, pick_device, run_cli
@@ -44,6 +44,8 @@ class TrainConfig:
     ckpt: str = _opt("", "checkpoint path (default: OUT/ckpt.pt)")
     init: str = _opt("", "start from this checkpoint's weights (e.g. from expand.py); else random init")
     resume: bool = _opt(False, "continue from --ckpt if it exists (else start fresh)")
+    stop_at: int = _opt(0, "checkpoint and exit after this step, to split a stage across jobs "
+                           "(continue with --resume)")
     tokens: float = _opt(0, "stage budget in training tokens (or give --max_iters)")
     max_iters: int = _opt(0, "number of optimizer steps (overrides --tokens)")
     batch_size: int = _opt(16, "sequences per micro-step per process")
@@ -73,11 +75,15 @@ class TrainConfig:
     on_nan: str = _opt("stop", "non-finite loss or gradient: stop (keep the last good checkpoint) "
                                "or skip the step (stops after 10 in a row)", choices=["stop", "skip"])
     peak_flops: float = _opt(0, "device peak FLOP/s for MFU (default: known GPUs; none on CPU)")
+    fsdp: str = _opt("auto", "under torchrun, shard parameters, gradients and optimizer state with "
+                             "FSDP2 (auto: when DDP would not fit the GPU's memory, see flops.py "
+                             "--memory)", choices=["auto", "on", "off"])
 
 
 # Settings that must not change when a run is resumed: the data order and the schedule depend on them.
-RESUME_KEYS = ("size", "data", "init", "tokens", "max_iters", "batch_size", "grad_accum", "seq_len",
-               "lr", "min_lr", "warmup", "schedule", "decay_frac", "seed")
+# The batch is compared across all processes (batch_size x world size), so any world size may resume.
+RESUME_KEYS = ("size", "data", "init", "tokens", "max_iters", "grad_accum", "seq_len",
+               "lr", "min_lr", "warmup", "schedule", "decay_frac", "seed", "global_batch")
 
 # Dense bf16 peak by device name, datasheet values: MFU is only printed where the peak is known.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
@@ -149,12 +155,6 @@ def get_batch(tokens: np.ndarray, seq_len: int, n: int, seed: int, step: int, mi
     return xy[:, :-1], xy[:, 1:]
 
 
-def val_windows(tokens: np.ndarray, seq_len: int, n_tokens: int) -> list[int]:
-    """Evenly spaced, fixed offsets over the validation split."""
-    n = max(1, min(n_tokens // seq_len, (len(tokens) - 1) // seq_len))
-    return np.linspace(0, len(tokens) - seq_len - 1, n).astype(np.int64).tolist()
-
-
 def check_data(meta: dict, model_cfg, data_dir: str):
     if meta["tokenizer"] != model_cfg.tokenizer or meta["vocab_size"] > model_cfg.vocab_size:
         raise UserError(f"{data_dir} was tokenized with {meta['tokenizer']} (vocab {meta['vocab_size']}) "
@@ -165,15 +165,45 @@ def check_data(meta: dict, model_cfg, data_dir: str):
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def group_names(model: torch.nn.Module) -> list[list[str]]:
     """Group 0 (decayed): matrices and embeddings; group 1: biases and LayerNorm gains.
 
-    Each group lists parameters in named_parameters() order: expand.py relies on this layout
-    to find a parameter's AdamW moments by name.
+    Each group lists parameters in named_parameters() order: checkpoints store AdamW state by
+    index in this layout, and expand.py uses it to find a parameter's moments by name.
     """
-    params = list(model.named_parameters())
-    return [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}]
+    named = list(model.named_parameters())
+    return [[n for n, p in named if p.dim() >= 2], [n for n, p in named if p.dim() < 2]]
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    params = dict(model.named_parameters())
+    names = group_names(model)
+    return [{"params": [params[n] for n in names[0]], "weight_decay": weight_decay},
+            {"params": [params[n] for n in names[1]], "weight_decay": 0.0}]
+
+
+def optim_by_index(osd: dict) -> dict:
+    """torch.distributed's name-keyed optimizer state -> AdamW's own index-keyed layout."""
+    index = {n: i for i, n in enumerate(n for g in osd["param_groups"] for n in g["params"])}
+    return {"state": {index[n]: v for n, v in osd["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
+
+
+def optim_by_name(osd: dict, model) -> dict:
+    """The inverse of optim_by_index, for a model laid out as group_names() says."""
+    names = [n for group in group_names(model) for n in group]
+    return {"state": {names[i]: v for i, v in osd["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
+
+
+def shard(model: GPT, dtype: torch.dtype):
+    """FSDP2: each block, then the root, owns a shard of its parameters, gradients and AdamW state.
+    bf16 runs compute in bf16 with fp32 master weights and fp32 gradient reductions."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for block in model.blocks:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
 
 
 def lr_at(step: int, cfg: TrainConfig, max_iters: int, warmup: int) -> float:
@@ -211,8 +241,14 @@ class Trainer:
                 raise UserError(f"{cfg.data} {name} split has {len(toks)} tokens, fewer than one "
                                 f"sequence of {self.seq_len}; prepare more data or lower --seq_len")
         self.ckpt_path = Path(cfg.ckpt or Path(cfg.out) / "ckpt.pt")
+        try:
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the run folder {cfg.out}: {e.strerror}; choose a writable --out") from e
         self.step_tokens = cfg.batch_size * cfg.grad_accum * self.dist.world * self.seq_len
-        self.max_iters = cfg.max_iters or math.ceil(cfg.tokens / self.step_tokens)
+        # nearest whole number of steps: the FLOPs spent stay within half a step of the budget
+        self.max_iters = cfg.max_iters or max(1, round(cfg.tokens / self.step_tokens))
         self.warmup = cfg.warmup if cfg.warmup >= 0 else max(1, round(0.02 * self.max_iters))
         self.flops_per_token = train_flops_per_token(self.model_cfg, self.seq_len)
         self.eval_interval = cfg.eval_interval or max(1, self.max_iters // 10)
@@ -231,10 +267,10 @@ class Trainer:
     def _build(self):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.meta, self.flops_base, grown_opt = {"lineage": []}, 0.0, None
+        self.meta, self.flops_base, opt_state = {"lineage": []}, 0.0, None
         model = GPT(self.model_cfg, use_kernels=cfg.kernels)
         if cfg.init:
-            init = checkpoint.load(cfg.init)
+            init = checkpoint.load(cfg.init, mmap=True)
             if init["config"] != self.model_cfg:
                 raise UserError(f"--init {cfg.init} is a {checkpoint.size_name(init['config'])} checkpoint "
                                 f"but --size is {cfg.size}; grow it first with expand.py --size {cfg.size}")
@@ -242,58 +278,100 @@ class Trainer:
             self.meta = {"lineage": list(init["meta"].get("lineage", [])) + [str(cfg.init)],
                          "expansion": init["meta"].get("expansion")}
             self.flops_base = init["meta"].get("flops_total", 0.0)  # FLOPs of the ancestors
-            grown_opt = init.get("optimizer")
+            opt_state = init.get("optimizer")  # expand.py --optimizer-state: grown AdamW moments
+        self.step, self.tokens_seen, self.flops, self.history = 0, 0, 0.0, []
+        resume = checkpoint.load(self.ckpt_path, mmap=True) if cfg.resume and self.ckpt_path.exists() else None
+        if resume is not None:
+            self._check_resumable(resume)
         self.model = model.to(self.device)
+        self.fsdp = self._use_fsdp()
+        if self.fsdp:  # shard before the optimizer is built: it must see the sharded parameters
+            shard(self.model, self.dtype)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
-                                           betas=(cfg.beta1, cfg.beta2),
-                                           fused=self.device.type in ("cuda", "cpu"))
-        if grown_opt is not None:  # expand.py --optimizer-state: continue with grown moments
-            self.optimizer.load_state_dict(grown_opt)
-        self.step, self.tokens_seen, self.flops = 0, 0, 0.0
-        self.history = []
-        if cfg.resume and self.ckpt_path.exists():
-            self._resume(checkpoint.load(self.ckpt_path, map_location=self.device))
+                                           betas=(cfg.beta1, cfg.beta2), fused=not self.fsdp)
+        if resume is not None:
+            self._resume(resume)
+        elif opt_state is not None:
+            self.load_state(None, opt_state)
         self.train_model = self._wrap(self.model)
 
+    def _use_fsdp(self) -> bool:
+        """FSDP when asked, or (auto) when DDP's full copy per GPU does not fit its memory."""
+        if self.dist.world == 1 or self.cfg.fsdp == "off":
+            return False
+        if self.cfg.fsdp == "on":
+            return True
+        if self.device.type != "cuda":
+            return False
+        from flops import choose_strategy
+        mem = torch.cuda.get_device_properties(self.device).total_memory / 2**30
+        return choose_strategy(self.model_cfg, self.dist.world, self.cfg.batch_size, self.seq_len, mem) == "fsdp"
+
     def _wrap(self, model):
-        if self.dist.world > 1:
+        if self.dist.world > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.cfg.compile == "on" or (self.cfg.compile == "auto" and self.device.type == "cuda"):
             model = torch.compile(model)
         return model
 
-    def _resume(self, ck):
-        saved = ck["train"] or {}
-        old = saved.get("args", {})
-        changed = [k for k in RESUME_KEYS if k in old and old[k] != getattr(self.cfg, k)]
+    def _check_resumable(self, ck):
+        old = (ck["train"] or {}).get("args", {})
+        now = {**dataclasses.asdict(self.cfg), "global_batch": self.cfg.batch_size * self.dist.world}
+        changed = [k for k in RESUME_KEYS if k in old and old[k] != now[k]]
         if changed:
             raise UserError(f"cannot resume {self.ckpt_path}: {', '.join(f'--{k}' for k in changed)} "
                             f"changed since it was written; use the same settings or a new --out")
-        if ck["config"] != self.model_cfg:
-            raise UserError(f"{self.ckpt_path} holds a {checkpoint.size_name(ck['config'])} model, "
-                            f"not {self.cfg.size}; use a new --out")
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        if ck["config"] != self.model_cfg or not ck["train"]:
+            raise UserError(f"{self.ckpt_path} is not a {self.cfg.size} training checkpoint "
+                            f"({checkpoint.size_name(ck['config'])}); use a new --out or --ckpt")
+
+    def _resume(self, ck):
+        saved = ck["train"]
+        self.load_state(ck["model"], ck["optimizer"])
         self.step, self.tokens_seen, self.flops = saved["step"], saved["tokens"], saved["flops"]
         self.flops_base, self.history, self.meta = saved["flops_base"], saved["history"], ck["meta"]
         torch.set_rng_state(saved["rng"])
         if self.dist.master:  # drop lines logged after this checkpoint by the run that died
             write_jsonl(Path(self.cfg.out) / "metrics.jsonl", self.history)
-        if self.dist.master:
             print(f"resumed {self.ckpt_path} at step {self.step}/{self.max_iters}")
 
+    def load_state(self, model_sd, optim_sd):
+        """Load full (unsharded) state, as the checkpoint file holds it, whatever the world size."""
+        if not self.fsdp:
+            if model_sd is not None:
+                self.model.load_state_dict(model_sd)
+            self.optimizer.load_state_dict(optim_sd)
+            return
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+        opts = StateDictOptions(full_state_dict=True)
+        if model_sd is not None:
+            set_model_state_dict(self.model, model_sd, options=opts)
+        set_optimizer_state_dict(self.model, self.optimizer, optim_by_name(optim_sd, self.model), options=opts)
+
+    def full_state(self):
+        """(model, optimizer) state dicts, unsharded; under FSDP every rank must call this."""
+        if not self.fsdp:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        msd, osd = get_state_dict(self.model, self.optimizer,
+                                  options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return msd, optim_by_index(osd) if self.dist.master else osd  # only rank 0 gets the full state
+
     def save(self, done=False):
+        model_sd, optim_sd = self.full_state() if (self.fsdp or self.dist.master) else (None, None)
         if not self.dist.master:
             return
         train = {"step": self.step, "max_iters": self.max_iters, "tokens": self.tokens_seen,
                  "flops": self.flops, "flops_base": self.flops_base, "done": done,
                  "rng": torch.get_rng_state(),
-                 "history": self.history, "args": dataclasses.asdict(self.cfg),
+                 "history": self.history,
+                 "args": {**dataclasses.asdict(self.cfg), "global_batch": self.cfg.batch_size * self.dist.world},
                  "data_position": {"seed": self.cfg.seed, "next_step": self.step}}
         meta = {**self.meta, "flops_total": self.flops_total,
                 "metrics": str(Path(self.cfg.out) / "metrics.jsonl")}
-        checkpoint.save(self.ckpt_path, checkpoint.make_checkpoint(self.model, self.optimizer, train, meta))
+        checkpoint.save(self.ckpt_path, checkpoint.pack(self.model_cfg, model_sd, optim_sd, train, meta))
 
     @property
     def flops_total(self) -> float:
@@ -310,11 +388,13 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean loss on fixed validation windows; each rank takes its share, then all-reduce."""
         self.model.eval()
-        offs = val_windows(self.val_tokens, self.seq_len, self.cfg.eval_tokens)[self.dist.rank::self.dist.world]
+        windows = val_windows(self.val_tokens, self.seq_len, self.cfg.eval_tokens)
+        # the same number of windows on every rank: an FSDP forward is a collective
+        n = max(self.dist.world, len(windows) - len(windows) % self.dist.world)
+        windows = windows.repeat(self.dist.world, 1)[:n][self.dist.rank::self.dist.world]
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
-        for i in range(0, len(offs), self.cfg.batch_size):
-            xy = torch.from_numpy(np.stack([self.val_tokens[o:o + self.seq_len + 1].astype(np.int64)
-                                            for o in offs[i:i + self.cfg.batch_size]])).to(self.device)
+        for xy in windows.split(self.cfg.batch_size):
+            xy = xy.to(self.device)
             with self.autocast():
                 _, loss = self.model(xy[:, :-1], xy[:, 1:])
             total += torch.tensor([loss.item() * xy.shape[0], xy.shape[0]], device=self.device,
@@ -341,13 +421,16 @@ class Trainer:
         if self.dist.world > 1:
             dist.all_reduce(loss_sum)
         loss = loss_sum.item() / (cfg.grad_accum * self.dist.world)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf")).item()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+        gnorm = (gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm).item()  # FSDP: DTensor
         return loss, gnorm
 
     def run(self):
         cfg, log = self.cfg, self.log
+        if self.step == self.max_iters:
+            log(f"stage {cfg.size}: {self.ckpt_path} is already complete ({self.step} steps); nothing to do")
+            return
         if self.dist.master:
-            Path(cfg.out).mkdir(parents=True, exist_ok=True)
             n = sum(p.numel() for p in self.model.parameters())
             log(f"stage {cfg.size}: {n:,} params, {self.max_iters} steps of {self.step_tokens:,} tokens "
                 f"({self.max_iters * self.step_tokens:,} tokens, "
@@ -391,6 +474,7 @@ class Trainer:
             done = self.step == self.max_iters
             if self.step % self.eval_interval == 0 or done:
                 self.record_eval()
+            self.stop_requested = self.any_rank(self.stop_requested or self.step == cfg.stop_at)
             if self.step % self.ckpt_interval == 0 or done or self.stop_requested:
                 self.save(done=done)
             if self.stop_requested and not done:
@@ -398,6 +482,14 @@ class Trainer:
                 break
         if self.dist.world > 1:
             dist.barrier()
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if it is true on one: a signal may reach the ranks at different steps."""
+        if self.dist.world == 1:
+            return flag
+        t = torch.tensor(float(flag), device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     # -- logging ------------------------------------------------------------------------------------
     def log(self, msg: str):

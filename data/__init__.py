@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from util import UserError
 
@@ -34,3 +35,14 @@ def open_split(data_dir, split: str) -> tuple[np.ndarray, dict]:
         raise UserError(f"{path} holds {len(tokens)} tokens but meta.json says "
                         f"{meta[f'{split}_tokens']}: the file is truncated; re-run data/prepare.py")
     return tokens, meta
+
+
+def val_windows(tokens: np.ndarray, block_size: int, max_tokens: int) -> torch.Tensor:
+    """(n, block_size + 1) evenly spaced, non-overlapping windows: inputs and their next tokens.
+    Deterministic, so every member and every pair sees the same tokens."""
+    if len(tokens) < block_size + 1:
+        raise UserError(f"the validation split has {len(tokens)} tokens, fewer than one context "
+                        f"of {block_size + 1}; prepare more validation data")
+    n = max(1, min(max_tokens // block_size, (len(tokens) - 1) // block_size))
+    starts = np.linspace(0, len(tokens) - block_size - 1, n).astype(np.int64)
+    return torch.from_numpy(np.stack([tokens[s:s + block_size + 1] for s in starts]).astype(np.int64))

@@ -15,17 +15,6 @@ def args(data, out, *extra):
                        "--seq_len", "64", "--eval_tokens", "4096", "--log_interval", "5", *map(str, extra)])
 
 
-class StopAt(Trainer):
-    """A run that is stopped (as by SIGTERM) after `stop_at` steps."""
-    stop_at = None
-
-    def train_step(self):
-        out = super().train_step()
-        if self.step + 1 == self.stop_at:
-            self.stop_requested = True
-        return out
-
-
 def losses(history):
     return [r["loss"] for r in history if "loss" in r]
 
@@ -33,8 +22,7 @@ def losses(history):
 def test_resume_continues_bit_for_bit(byte_data, tmp_path):
     straight = Trainer(args(byte_data, tmp_path / "a", "--max_iters", 40, "--ckpt_interval", 100))
     straight.run()
-    StopAt.stop_at = 20
-    first = StopAt(args(byte_data, tmp_path / "b", "--max_iters", 40, "--ckpt_interval", 100))
+    first = Trainer(args(byte_data, tmp_path / "b", "--max_iters", 40, "--ckpt_interval", 100, "--stop_at", 20))
     first.run()
     assert first.step == 20 and not checkpoint.load(tmp_path / "b" / "ckpt.pt")["train"]["done"]
     second = Trainer(args(byte_data, tmp_path / "b", "--max_iters", 40, "--resume"))
@@ -71,7 +59,7 @@ def test_init_carries_flops_and_lineage(byte_data, tmp_path):
 
 
 def test_bad_inputs_give_one_clear_line(byte_data, tmp_path):
-    base = ["train.py", "--data", byte_data, "--out", tmp_path / "x", "--max_iters", 2]
+    base = ["train.py", "--data", byte_data, "--out", tmp_path / "x", "--max_iters", 2, "--eval_tokens", 2048]
     assert_user_error(run_script(*base, "--size", "3b"), "unknown size")
     assert_user_error(run_script("train.py", "--size", "20k", "--data", tmp_path / "none", "--max_iters", 2),
                       "no prepared data")

@@ -1,0 +1,507 @@
+"""evaluate.py: scoring conventions, KL, speculative acceptance and the report, on known answers."""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import checkpoint
+import evaluate as ev
+from conftest import SHARED, run_script
+from model import GPT, GPTConfig
+from tokenizer import get_tokenizer
+from util import run_cli
+
+BYTES = get_tokenizer("bytes")
+LOG256 = math.log(256)
+EVAL_DIR = SHARED / "data" / "eval"
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: fake models, tiny checkpoints, data in the shared formats
+
+class FakeLM(nn.Module):
+    """Stands in for a GPT: logits = fn(idx); refuses inputs longer than its context, as GPT does."""
+
+    def __init__(self, fn, block_size=64, vocab_size=256):
+        super().__init__()
+        self.cfg = SimpleNamespace(block_size=block_size, vocab_size=vocab_size)
+        self.anchor = nn.Parameter(torch.zeros(1))  # the evaluator reads the device from parameters
+        self.fn = fn
+
+    def forward(self, idx):
+        assert idx.size(1) <= self.cfg.block_size
+        return self.fn(idx), None
+
+
+def uniform_lm(block_size=64):
+    return FakeLM(lambda idx: torch.zeros(*idx.shape, 256), block_size)
+
+
+def constant_lm(probs: np.ndarray):
+    """Every position predicts the same distribution `probs`."""
+    logits = torch.tensor(np.log(probs), dtype=torch.float32)
+    return FakeLM(lambda idx: logits.expand(*idx.shape, len(probs)), vocab_size=len(probs))
+
+
+def scripted_lm(golds: list[list[int]], boost: float = 10.0):
+    """Knows the gold sequences: where the input so far is a prefix of one, its next token gets
+    logit `boost` (0 elsewhere)."""
+    def fn(idx):
+        out = torch.zeros(*idx.shape, 256)
+        for b, row in enumerate(idx.tolist()):
+            for g in golds:
+                for t in range(min(len(row), len(g) - 1)):
+                    if row[t] != g[t]:
+                        break
+                    out[b, t, g[t + 1]] = boost
+        return out
+    return FakeLM(fn, block_size=512)
+
+
+def tiny_gpt(n_head=1, block_size=64, tokenizer="bytes", seed=None):
+    if seed is not None:
+        torch.manual_seed(seed)
+    vocab = 256 if tokenizer == "bytes" else 50304
+    model = GPT(GPTConfig(1, n_head, 8, 32 * n_head, vocab, block_size, tokenizer), use_kernels=False)
+    return model.eval()
+
+
+def save_ckpt(path, model, **meta):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(path, checkpoint.make_checkpoint(model, meta=meta))
+    return path
+
+
+def write_val(folder, tokens: np.ndarray, tokenizer="bytes"):
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint8 if tokenizer == "bytes" else np.uint16
+    tokens.astype(dtype).tofile(folder / "val.bin")
+    meta = {"tokenizer": tokenizer, "vocab_size": 256 if tokenizer == "bytes" else 50257,
+            "dtype": np.dtype(dtype).name, "train_tokens": 0, "val_tokens": len(tokens)}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def random_text(rng, n_words):
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    return " ".join("".join(rng.choice(letters, rng.integers(2, 7))) for _ in range(n_words))
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_task_files(folder, rng, n=6):
+    """n items of every task, in the formats of ../shared/data/eval."""
+    folder.mkdir(parents=True, exist_ok=True)
+    words = lambda k=4: random_text(rng, k)  # noqa: E731
+    mc = lambda q, k: {"query": q, "choices": [words() for _ in range(k)],  # noqa: E731
+                       "gold": int(rng.integers(k))}
+    files = {
+        "lambada": [{"text": words(8)} for _ in range(n)],
+        "arc_easy": [mc("Question: " + words(), 4) for _ in range(n)],
+        "arc_challenge": [mc("Question: " + words(), 4) for _ in range(n)],
+        "openbookqa": [mc(words(), 4) for _ in range(n)],
+        "piqa": [{"goal": words(), "sol1": words(), "sol2": words()} for _ in range(n)],
+        "hellaswag": [{"query": f"{words(1)}: {words(6)}", "endings": [words() for _ in range(4)],
+                       "label": int(rng.integers(4))} for _ in range(n)],
+        "winogrande": [{"context_options": [words(5), words(5)], "continuation": words(3),
+                        "gold": int(rng.integers(2))} for _ in range(n)],
+    }
+    for task, records in files.items():
+        write_jsonl(folder / ev.LOCAL_FILES[task], records)
+    (folder / ev.PIQA_LABELS).write_text("".join(f"{rng.integers(2)}\n" for _ in range(n)))
+    return folder
+
+
+def cli_error(capsys, argv) -> str:
+    """A user mistake: exit code 2 and exactly one `error:` line."""
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: ev.main(argv))
+    assert e.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def items_with_gold(items, tok=BYTES):
+    """Token sequences context + gold continuation of each item, for the scripted model."""
+    return [sum(ev.encode_pair(tok, *it.requests[it.gold]), []) for it in items]
+
+
+def requests_of(items, tok=BYTES):
+    return [ev.encode_pair(tok, c, x) for it in items for c, x in it.requests]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenization of (context, continuation), as lm-eval does it
+
+def test_encode_pair_moves_trailing_spaces_bytes():
+    ctx, cont = ev.encode_pair(BYTES, "Question: why?\nAnswer: ", "yes")
+    assert ctx == BYTES.encode("Question: why?\nAnswer:") and cont == BYTES.encode(" yes")
+    assert ev.encode_pair(BYTES, "", "abc") == ([BYTES.eot], BYTES.encode("abc"))
+
+
+def test_encode_pair_gpt2(monkeypatch):
+    if not (SHARED / "tiktoken_cache").is_dir():
+        pytest.skip("no offline tiktoken cache")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+    tok = get_tokenizer("gpt2")
+    # " world" is one token: the space belongs to the continuation, not to the context
+    assert ev.encode_pair(tok, "Hello", " world") == ([15496], [995])
+    assert ev.encode_pair(tok, "Hello ", "world") == ([15496], [995])
+
+
+def test_token_byte_lengths_count_utf8_bytes(monkeypatch):
+    text = "naïve café — 日本語 🙂 plain"
+    lengths = ev.token_byte_lengths(BYTES)
+    assert lengths[BYTES.eot] == 0 and lengths[BYTES.encode(text)].sum() == len(text.encode())
+    if (SHARED / "tiktoken_cache").is_dir():
+        monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+        tok = get_tokenizer("gpt2")
+        lengths = ev.token_byte_lengths(tok)
+        assert lengths[tok.eot] == 0 and lengths[tok.encode(text)].sum() == len(text.encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot scoring
+
+@pytest.mark.parametrize("task", ["arc_easy", "arc_challenge", "openbookqa", "piqa", "hellaswag",
+                                  "winogrande"])
+def test_scripted_scorer_gets_everything_right(tmp_path, task):
+    items = ev.load_items(task, write_task_files(tmp_path, np.random.default_rng(), n=8), None)
+    model = scripted_lm(items_with_gold(items))
+    metrics = ev.evaluate_task(model, task, items, requests_of(items), batch_size=3)
+    assert metrics["acc"] == 1.0 and metrics["n"] == 8
+    assert metrics.get("acc_norm", 1.0) == 1.0
+    assert ("acc_norm" in metrics) == (task != "winogrande")  # WinoGrande: acc only
+
+
+def test_uniform_model_on_hellaswag_ties_pick_the_first(tmp_path):
+    rng = np.random.default_rng()
+    n = 400  # endings of equal length: every choice ties, argmax picks choice 0 -> acc = P(gold = 0)
+    endings = lambda: ["".join(rng.choice(list("abcdefgh"), 12)) for _ in range(4)]  # noqa: E731
+    records = [{"query": "Act: the man", "endings": endings(), "label": int(rng.integers(4))}
+               for _ in range(n)]
+    write_jsonl(tmp_path / ev.LOCAL_FILES["hellaswag"], records)
+    items = ev.load_items("hellaswag", tmp_path, None)
+    metrics = ev.evaluate_task(uniform_lm(), "hellaswag", items, requests_of(items), batch_size=64)
+    expected = np.mean([r["label"] == 0 for r in records])
+    assert metrics["acc"] == pytest.approx(expected) and metrics["acc_norm"] == pytest.approx(expected)
+    assert abs(metrics["acc"] - 0.25) < 0.1
+
+
+def test_uniform_model_acc_vs_acc_norm_follow_lengths(tmp_path):
+    """Uniform over 256 bytes: log p(" " + ending) = -(chars + 1) ln 256. acc picks the shortest
+    ending, acc_norm (divided by chars) the longest; the first of equals in both."""
+    rng = np.random.default_rng()
+    lengths = rng.integers(3, 9, size=(60, 4))
+    records = [{"query": "Act: she", "endings": ["x" * k for k in row], "label": int(rng.integers(4))}
+               for row in lengths]
+    write_jsonl(tmp_path / ev.LOCAL_FILES["hellaswag"], records)
+    items = ev.load_items("hellaswag", tmp_path, None)
+    metrics = ev.evaluate_task(uniform_lm(), "hellaswag", items, requests_of(items), batch_size=16)
+    gold = np.array([r["label"] for r in records])
+    assert metrics["acc"] == pytest.approx(np.mean(lengths.argmin(1) == gold))
+    assert metrics["acc_norm"] == pytest.approx(np.mean(lengths.argmax(1) == gold))
+
+
+def test_choose_takes_first_of_ties():
+    assert ev.choose(np.array([-2.0, -1.0, -1.0]), [1, 1, 1]) == (1, 1)
+    assert ev.choose(np.array([-4.0, -3.0]), [4, 1]) == (1, 0)  # -1 per char beats -3 per char
+
+
+def test_lambada_handcrafted_item(tmp_path):
+    write_jsonl(tmp_path / ev.LOCAL_FILES["lambada"], [{"text": "the cat sat on the mat"}])
+    items = ev.load_items("lambada", tmp_path, None)
+    assert items[0].requests == [("the cat sat on the", " mat")]
+    boost = 5.0
+    log_p = boost - math.log(math.exp(boost) + 255)  # the scripted model's log-prob of each gold byte
+    m = ev.evaluate_task(scripted_lm(items_with_gold(items), boost), "lambada", items, requests_of(items), 4)
+    assert m["acc"] == 1.0 and m["ppl"] == pytest.approx(math.exp(-4 * log_p), rel=1e-5)
+    m = ev.evaluate_task(uniform_lm(), "lambada", items, requests_of(items), 4)
+    assert m["acc"] == 0.0 and m["ppl"] == pytest.approx(256.0 ** 4, rel=1e-4)  # " mat": 4 bytes
+
+
+def test_requests_are_left_truncated_to_the_context():
+    """A bigram model's score does not depend on what truncation dropped; the model never sees
+    more than block_size tokens (FakeLM asserts it)."""
+    table = torch.log_softmax(torch.randn(256, 256), dim=-1)
+    model = FakeLM(lambda idx: table[idx], block_size=8)
+    ctx, cont = BYTES.encode("a long context that does not fit"), BYTES.encode(" end")
+    loglik, greedy = ev.score_requests(model, [(ctx, cont), (ctx[-3:], cont)], batch_size=2)
+    seq = ctx + cont
+    expected = sum(table[seq[i - 1], seq[i]].item() for i in range(len(ctx), len(seq)))
+    assert loglik == pytest.approx([expected, expected], abs=1e-4)
+
+
+def test_hellaswag_preprocessing():
+    # lm-eval's function exactly: strip first, so a leading marker leaves its space behind
+    assert ev.hellaswag_clean(" Act: How to x [title] Do [step] it. ") == "Act: How to x. Do it."
+    assert ev.hellaswag_clean("[header] How") == " How"
+
+
+# ---------------------------------------------------------------------------------------------
+# Perplexity, bits per byte, KL
+
+def test_uniform_model_perplexity_and_bits_per_byte():
+    rng = np.random.default_rng()
+    windows = ev.val_windows(rng.integers(0, 255, 5000), block_size=64, max_tokens=1024)
+    r = ev.perplexity(uniform_lm(), windows, ev.token_byte_lengths(BYTES), batch_size=4)
+    assert r["ppl"] == pytest.approx(256, rel=1e-5) and r["bpb"] == pytest.approx(8.0, rel=1e-6)
+    assert r["tokens"] == r["bytes"] == 16 * 64
+    tokens = np.full(5000, ord("a"))
+    tokens[::10] = BYTES.eot  # separators are predicted but are no text: bpb counts fewer bytes
+    r = ev.perplexity(uniform_lm(), ev.val_windows(tokens, 64, 1024), ev.token_byte_lengths(BYTES), 4)
+    assert r["bpb"] == pytest.approx(r["loss"] * r["tokens"] / math.log(2) / r["bytes"]) and r["bpb"] > 8
+
+
+def test_gpt2_bits_per_byte_and_scoring(monkeypatch):
+    """GPT-2 BPE: a uniform model's bpb is its nats over the UTF-8 bytes the target tokens decode
+    to; a tiny GPT-2-vocabulary model scores real items."""
+    if not (SHARED / "tiktoken_cache").is_dir():
+        pytest.skip("no offline tiktoken cache")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+    tok = get_tokenizer("gpt2")
+    rng = np.random.default_rng()
+    tokens = np.array(tok.encode(random_text(rng, 400)))  # ASCII: windows decode to whole characters
+    windows = ev.val_windows(tokens, 32, 256)
+    uniform = FakeLM(lambda idx: torch.zeros(*idx.shape, 50304), block_size=32, vocab_size=50304)
+    r = ev.perplexity(uniform, windows, ev.token_byte_lengths(tok), batch_size=3)
+    n_bytes = sum(len(tok.decode(w[1:].tolist()).encode()) for w in windows)
+    assert r["bytes"] == n_bytes
+    assert r["bpb"] == pytest.approx(r["tokens"] * math.log2(50304) / n_bytes, rel=1e-5)
+    if EVAL_DIR.is_dir():
+        items = ev.load_items("piqa", EVAL_DIR, 2)
+        m = ev.evaluate_task(tiny_gpt(tokenizer="gpt2"), "piqa", items, requests_of(items, tok), batch_size=2)
+        assert m["n"] == 2 and 0 <= m["acc"] <= 1
+
+
+def test_val_windows_deterministic_evenly_spread_and_disjoint():
+    tokens = np.arange(10_000)
+    w = ev.val_windows(tokens, 64, 4096)
+    assert w.shape == (64, 65) and torch.equal(w, ev.val_windows(tokens, 64, 4096))
+    assert (w[:, 1:] - w[:, :-1] == 1).all()  # each window is a slice of the split
+    starts = w[:, 0].numpy()
+    assert starts[0] == 0 and w[-1, -1] == tokens[-1]  # from the first token to the last
+    assert (np.diff(starts) >= 64).all()  # no target token is counted twice
+
+
+def test_kl_of_model_with_itself_is_zero():
+    model = tiny_gpt()
+    windows = ev.val_windows(np.random.default_rng().integers(0, 256, 3000), 64, 512)
+    kl = ev.pair_kl(model, model, windows, batch_size=4)
+    assert kl["kl_large_small"] == pytest.approx(0, abs=1e-7)
+    assert kl["kl_small_large"] == pytest.approx(0, abs=1e-7)
+
+
+def test_kl_matches_closed_form_and_direction():
+    rng = np.random.default_rng()
+    p, q = rng.dirichlet(np.ones(6)), rng.dirichlet(np.ones(6))
+    closed = lambda a, b: float(np.sum(a * np.log(a / b)))  # noqa: E731
+    got = ev.kl_divergence(torch.tensor(np.log(p)), torch.tensor(np.log(q))).item()
+    assert got == pytest.approx(closed(p, q), rel=1e-9)
+    windows = torch.zeros(3, 9, dtype=torch.long)
+    kl = ev.pair_kl(constant_lm(q), constant_lm(p), windows, batch_size=2)  # small = q, large = p
+    assert kl["kl_large_small"] == pytest.approx(closed(p, q), rel=1e-4)
+    assert kl["kl_small_large"] == pytest.approx(closed(q, p), rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Speculative decoding
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_speculative_acceptance_of_model_with_itself_is_total(greedy):
+    model = tiny_gpt(seed=int(np.random.default_rng().integers(1 << 30)))
+    prompts = torch.randint(0, 256, (2, 16))
+    r = ev.speculative_acceptance(model, model, prompts, n_tokens=20, k=4, greedy=greedy, seed=0)
+    assert r["acceptance"] == 1.0 and r["tokens_per_round"] == 5.0
+
+
+def test_rejection_sampling_acceptance_and_output_distribution():
+    """Constant draft q and target p: each draft is kept with probability a = sum min(p, q), so a
+    round accepts a + a^2 + ... + a^k drafts on average; the emitted tokens follow p exactly."""
+    rng = np.random.default_rng()
+    p, q = rng.dirichlet(np.ones(4)), rng.dirichlet(np.ones(4))
+    a, k = np.minimum(p, q).sum(), 3
+    draft, target = constant_lm(q), constant_lm(p)
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+    seq, accepted, rounds = torch.zeros(1, 1, dtype=torch.long), 0, 3000
+    counts = np.zeros(4)
+    with torch.inference_mode():
+        for _ in range(rounds):
+            new, n = ev.speculative_round(draft, target, seq, k, greedy=False, gen=gen)
+            accepted += n
+            counts += np.bincount(new.numpy(), minlength=4)
+    assert accepted / (rounds * k) == pytest.approx(sum(a ** i for i in range(1, k + 1)) / k, abs=0.04)
+    assert counts / counts.sum() == pytest.approx(p, abs=0.03)
+
+
+def test_greedy_speculation_accepts_while_argmaxes_agree():
+    draft = constant_lm(np.array([0.1, 0.6, 0.3]))
+    agreeing, disagreeing = constant_lm(np.array([0.3, 0.4, 0.3])), constant_lm(np.array([0.2, 0.3, 0.5]))
+    prompts = torch.zeros(1, 4, dtype=torch.long)
+    assert ev.speculative_acceptance(draft, agreeing, prompts, 12, 4, True, 0)["acceptance"] == 1.0
+    r = ev.speculative_acceptance(draft, disagreeing, prompts, 12, 4, True, 0)
+    assert r["acceptance"] == 0.0 and r["tokens_per_round"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading task data, the real files, offline behaviour
+
+def test_real_eval_files_parse_with_full_counts():
+    if not EVAL_DIR.is_dir():
+        pytest.skip(f"no offline eval data at {EVAL_DIR}")
+    counts = {"lambada": 5153, "piqa": 1838, "hellaswag": 10042, "arc_easy": 2376, "arc_challenge": 1172,
+              "openbookqa": 500, "winogrande": 1267}
+    for task, n in counts.items():
+        items = ev.load_items(task, EVAL_DIR, None)
+        assert len(items) == n and all(0 <= it.gold < len(it.requests) for it in items), task
+    first = ev.load_items("hellaswag", EVAL_DIR, 1)[0]
+    assert first.gold == 3 and first.requests[3] == ("Roof shingle removal: A man is sitting on a roof. he",
+                                                      " starts pulling up roofing on a roof.")
+    assert ev.load_items("arc_easy", EVAL_DIR, 1)[0].requests[0][0].endswith("?\nAnswer:")
+
+
+def test_real_eval_files_smoke_with_a_tiny_gpt():
+    if not EVAL_DIR.is_dir():
+        pytest.skip(f"no offline eval data at {EVAL_DIR}")
+    model = tiny_gpt(block_size=128)
+    for task in ev.ZERO_SHOT:
+        items = ev.load_items(task, EVAL_DIR, 3)
+        m = ev.evaluate_task(model, task, items, requests_of(items), batch_size=8)
+        assert m["n"] == 3 and 0 <= m["acc"] <= 1
+
+
+def test_wikitext_from_a_file_or_skipped_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    raw = tmp_path / "wiki.test.raw"
+    raw.write_text(" = Title = \n" + random_text(np.random.default_rng(), 200))
+    notes = []
+    w = ev.wikitext_windows(str(raw), BYTES, 32, 10_000, notes)
+    assert w.shape[1] == 33 and w[0, :12].tolist() == BYTES.encode(" = Title = \n") and notes == []
+    assert ev.wikitext_windows("hf", BYTES, 32, 10_000, notes) is None and "WikiText" in notes[0]
+
+
+def test_hub_path_fails_with_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ev.UserError, match="--data-dir"):
+        ev.load_items("piqa", None, 2)
+
+
+def test_read_history_sources(tmp_path):
+    eval_line = {"step": 5, "tokens": 500, "flops_total": 1e6, "val_loss": 3.0}
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    member = ev.Member("progressive", ckpt, None, {}, [eval_line])
+    assert ev.read_history(member) == (f"{ckpt} (history in the checkpoint)", [eval_line])
+    ckpt.parent.mkdir()
+    train_line = {"step": 4, "tokens": 400, "flops_total": 8e5, "loss": 3.1}  # no val_loss: not plotted
+    cut = '{"st'  # a last line cut short by a crash
+    (ckpt.parent / "metrics.jsonl").write_text(f"{json.dumps(train_line)}\n{json.dumps(eval_line)}\n{cut}")
+    assert ev.read_history(member) == (str(ckpt.parent / "metrics.jsonl"), [eval_line])  # cut line skipped
+    elsewhere = tmp_path / "log.jsonl"
+    write_jsonl(elsewhere, [eval_line, eval_line])
+    member.meta["metrics"] = str(elsewhere)
+    assert ev.read_history(member) == (str(elsewhere), [eval_line, eval_line])
+    assert ev.read_history(ev.Member("independent", tmp_path / "x.pt", None, {}, [])) == (None, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: report, bad input
+
+@pytest.fixture
+def family(tmp_path):
+    """Two tiny progressive members (with training logs) and two independent ones, bytes data."""
+    rng = np.random.default_rng()
+    prog = [save_ckpt(tmp_path / f"prog{i}" / "ckpt.pt", tiny_gpt(n_head=i + 1), flops_total=f) for i, f in
+            enumerate([1e9, 3e9])]
+    for i, (path, start) in enumerate(zip(prog, [0.0, 1e9])):
+        lines = [{"step": s, "tokens": s * 100, "flops_total": start + s * 1e8, "val_loss": 5.5 - 0.1 * s - i}
+                 for s in range(1, 11)]
+        write_jsonl(path.parent / "metrics.jsonl", lines)
+    base = [save_ckpt(tmp_path / f"base{i}.pt", tiny_gpt(n_head=i + 1), flops_total=f) for i, f in
+            enumerate([1e9, 4e9])]
+    val = write_val(tmp_path / "data", rng.integers(0, 255, 20_000))
+    tasks = write_task_files(tmp_path / "eval", rng, n=4)
+    small, large = "custom(L1,d8)", "custom(L1,d16)"
+    plan = {"progressive": [{"size": small, "flops": 1e9, "cumulative_flops": 1e9},
+                            {"size": large, "flops": 1.5e9, "cumulative_flops": 2.5e9}],
+            "independent": [{"size": small, "flops": 1e9, "cumulative_flops": 1e9},
+                            {"size": large, "flops": 4e9, "cumulative_flops": 5e9}],
+            "progressive_flops": 2.5e9, "independent_flops": 5e9, "saving": 0.5}  # as flops.py --json writes
+    write_jsonl(tmp_path / "plan.json", [plan])
+    return SimpleNamespace(prog=prog, base=base, val=val, tasks=tasks, plan=tmp_path / "plan.json",
+                           out=tmp_path / "report")
+
+
+def test_report_renders_for_two_tiny_families(family):
+    proc = run_script("evaluate.py", "--ckpt", *family.prog, "--baseline", *family.base,
+                      "--val-data", family.val, "--data-dir", family.tasks, "--out", family.out,
+                      "--limit", 3, "--val-tokens", 512, "--spec-prompts", 2, "--spec-tokens", 8,
+                      "--plan", family.plan, "--device", "cpu", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((family.out / "report.json").read_text())
+    assert [(m["family"], m["name"]) for m in report["members"]] == \
+        [(f, n) for f in ("progressive", "independent") for n in ("custom(L1,d8)", "custom(L1,d16)")]
+    for m in report["members"]:
+        assert set(m["tasks"]) == set(ev.ZERO_SHOT) and all(t["n"] == 3 for t in m["tasks"].values())
+        assert m["ppl"]["tokens"] == 512 and m["ppl"]["bpb"] > 0
+    assert len(report["members"][0]["history"]) == 10 and report["members"][2]["history"] == []
+    assert [p["family"] for p in report["pairs"]] == ["progressive", "independent"]
+    for p in report["pairs"]:
+        assert p["kl"]["kl_large_small"] > 0 and 0 <= p["spec"]["greedy"]["acceptance"] <= 1
+    assert report["flops"] == {"progressive": 3e9, "independent": 5e9, "saving": pytest.approx(0.4),
+                               "planned": {"progressive": 2.5e9, "independent": 5e9, "saving": 0.5}}
+    assert [m["flops_planned"] for m in report["members"]] == [1e9, 2.5e9, 1e9, 4e9]
+    md = (family.out / "report.md").read_text()
+    for heading in ["## Members", "## KL divergence", "## Speculative decoding", "## FLOPs",
+                    "40.0 % (planned: 50.0 %)", "| progressive | custom(L1,d16) | 3e+09 | 2.5e+09 | 1.200 |"]:
+        assert heading in md
+    members = md.split("## Members")[1].split("\n## ")[0]  # same size side by side
+    rows = [line.split(" | ")[:2] for line in members.splitlines() if "custom(L1" in line]
+    assert rows == [["| progressive", "custom(L1,d8)"], ["| independent", "custom(L1,d8)"],
+                    ["| progressive", "custom(L1,d16)"], ["| independent", "custom(L1,d16)"]]
+    for png in ["loss_vs_flops.png", "kl_pairs.png", "accuracy_vs_flops.png"]:
+        assert (family.out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_checkpoint(family, capsys, tmp_path):
+    err = cli_error(capsys, ["--ckpt", str(tmp_path / "nope.pt"), "--out", str(family.out), "--tasks", "ppl",
+                             "--val-data", str(family.val)])
+    assert "does not exist" in err
+
+
+def test_missing_plan(family, capsys, tmp_path):
+    err = cli_error(capsys, ["--ckpt", str(family.prog[0]), "--out", str(family.out), "--tasks", "ppl",
+                             "--val-data", str(family.val), "--plan", str(tmp_path / "plan_missing.json")])
+    assert "--plan" in err and "flops.py" in err
+
+
+def test_unknown_task(family, capsys):
+    err = cli_error(capsys, ["--ckpt", str(family.prog[0]), "--out", str(family.out), "--tasks", "ppl,mmlu"])
+    assert "unknown task 'mmlu'" in err
+
+
+def test_tokenizer_mismatch_between_checkpoints(family, capsys, tmp_path):
+    gpt2 = save_ckpt(tmp_path / "gpt2.pt", tiny_gpt(tokenizer="gpt2"))
+    err = cli_error(capsys, ["--ckpt", str(family.prog[0]), str(gpt2), "--out", str(family.out),
+                             "--tasks", "lambada", "--data-dir", str(family.tasks)])
+    assert "tokenizer mismatch" in err
+
+
+def test_tokenizer_mismatch_with_data(family, capsys, tmp_path):
+    val = write_val(tmp_path / "gpt2data", np.arange(1000), tokenizer="gpt2")
+    err = cli_error(capsys, ["--ckpt", str(family.prog[0]), "--out", str(family.out), "--tasks", "ppl",
+                             "--val-data", str(val)])
+    assert "tokenizer mismatch" in err and "--val-data" in err
+
+
+def test_val_data_required_for_ppl(family, capsys):
+    err = cli_error(capsys, ["--ckpt", str(family.prog[0]), "--out", str(family.out), "--tasks", "kl"])
+    assert "--val-data" in err
