@@ -8,7 +8,6 @@ with torch.load(weights_only=True), so that loading one never runs code.
      "train": {step, max_iters, tokens, flops, done, rng, args} or None (stage progress),
      "meta": {size, flops_total (this stage and every ancestor), lineage: [...], expansion: {...}}}
 """
-import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -47,10 +46,8 @@ def make_checkpoint(model: GPT, optimizer=None, train=None, meta=None) -> dict:
 
 
 def save(path, ckpt: dict):
-    """Atomic: serialize to memory, write a temp file beside `path`, fsync, rename."""
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    """Atomic: write a temp file beside `path`, fsync, rename."""
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load(path, map_location="cpu", mmap=False) -> dict:

@@ -275,7 +275,7 @@ class Trainer:
                 raise UserError(f"--init {cfg.init} is a {checkpoint.size_name(init['config'])} checkpoint "
                                 f"but --size is {cfg.size}; grow it first with expand.py --size {cfg.size}")
             model = checkpoint.build_model(init, use_kernels=cfg.kernels)
-            self.meta = {"lineage": list(init["meta"].get("lineage", [])) + [str(cfg.init)],
+            self.meta = {"lineage": init["meta"].get("lineage", []), "init": str(cfg.init),
                          "expansion": init["meta"].get("expansion")}
             self.flops_base = init["meta"].get("flops_total", 0.0)  # FLOPs of the ancestors
             opt_state = init.get("optimizer")  # expand.py --optimizer-state: grown AdamW moments
@@ -293,6 +293,8 @@ class Trainer:
             self._resume(resume)
         elif opt_state is not None:
             self.load_state(None, opt_state)
+            for g, wd in zip(self.optimizer.param_groups, (cfg.weight_decay, 0.0)):  # this stage's settings,
+                g.update(betas=(cfg.beta1, cfg.beta2), weight_decay=wd)  # not the source stage's
         self.train_model = self._wrap(self.model)
 
     def _use_fsdp(self) -> bool:

@@ -33,6 +33,9 @@ def atomic_write(path, write_fn, mode="wb"):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror}; choose a writable --out") from e
     try:

@@ -55,7 +55,7 @@ def test_init_carries_flops_and_lineage(byte_data, tmp_path):
     t.run()
     a, b = checkpoint.load(tmp_path / "a" / "ckpt.pt"), checkpoint.load(tmp_path / "b" / "ckpt.pt")
     assert b["meta"]["flops_total"] == pytest.approx(2 * a["meta"]["flops_total"])
-    assert b["meta"]["lineage"] == [str(tmp_path / "a" / "ckpt.pt")]
+    assert b["meta"]["init"] == str(tmp_path / "a" / "ckpt.pt")
 
 
 def test_bad_inputs_give_one_clear_line(byte_data, tmp_path):

@@ -1,0 +1,413 @@
+"""
+Grow a checkpoint into the next size of its family: bert2BERT's FPI or AKI for the width, then
+stacked, interpolated or zero-initialized blocks for the depth.
+
+    python expand.py --src ckpt_1b.pt --size 2b --method aki --out ckpt_1b_expanded.pt
+
+Notation. Source: L blocks, residual width d, h heads of head_dim e (d = h e), FFN width f.
+Target: L', d', h', f', the same e. Weights W[row, col] as nn.Linear stores them (y = W x + b).
+
+Index maps, ONE per dimension, shared by every tensor of every block (drawn from one generator
+seeded with --seed, in the order hidden, heads, ffn, and saved in meta["expansion"]):
+
+    g: [n'] -> [n],   g(i) = i for i < n,   g(n), ..., g(n'-1) = pi, pi, pi, ... (cut to n' - n)
+
+with pi a random permutation of [n]: new units copy old ones without replacement, cycling when
+n' > 2n, so the copy counts c(j) = |{i : g(i) = j}| differ by at most one. A head is one unit:
+its e rows move together, g_a(a) = e g_h(a div e) + a mod e with count c_a(a) = c_h(g_h(a div e)),
+and qkv's rows [q | k | v] use g_a in each of the three blocks (g_qkv, c_qkv).
+
+FPI (function-preserving initialization). A tensor that PRODUCES a dimension copies along it; one
+that CONSUMES it copies and divides by the copy count (never a bias), for every block l:
+
+    wte'[v, i]  = wte[v, g_d(i)]                      wpe'[t, i] = wpe[t, g_d(i)]
+    gamma'[i]   = gamma[g_d(i)],  beta'[i] = beta[g_d(i)]        (ln1, ln2, ln_f)
+    qkv'[r, i]  = qkv[g_qkv(r), g_d(i)] / c_d(g_d(i))   bqkv'[r]  = bqkv[g_qkv(r)]
+    proj'[i, a] = proj[g_d(i), g_a(a)] / c_a(a)         bproj'[i] = bproj[g_d(i)]
+    fc'[u, i]   = fc[g_f(u), g_d(i)] / c_d(g_d(i))      bfc'[u]   = bfc[g_f(u)]
+    mproj'[i,u] = mproj[g_d(i), g_f(u)] / c_f(g_f(u))   bmproj'[i] = bmproj[g_d(i)]
+    head'[v, i] = head[v, g_d(i)] / c_d(g_d(i))
+
+Why it preserves the function: the widened residual is a copy, x'[i] = x[g_d(i)] (the embeddings
+produce copies and every block adds copies), and a consumer sums its copies back,
+sum_i W[:, g(i)] x[g(i)] / c(g(i)) = sum_j W[:, j] x[j]. Copied heads compute the same attention
+and copied FFN units the same GELU, so heads and FFN are exact for ANY ratio. LayerNorm is not: its
+mean over x' is sum_j c(j) x[j] / d', the old mean only when all c(j) are equal. So FPI is exact
+when d'/d is an integer and approximate otherwise. Measured on tiny models trained 400 steps on
+OpenStax bytes (validation loss 2.55 nats/byte), FPI with zero depth: 50k -> 120k (1.5x) max |logit
+difference| 0.75 (logits reach 13), KL(source || grown) 1.3e-3 nats/token, validation loss 2.554 ->
+2.557; 120k -> 250k (1.33x) 1.1, KL 1.6e-3, 2.547 -> 2.545. For scale: stack depth instead of zero
+gives KL 0.035 / 0.017, AKI with zero depth 0.015 / 0.007. tests/test_expand.py bounds the
+deviation for random weights.
+
+AKI (advanced knowledge initialization): the same maps, applied in bert2BERT's order: the
+residual width and every LayerNorm by FPI, then heads and FFN, then depth. The NEW heads and FFN
+units (a div e >= h, u >= f) of block l < L-1 take their incoming rows from block l+1, already
+widened by FPI on its input side; all other rows are FPI:
+
+    qkv'_l[r] = qkv'_{l+1}[r],  bqkv'_l[r] = bqkv'_{l+1}[r]   (r a row of a new head)
+    fc'_l[u]  = fc'_{l+1}[u],   bfc'_l[u]  = bfc'_{l+1}[u]    (u >= f)
+
+Their outgoing columns in proj and mlp.proj stay block l's own, divided by the counts as in FPI:
+bert2BERT widens a matrix's input side from its own layer and takes only new OUTPUT rows from the
+layer above, and the output rows of proj and mlp.proj are the residual width, which is FPI. With
+z = ln2(x), block l's MLP thus reads out a mix of its own features and those of block l+1:
+
+    sum_j mproj_l[:, j] / c_f(j) * (gelu(fc_l[j] z + bfc_l[j]) + (c_f(j) - 1) gelu(fc_{l+1}[j] z + bfc_{l+1}[j]))
+
+(attention likewise, head by head). The top block has no l+1 and is FPI. AKI is not
+function-preserving by design: it breaks the symmetry of exact copies, which otherwise receive
+identical gradients forever.
+
+Depth, after the width: target block k copies widened block s(k); with m = L' div L, r = L' mod L,
+the r top blocks L-r, ..., L-1 fill the remainder:
+
+    stack:       s = 0, 1, ..., L-1 (m times), then L-r, ..., L-1
+    interpolate: s = 0 (m times), 1 (m times), ..., each top block m+1 times, in order
+    zero:        s as stack, and every block k >= L has proj = bproj = mproj = bmproj = 0, so it
+                 adds nothing to the residual: exact identity in a pre-LN model
+
+stack and interpolate are not function-preserving: a repeated block adds its update again.
+
+Optimizer state (--optimizer-state; by default the trainer starts a fresh AdamW, as the paper
+does). Adam's moments estimate an entry's gradient and its square, so they must follow how FPI
+changes the GRADIENT, which is not how it changes the weight. A consumer's input is an exact copy,
+so dividing its weights leaves their gradient as it was; every copy of a produced unit receives
+1/c of the downstream gradient, because its consumers divide by c (through the LayerNorm too,
+when the copies are balanced). So, copying along every axis as for the weights,
+
+    m' = m[g] / c_out,   v' = v[g] / c_out^2,   step carried
+
+with c_out the copy count of the unit an entry produces: rows of a Linear and its bias, the
+width columns of wte and wpe, LayerNorm gains and biases; 1 for the head's vocabulary rows. An
+AdamW step of the grown model then moves every entry exactly as its source entry moves (exact FPI;
+the test checks it). Scaling the moments like the weights (m/c, v/c^2 where a weight is divided)
+agrees with this only where an entry's in- and out-counts are equal (a doubling of every width);
+for wte, wpe, the head and every residual-width bias and gain it is off by a factor of c.
+AKI's new rows take the moments of the block their weights come from; the blocks of `zero` depth
+start as in a fresh AdamW (step 0, moments 0).
+
+Both the source's and the grown optimizer state are AdamW state_dicts in train.py's layout
+(train.group_names: matrices and embeddings, then biases and gains, each in named_parameters()
+order); the grown one keeps the source's group hyperparameters, and train.py --init loads it.
+
+The expansion works tensor by tensor (peak memory about source + target) and on the meta device.
+"""
+import argparse
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import checkpoint
+from model import GPT, GPTConfig, PRESETS, get_config
+from train import group_names
+from util import UserError, run_cli
+
+METHODS = ("aki", "fpi")
+DEPTHS = ("stack", "interpolate", "zero")
+
+
+# ---------------------------------------------------------------------------------------------
+# Index maps
+
+@dataclass
+class IndexMap:
+    g: torch.Tensor  # (n',) long: the source unit each target unit copies
+    count: torch.Tensor  # (n',) float: c(g(i)), how many target units copy the same source unit
+    new: torch.Tensor  # (n',) bool: the units that did not exist before
+
+
+def unit_map(n: int, n_new: int, gen: torch.Generator) -> IndexMap:
+    """g(i) = i for old units; the new ones cycle through one seeded permutation of [n]."""
+    perm = torch.randperm(n, generator=gen)
+    cycles = -(-(n_new - n) // n)  # ceil
+    g = torch.cat([torch.arange(n), perm.repeat(cycles)[: n_new - n]])
+    return IndexMap(g, torch.bincount(g, minlength=n)[g].float(), torch.arange(n_new) >= n)
+
+
+def rows_of(units: IndexMap, size: int) -> IndexMap:
+    """The map of rows when every unit is a block of `size` rows (a head of head_dim rows)."""
+    g = (units.g[:, None] * size + torch.arange(size)).flatten()
+    return IndexMap(g, units.count.repeat_interleave(size), units.new.repeat_interleave(size))
+
+
+def qkv_rows(attn: IndexMap, n_embd: int) -> IndexMap:
+    """qkv's rows [q | k | v]: the same head map in each of the three blocks."""
+    g = torch.cat([attn.g + j * n_embd for j in range(3)])
+    return IndexMap(g, attn.count.repeat(3), attn.new.repeat(3))
+
+
+def depth_map(n_layer: int, n_layer_new: int, depth: str) -> list[int]:
+    """s(k): the source block that target block k copies (the top blocks fill the remainder)."""
+    m, r = divmod(n_layer_new, n_layer)
+    if depth == "interpolate":
+        return [l for l in range(n_layer) for _ in range(m + (l >= n_layer - r))]
+    return list(range(n_layer)) * m + list(range(n_layer - r, n_layer))
+
+
+# ---------------------------------------------------------------------------------------------
+# Which dimension each axis of each tensor carries, and whether it produces or consumes it.
+
+@dataclass(frozen=True)
+class Out:  # the tensor produces this dimension along the axis: copy
+    dim: str
+
+
+@dataclass(frozen=True)
+class In:  # the tensor consumes this dimension along the axis: copy and divide by the count
+    dim: str
+
+
+KEEP = None  # an axis that does not grow (vocabulary, positions)
+
+LAYOUT = {
+    "wte.weight": (KEEP, Out("hidden")),
+    "wpe.weight": (KEEP, Out("hidden")),
+    "ln1.weight": (Out("hidden"),),
+    "ln1.bias": (Out("hidden"),),
+    "attn.qkv.weight": (Out("qkv"), In("hidden")),
+    "attn.qkv.bias": (Out("qkv"),),
+    "attn.proj.weight": (Out("hidden"), In("attn")),
+    "attn.proj.bias": (Out("hidden"),),
+    "ln2.weight": (Out("hidden"),),
+    "ln2.bias": (Out("hidden"),),
+    "mlp.fc.weight": (Out("ffn"), In("hidden")),
+    "mlp.fc.bias": (Out("ffn"),),
+    "mlp.proj.weight": (Out("hidden"), In("ffn")),
+    "mlp.proj.bias": (Out("hidden"),),
+    "ln_f.weight": (Out("hidden"),),
+    "ln_f.bias": (Out("hidden"),),
+    "head.weight": (KEEP, In("hidden")),
+}
+AKI_DIMS = ("qkv", "ffn")  # AKI: new rows of these come from the block above
+ZEROED = ("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias")  # depth=zero
+
+
+@dataclass
+class Plan:
+    src: GPTConfig
+    method: str
+    depth: str
+    maps: dict  # dimension name -> IndexMap
+    layers: list  # s(k) for every target block k
+
+
+def check_growth(src: GPTConfig, tgt: GPTConfig):
+    """Growth only adds: raise UserError (one line) for anything else."""
+    if tgt == src:
+        raise UserError("the target size equals the source's; nothing to expand")
+    fixed = [f"{k} {getattr(src, k)} -> {getattr(tgt, k)}"
+             for k in ("head_dim", "vocab_size", "block_size", "tokenizer", "norm_eps")
+             if getattr(src, k) != getattr(tgt, k)]
+    if fixed:
+        raise UserError(f"cannot grow across families: {', '.join(fixed)} (these must stay the same)")
+    shrink = [f"{k} {getattr(src, k)} -> {getattr(tgt, k)}" for k in ("n_layer", "n_head", "d_ff")
+              if getattr(tgt, k) < getattr(src, k)]
+    if shrink:
+        raise UserError(f"expansion cannot shrink the model: {', '.join(shrink)}")
+
+
+def make_plan(src: GPTConfig, tgt: GPTConfig, method: str, depth: str, seed: int) -> Plan:
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if depth not in DEPTHS:
+        raise UserError(f"unknown depth {depth!r}; choose one of: {', '.join(DEPTHS)}")
+    check_growth(src, tgt)
+    gen = torch.Generator().manual_seed(seed)
+    hidden = unit_map(src.n_embd, tgt.n_embd, gen)
+    heads = unit_map(src.n_head, tgt.n_head, gen)
+    ffn = unit_map(src.d_ff, tgt.d_ff, gen)
+    attn = rows_of(heads, src.head_dim)
+    maps = {"hidden": hidden, "heads": heads, "attn": attn, "qkv": qkv_rows(attn, src.n_embd), "ffn": ffn}
+    return Plan(src, method, depth, maps, depth_map(src.n_layer, tgt.n_layer, depth))
+
+
+# ---------------------------------------------------------------------------------------------
+# The transforms
+
+def widen(t: torch.Tensor, axes, maps: dict, moment: int = 0) -> torch.Tensor:
+    """Copy t along every growing axis by g. A weight (moment 0) divides by c where it consumes;
+    Adam's moments (1: exp_avg, 2: exp_avg_sq) divide by c**moment where it produces."""
+    for axis, spec in enumerate(axes):
+        if spec is KEEP:
+            continue
+        m = maps[spec.dim]
+        t = t.index_select(axis, m.g.to(t.device))
+        # weights divide where they consume; gradients, and so the moments, where they produce
+        if isinstance(spec, In) if moment == 0 else isinstance(spec, Out):
+            shape = [1] * t.dim()
+            shape[axis] = -1
+            t = t / (m.count ** max(moment, 1)).to(t.device, t.dtype).view(shape)
+    return t
+
+
+def split_name(name: str) -> tuple[int | None, str]:
+    """'blocks.3.attn.qkv.weight' -> (3, 'attn.qkv.weight'); 'wte.weight' -> (None, 'wte.weight')."""
+    if not name.startswith("blocks."):
+        return None, name
+    _, k, local = name.split(".", 2)
+    return int(k), local
+
+
+def grow_tensor(source: Callable[[str], torch.Tensor], name: str, plan: Plan, moment: int = 0):
+    """Target tensor `name`, built from the source tensors that `source(name)` returns: the
+    weights (moment 0) or one of Adam's moments (1: exp_avg, 2: exp_avg_sq)."""
+    k, local = split_name(name)
+    if k is None:
+        return widen(source(name), LAYOUT[name], plan.maps, moment)
+    axes, l = LAYOUT[local], plan.layers[k]
+    t = widen(source(f"blocks.{l}.{local}"), axes, plan.maps, moment)
+    if plan.method == "aki" and axes[0].dim in AKI_DIMS and l + 1 < plan.src.n_layer:
+        upper = widen(source(f"blocks.{l + 1}.{local}"), axes, plan.maps, moment)
+        new = plan.maps[axes[0].dim].new.to(t.device).view(-1, *[1] * (t.dim() - 1))
+        t = torch.where(new, upper, t)
+    if is_zero_block(plan, k) and (moment > 0 or local in ZEROED):
+        t = torch.zeros_like(t)
+    return t
+
+
+def is_zero_block(plan: Plan, k: int | None) -> bool:
+    return plan.depth == "zero" and k is not None and k >= plan.src.n_layer
+
+
+def moments_by_name(model: GPT, optimizer_state_dict: dict) -> dict:
+    """{name: {"step", "exp_avg", "exp_avg_sq"}} from an AdamW state_dict in train.py's layout."""
+    groups, param_groups = group_names(model), optimizer_state_dict["param_groups"]
+    if [len(g["params"]) for g in param_groups] != [len(names) for names in groups]:
+        raise UserError("the optimizer state does not have train.py's two parameter groups "
+                        "(matrices and embeddings, then biases and gains); cannot grow it")
+    state, by_name = optimizer_state_dict["state"], {}
+    for group, names in zip(param_groups, groups):
+        for i, name in zip(group["params"], names):
+            if i not in state:
+                raise UserError(f"the optimizer state has no moments for {name}; cannot grow it")
+            by_name[name] = state[i]
+    return by_name
+
+
+def adamw_state_dict(by_name: dict, model: GPT, param_groups: list[dict]) -> dict:
+    """The inverse of moments_by_name, with the hyperparameters of `param_groups`."""
+    groups, flat = [], []
+    for group, names in zip(param_groups, group_names(model)):
+        groups.append({**group, "params": list(range(len(flat), len(flat) + len(names)))})
+        flat += names
+    return {"state": {i: by_name[n] for i, n in enumerate(flat)}, "param_groups": groups}
+
+
+def grow_moments(moments: dict, names: list[str], plan: Plan) -> dict:
+    """The grown AdamW state by name; blocks of `zero` depth start fresh (step 0, moments 0)."""
+    grown = {}
+    for name in names:
+        k, local = split_name(name)
+        step = moments[name if k is None else f"blocks.{plan.layers[k]}.{local}"]["step"]
+        grown[name] = {
+            # a copy per tensor: AdamW increments step in place, and a shared one would count twice
+            "step": torch.zeros_like(step) if is_zero_block(plan, k) else step.clone(),
+            "exp_avg": grow_tensor(lambda n: moments[n]["exp_avg"], name, plan, moment=1),
+            "exp_avg_sq": grow_tensor(lambda n: moments[n]["exp_avg_sq"], name, plan, moment=2),
+        }
+    return grown
+
+
+# ---------------------------------------------------------------------------------------------
+
+def source_of(model_or_ckpt) -> tuple[GPTConfig, dict, dict, dict | None]:
+    """(config, weights, meta, optimizer state) of a GPT module or a checkpoint dict."""
+    if isinstance(model_or_ckpt, GPT):
+        return model_or_ckpt.cfg, model_or_ckpt.state_dict(), {}, None
+    cfg = model_or_ckpt["config"]
+    cfg = cfg if isinstance(cfg, GPTConfig) else GPTConfig.from_dict(cfg)
+    return cfg, model_or_ckpt["model"], model_or_ckpt.get("meta") or {}, model_or_ckpt.get("optimizer")
+
+
+@torch.no_grad()
+def expand(model_or_ckpt, target: GPTConfig, method: str = "aki", depth: str = "stack", seed: int = 0,
+           optimizer_state: bool = False) -> dict:
+    """Grow a GPT module or checkpoint dict into `target`; returns the grown checkpoint dict
+    (train=None; meta carries flops_total, lineage and the expansion with its index maps)."""
+    src_cfg, weights, src_meta, src_optimizer = source_of(model_or_ckpt)
+    plan = make_plan(src_cfg, target, method, depth, seed)
+    with torch.device("meta"):  # shapes and names only: allocates nothing
+        src_model, grown = GPT(src_cfg), GPT(target)
+    if {n: t.shape for n, t in weights.items()} != {n: p.shape for n, p in src_model.named_parameters()}:
+        raise UserError(f"the source weights do not match its config ({checkpoint.size_name(src_cfg)})")
+    if optimizer_state and src_optimizer is None:
+        raise UserError("the source has no optimizer state to grow; drop --optimizer-state")
+    moments = moments_by_name(src_model, src_optimizer) if optimizer_state else None
+
+    names = [n for n, _ in grown.named_parameters()]
+    grown.load_state_dict({n: grow_tensor(weights.__getitem__, n, plan) for n in names}, assign=True)
+    optimizer = None
+    if optimizer_state:
+        optimizer = adamw_state_dict(grow_moments(moments, names, plan), grown, src_optimizer["param_groups"])
+
+    src_size = checkpoint.size_name(src_cfg)
+    maps = {dim: plan.maps[dim].g.tolist() for dim in ("hidden", "heads", "ffn")}
+    expansion = {"method": method, "depth": depth, "seed": seed, "source": src_size,
+                 "optimizer_state": optimizer_state, "maps": {**maps, "layers": plan.layers}}
+    meta = {"flops_total": src_meta.get("flops_total", 0.0),
+            "lineage": [*src_meta.get("lineage", []), src_size], "expansion": expansion}
+    ckpt = checkpoint.make_checkpoint(grown, meta=meta)
+    ckpt["optimizer"] = optimizer
+    return ckpt
+
+
+def n_params(weights: dict) -> int:
+    return sum(t.numel() for t in weights.values())
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description="Grow a checkpoint into a larger size of its family (bert2BERT FPI/AKI width, "
+                    "then depth). The output is a checkpoint that train.py continues from.")
+    p.add_argument("--src", required=True, help="checkpoint to grow (written by train.py or expand.py)")
+    p.add_argument("--size", required=True,
+                   help=f"target size, a preset of the same family: {', '.join(PRESETS)}")
+    p.add_argument("--method", default="aki", metavar="{" + ",".join(METHODS) + "}",
+                   help="width growth: aki = new heads/FFN units of block l from block l+1, "
+                        "not function-preserving; fpi = exact copies (default: aki)")
+    p.add_argument("--depth", default="stack", metavar="{" + ",".join(DEPTHS) + "}",
+                   help="new blocks: stack = repeat the stack, top blocks fill the rest; interpolate "
+                        "= repeat each block next to itself; zero = copies whose output projections "
+                        "are zero, an exact identity (default: stack)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random index maps (default: 0)")
+    p.add_argument("--optimizer-state", action="store_true",
+                   help="also grow the AdamW moments (default: none; the trainer starts a fresh "
+                        "optimizer, as the paper does)")
+    p.add_argument("--out", required=True, help="path of the grown checkpoint (written atomically)")
+    args = p.parse_args(argv)
+    try:
+        target = get_config(args.size)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if Path(args.out).resolve() == Path(args.src).resolve():
+        raise UserError("--out is the --src checkpoint; write the grown one to a new file")
+
+    t0 = time.perf_counter()
+    src = checkpoint.load(args.src)
+    src_size, src_params = checkpoint.size_name(src["config"]), n_params(src["model"])
+    t1 = time.perf_counter()
+    ckpt = expand(src, target, args.method, args.depth, args.seed, args.optimizer_state)
+    del src  # the source is no longer needed: free it before serializing the target
+    t2 = time.perf_counter()
+    rss_expand = peak_rss_gb()
+    checkpoint.save(args.out, ckpt)
+    t3 = time.perf_counter()
+    print(f"expanded {src_size} ({src_params:,} params) -> {args.size} ({n_params(ckpt['model']):,} "
+          f"params): method {args.method}, depth {args.depth}, seed {args.seed}, optimizer state "
+          f"{'grown' if args.optimizer_state else 'none'}")
+    print(f"time: load {t1 - t0:.1f} s, expand {t2 - t1:.1f} s, save {t3 - t2:.1f} s; peak RSS "
+          f"{rss_expand:.2f} GB after expanding, {peak_rss_gb():.2f} GB after saving")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
