@@ -47,6 +47,8 @@ EVAL_LIMIT=${EVAL_LIMIT:-500}
 EVAL_TOKENS=${EVAL_TOKENS:-32768}  # validation tokens per periodic evaluation during training
 SHARED=${PGF_SHARED:-../shared}
 PY=${PYTHON:-python3}
+# OpenMP threads that spin while waiting lose most of their time when the cores are shared
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/run_family.log"; }
 
@@ -115,7 +117,7 @@ for seed in $SEEDS; do
   if [ "${SKIP_INDEPENDENT:-0}" != 1 ]; then
     indep="$run/independent"
     log "seed $seed: independent members in $indep"
-    first=$(stages progressive | head -n 1)
+    first=$(stages progressive | sed -n 1p)  # sed reads to the end: no broken pipe
     while read -r size tokens lr min_lr warmup batch seq; do
       if [ "$size $tokens $lr $min_lr $warmup $batch $seq" = "$first" ]; then
         # the smallest member is trained exactly as the first progressive stage: reuse it

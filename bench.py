@@ -1,0 +1,553 @@
+"""
+Benchmarks of the Triton kernels (kernels.py) against PyTorch's own ops, and of the training step.
+
+On a CUDA GPU, one prepared run (about 5 minutes on an H100, most of it Triton autotuning and
+torch.compile; no section or model mode starts after --budget_s seconds):
+
+    python bench.py --gpu-all --out bench/
+
+  1. correctness first: the compiled kernels, float32 and bfloat16, forward and backward, against
+     float64 PyTorch on fresh random inputs, every output buffer poisoned with NaN beforehand (the
+     same comparison tests/test_kernels.py runs on CPU through Triton's interpreter);
+  2. LayerNorm fwd+bwd at widths 2048 and 4096 (8 x 1024 rows, bf16): kernel vs F.layer_norm eager
+     and torch.compile'd, in GB/s of the minimum traffic, against a measured device copy;
+  3. causal attention fwd+bwd (8 x 1024 tokens, 16 and 32 heads of 128, bf16): kernel vs
+     F.scaled_dot_product_attention (flash backend) eager and compiled, in TFLOP/s;
+  4. a training step of the 1b preset (8 x 1024 tokens, bf16 autocast, fused AdamW) with kernels
+     on and off, eager and compiled, from one initialisation on the same batches: tokens/s, MFU
+     against the device's bf16 peak, and each step's loss (on and off should agree to bf16 noise).
+
+On CPU, the training step of each tiny member (model.FAMILIES["tiny"], flops.FAMILY_BATCH tokens):
+
+    python bench.py --cpu --out bench/
+
+  a plain eager float32 step against faster configurations (--cpu_modes), interleaved step by step
+  so that every mode sees the same load from whatever else runs on the machine; median step time,
+  CPU time per step, and how busy other processes kept the machine meanwhile.
+
+Results go to OUT/results_{gpu,cpu}.json and a short OUT/results_{gpu,cpu}.md.
+"""
+import argparse
+import contextlib
+import math
+import os
+import platform
+import statistics
+import time
+import traceback
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from flops import FAMILY_BATCH, train_flops_per_token
+from model import FAMILIES, GPT, PRESETS, get_config
+from util import UserError, atomic_write, run_cli, write_json
+
+# relative error allowed against float64: float32 rounds at 6e-8 per operation; 16-bit outputs
+# round at 2^-11 (fp16) and 2^-8 (bf16), and attention casts P to 16 bits before P V
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+# dense bf16 peak FLOP/s by device name (datasheets); the first substring that matches wins
+PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Correctness: kernels against float64 PyTorch (also used by tests/test_kernels.py)
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref||; NaN if any element of out is not finite (NaN never passes a
+    `< tol` check)."""
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    if not torch.isfinite(out).all():
+        return math.nan
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Every buffer the kernels write starts as NaN, so an element left unwritten cannot pass."""
+    import kernels
+    empty = kernels._empty
+    kernels._empty = lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype, device=device)
+    try:
+        yield
+    finally:
+        kernels._empty = empty
+
+
+def _errors(fn, ref_fn, make_inputs, dy: torch.Tensor, dtype, names) -> dict[str, float]:
+    """Output and input gradients of fn in `dtype` against ref_fn in float64, as relative errors.
+    make_inputs(dtype) -> the leaf tensors, drawn once and converted (the same values for both)."""
+    results = []
+    for f, dt in ((fn, dtype), (ref_fn, torch.float64)):
+        leaves = make_inputs(dt)
+        out = f(*leaves)
+        out.backward(dy.to(dt))
+        assert out.dtype == dt and all(t.grad.dtype == dt for t in leaves)
+        results.append([out] + [t.grad for t in leaves])
+    return {name: rel_err(o, r) for name, o, r in zip(names, *results)}
+
+
+def layer_norm_errors(shape, dtype, device="cpu") -> dict[str, float]:
+    """kernels.layer_norm vs F.layer_norm in float64 on fresh random inputs: y, dx, dw, db."""
+    import kernels
+    N = shape[-1]
+    x = torch.randn(shape, device=device) * 3 + 1.5  # off-centre and scaled: mean and variance matter
+    w, b = torch.randn(N, device=device), torch.randn(N, device=device)
+    return _errors(lambda x, w, b: kernels.layer_norm(x, w, b, 1e-5),
+                   lambda x, w, b: F.layer_norm(x, (N,), w, b, 1e-5),
+                   lambda dt: [t.detach().to(dt).requires_grad_() for t in (x, w, b)],
+                   torch.randn(shape, device=device), dtype, ["y", "dx", "dw", "db"])
+
+
+def attention_errors(B, H, T, D, dtype, device="cpu", layout="qkv") -> dict[str, float]:
+    """kernels.causal_attention vs causal SDPA in float64: o, dq, dk, dv. layout "qkv": q, k, v are
+    views of one (B, T, 3, H, D) buffer as model.py makes them; "separate": contiguous tensors."""
+    import kernels
+    if layout == "qkv":
+        buf = torch.randn(B, T, 3, H, D, device=device)
+        make = lambda dt: [t.requires_grad_() for t in buf.to(dt).permute(2, 0, 3, 1, 4).unbind(0)]  # noqa: E731
+    else:
+        qkv = [torch.randn(B, H, T, D, device=device) for _ in range(3)]
+        make = lambda dt: [t.detach().to(dt).requires_grad_() for t in qkv]  # noqa: E731
+    return _errors(kernels.causal_attention,
+                   lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                   make, torch.randn(B, H, T, D, device=device), dtype, ["o", "dq", "dk", "dv"])
+
+
+def gpu_correctness(device="cuda") -> list[dict]:
+    """Section 1: widths and lengths that are not powers of two or tile multiples, paper shapes."""
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape in [(4, 1000, 2048), (3, 77, 3328), (5, 33, 1000)]:
+            cases.append(("layer_norm", shape, dtype, lambda s=shape, d=dtype: layer_norm_errors(s, d, device)))
+        shapes = [(2, 16, 1024, 128), (1, 3, 777, 128), (2, 4, 300, 64)]
+        if dtype == torch.float32:  # each new (head_dim, dtype) autotunes, a dozen compilations
+            shapes.append((1, 2, 100, 16))  # the tiny family's head_dim
+        for shape in shapes:
+            cases.append(("attention", shape, dtype, lambda s=shape, d=dtype: attention_errors(*s, d, device)))
+    rows = []
+    with poisoned_outputs():
+        for kernel, shape, dtype, run in cases:
+            errs = run()
+            worst = max(math.inf if math.isnan(e) else e for e in errs.values())  # NaN: not finite
+            rows.append({"kernel": kernel, "shape": list(shape), "dtype": str(dtype).split(".")[1],
+                         "max_rel_err": worst, "errors": errs, "tol": TOLERANCE[dtype], "ok": worst < TOLERANCE[dtype]})
+            ok = rows[-1]["ok"]
+            print(f"  {kernel:10s} {str(shape):22s} {rows[-1]['dtype']:8s} max rel err "
+                  f"{rows[-1]['max_rel_err']:.2e} (tol {TOLERANCE[dtype]:.0e}) {'ok' if ok else 'FAIL'}", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel speed on GPU
+
+def _fwd_bwd_ms(fn, inputs: list[torch.Tensor], dy: torch.Tensor) -> float:
+    """Median milliseconds of one forward and backward (gradients returned, not accumulated)."""
+    from triton.testing import do_bench
+
+    def run():
+        torch.autograd.grad(fn(*inputs), inputs, dy)
+    run()  # compile, autotune
+    return do_bench(run, warmup=25, rep=200, return_mode="median")
+
+
+def _copy_gbps(device) -> float:
+    """Device memory bandwidth as a plain copy sees it (bytes read + written), the ceiling for LN."""
+    from triton.testing import do_bench
+    a = torch.empty(1 << 30, dtype=torch.uint8, device=device).random_()
+    b = torch.empty_like(a)
+    ms = do_bench(lambda: b.copy_(a), warmup=25, rep=200, return_mode="median")
+    return 2 * a.numel() / ms / 1e6
+
+
+def gpu_layer_norm_speed(rows: int = 8 * 1024, widths=(2048, 4096), device="cuda") -> list[dict]:
+    """Section 2: GB/s = the least traffic of fwd+bwd (read x, write y; read x and dy, write dx)
+    over the time, so every implementation is measured against the same work."""
+    import kernels
+    out, peak = [], _copy_gbps(device)
+    print(f"  device copy: {peak:.0f} GB/s", flush=True)
+    for N in widths:
+        x = torch.randn(rows, N, device=device, dtype=torch.bfloat16, requires_grad=True)
+        w, b = (torch.randn(N, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+        def torch_ln(x, w, b):
+            return F.layer_norm(x, (N,), w, b, 1e-5)
+        impls = {"triton": lambda x, w, b: kernels.layer_norm(x, w, b, 1e-5), "eager": torch_ln,
+                 "compiled": torch.compile(torch_ln, dynamic=False)}
+        ms = {name: _fwd_bwd_ms(fn, [x, w, b], torch.randn_like(x)) for name, fn in impls.items()}
+        gbytes = 5 * rows * N * x.element_size() / 1e9
+        row = {"rows": rows, "width": N, "ms": ms, "GB/s": {k: gbytes / (v / 1e3) for k, v in ms.items()},
+               "copy_GB/s": peak}
+        row["vs_eager"], row["vs_compiled"] = ms["eager"] / ms["triton"], ms["compiled"] / ms["triton"]
+        row["of_copy_bandwidth"] = row["GB/s"]["triton"] / peak
+        out.append(row)
+        print(f"  LN {rows}x{N}: triton {row['GB/s']['triton']:.0f} GB/s ({row['of_copy_bandwidth']:.0%} of copy), "
+              f"eager {row['GB/s']['eager']:.0f}, compiled {row['GB/s']['compiled']:.0f}; "
+              f"x{row['vs_eager']:.2f} vs eager, x{row['vs_compiled']:.2f} vs compiled", flush=True)
+    return out
+
+
+def gpu_attention_speed(batch: int = 8, T: int = 1024, D: int = 128, widths=(2048, 4096), device="cuda") -> list[dict]:
+    """Section 3. FLOPs count the causal half: forward 2 matmuls of B H T^2 D / 2 multiply-adds,
+    backward 5 (S recomputed, dV, dP, dQ, dK), so fwd+bwd = 3.5 x 2 B H T^2 D (FlashAttention-2's
+    convention). Inputs are views of one qkv buffer, as the model makes them."""
+    import kernels
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def sdpa(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def flash_sdpa(q, k, v):  # eager: insist on the flash backend (compiled: inductor's choice)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return sdpa(q, k, v)
+
+    impls = {"triton": kernels.causal_attention, "eager": flash_sdpa, "compiled": torch.compile(sdpa, dynamic=False)}
+    out = []
+    for width in widths:
+        H = width // D
+        qkv = torch.randn(batch, T, 3, H, D, device=device, dtype=torch.bfloat16)
+        inputs = [t.requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4).unbind(0)]
+        # dO laid out as the model's y.transpose(1, 2).reshape(B, T, C) hands it back
+        do = torch.randn(batch, T, H, D, device=device, dtype=torch.bfloat16).transpose(1, 2)
+        ms = {name: _fwd_bwd_ms(fn, inputs, do) for name, fn in impls.items()}
+        tflop = 3.5 * 2 * batch * H * T * T * D / 1e12
+        row = {"batch": batch, "heads": H, "T": T, "head_dim": D, "ms": ms,
+               "TFLOP/s": {k: tflop / (v / 1e3) for k, v in ms.items()},
+               "vs_sdpa_flash": ms["eager"] / ms["triton"], "vs_compiled": ms["compiled"] / ms["triton"],
+               "tuned": {name: str(getattr(k, "best_config", None)) for name, k in [
+                   ("fwd", kernels._attn_fwd_tuned), ("dkdv", kernels._attn_bwd_dkdv_tuned),
+                   ("dq", kernels._attn_bwd_dq_tuned)]}}
+        out.append(row)
+        print(f"  attention B{batch} H{H} T{T} D{D}: triton {row['TFLOP/s']['triton']:.0f} TFLOP/s, "
+              f"SDPA flash {row['TFLOP/s']['eager']:.0f}, compiled {row['TFLOP/s']['compiled']:.0f}; "
+              f"x{row['vs_sdpa_flash']:.2f} vs flash; tuned {row['tuned']}", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Training step (GPU and CPU)
+
+@dataclass(frozen=True)
+class StepMode:
+    """How a training step runs. Written as a spec like "compile+bf16+fused+t1"."""
+    compile: bool = False  # torch.compile the model
+    bf16: bool = False  # bfloat16 autocast (float32 weights and optimizer)
+    fused: bool = False  # AdamW(fused=True): one kernel for the whole update
+    threads: int = 0  # intra-op threads (torch.set_num_threads); 0: torch's default
+    kernels: bool = False  # the Triton kernels (CUDA only)
+
+    @classmethod
+    def parse(cls, spec: str) -> "StepMode":
+        kw = {}
+        for part in spec.split("+"):
+            if part in ("compile", "bf16", "fused", "kernels"):
+                kw[part] = True
+            elif part[:1] == "t" and part[1:].isdigit():
+                kw["threads"] = int(part[1:])
+            elif part not in ("eager", "fp32", "plain"):
+                raise UserError(f"unknown step mode part {part!r} in {spec!r}; use parts "
+                                "eager/compile, fp32/bf16, fused, kernels, t<threads> joined by +")
+        return cls(**kw)
+
+
+class TrainStep:
+    """One model, its AdamW and one way of running forward, backward, clip and update."""
+
+    def __init__(self, model: GPT, mode: StepMode, device: torch.device):
+        self.model, self.mode, self.device = model, mode, device
+        model.set_kernels(mode.kernels)
+        self.forward = torch.compile(model) if mode.compile else model
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=mode.fused)
+        # set before every step: modes run interleaved, and the thread count is process-wide
+        self.threads = mode.threads or torch.get_num_threads()
+
+    def __call__(self, x, y) -> dict[str, float]:
+        """-> loss; seconds (wall); cpu_seconds (this process, all threads); others_load (cores
+        that other processes kept busy meanwhile)."""
+        torch.set_num_threads(self.threads)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        ticks, cpu0, t0 = _cpu_ticks(), time.process_time(), time.perf_counter()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mode.bf16):
+            _, loss = self.forward(x, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        loss = loss.item()  # waits for the device
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+        busy, ours = (b - a for a, b in zip(ticks, _cpu_ticks()))
+        return {"loss": loss, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                "others_load": (busy - ours) / os.sysconf("SC_CLK_TCK") / seconds}
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy CPU ticks of the whole machine, ticks of this process), from /proc (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0, 0
+    return sum(ticks) - ticks[3] - ticks[4], int(fields[11]) + int(fields[12])  # - idle, iowait; utime + stime
+
+
+CLEAN_LOAD = 0.25  # a step is "clean" if other processes used less than this many cores meanwhile
+
+
+def time_steps(steps: dict[str, TrainStep], batches, warmup: int) -> dict[str, dict]:
+    """Run every mode on every batch, interleaved, so that they share the machine's load; the first
+    `warmup` steps (compilation, allocator, autotuning) are not timed. -> per mode: the losses, and
+    per timed step seconds, cpu_seconds and others_load (TrainStep); their medians, and the median
+    seconds of the clean steps (None if fewer than 3: the machine was busy throughout)."""
+    res = {name: {"losses": [], "seconds": [], "cpu_seconds": [], "others_load": []} for name in steps}
+    for i, (x, y) in enumerate(batches):
+        for name, step in steps.items():
+            timing = step(x, y)
+            res[name]["losses"].append(timing.pop("loss"))
+            for key, value in timing.items():
+                if i >= warmup:
+                    res[name][key].append(value)
+    for r in res.values():
+        r["median_s"] = statistics.median(r["seconds"])
+        r["median_cpu_s"] = statistics.median(r["cpu_seconds"])
+        clean = [s for s, load in zip(r["seconds"], r["others_load"]) if load < CLEAN_LOAD]
+        r["clean_median_s"] = statistics.median(clean) if len(clean) >= 3 else None
+    return res
+
+
+def _random_batches(n: int, batch: int, T: int, vocab: int, device) -> list:
+    return [tuple(torch.randint(vocab, (batch, T), device=device) for _ in range(2)) for _ in range(n)]
+
+
+def device_peak(name: str) -> float | None:
+    return next((peak for key, peak in PEAK_BF16 if key in name), None)
+
+
+def gpu_model_speed(size: str, batch: int, steps: int, warmup: int, compiled: bool, deadline: float,
+                    device="cuda") -> dict:
+    """Section 4: the same initial weights and batches for every mode; one mode in memory at a time;
+    no new mode starts after `deadline` (time.perf_counter)."""
+    cfg, device = get_config(size), torch.device(device)
+    torch.manual_seed(0)
+    with device:  # initialise on the GPU: a billion normal draws on the host take a while
+        model = GPT(cfg, use_kernels=False)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = _random_batches(warmup + steps, batch, cfg.block_size, cfg.vocab_size, device)
+    tokens = batch * cfg.block_size
+    peak = device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    specs = ["bf16+fused", "bf16+fused+kernels"] + (["compile+bf16+fused", "compile+bf16+fused+kernels"] if compiled else [])
+    out = {"size": size, "batch": batch, "seq_len": cfg.block_size, "peak_flops": peak, "modes": {},
+           "skipped": []}
+    for spec in specs:
+        if time.perf_counter() > deadline:
+            out["skipped"].append(spec)
+            continue
+        model.load_state_dict(init)
+        step = TrainStep(model, StepMode.parse(spec), device)
+        r = time_steps({spec: step}, batches, warmup)[spec]
+        del step
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+        r["tokens_per_s"] = tokens / r["median_s"]
+        r["mfu"] = r["tokens_per_s"] * train_flops_per_token(cfg) / peak if peak else None
+        # bf16 training from one init on the same batches: kernels on and off should stay close
+        first = next(iter(out["modes"].values()), r)
+        r["max_loss_diff_vs_first_mode"] = max(abs(a - b) for a, b in zip(first["losses"], r["losses"]))
+        out["modes"][spec] = r
+        mfu = f"{r['mfu']:.1%}" if peak else "n/a"
+        print(f"  {size} {spec:28s} {r['tokens_per_s']:10.0f} tok/s  MFU {mfu}  losses "
+              f"{', '.join(f'{x:.4f}' for x in r['losses'][:4])}", flush=True)
+    return out
+
+
+def cpu_family_speed(sizes: list[str], modes: list[str], steps: int, warmup: int) -> list[dict]:
+    """Every member, modes[0] the baseline, all modes interleaved from one initialisation."""
+    device, batch = torch.device("cpu"), FAMILY_BATCH["tiny"]
+    default_threads = torch.get_num_threads()
+    out = []
+    for size in sizes:
+        cfg = get_config(size)
+        torch.manual_seed(0)
+        base = GPT(cfg, use_kernels=False)
+        trainers = {}
+        for spec in modes:
+            model = GPT(cfg, use_kernels=False)
+            model.load_state_dict(base.state_dict())
+            trainers[spec] = TrainStep(model, StepMode.parse(spec), device)
+        res = time_steps(trainers, _random_batches(warmup + steps, batch, cfg.block_size, cfg.vocab_size, device),
+                         warmup)
+        torch.set_num_threads(default_threads)
+        tokens = batch * cfg.block_size
+        base_r = res[modes[0]]
+        row = {"size": size, "batch": batch, "seq_len": cfg.block_size, "modes": res}
+        for r in res.values():
+            r["tokens_per_s"] = tokens / r["median_s"]
+            r["speedup"] = base_r["median_s"] / r["median_s"]
+            clean = base_r["clean_median_s"] and r["clean_median_s"]
+            r["clean_speedup"] = base_r["clean_median_s"] / r["clean_median_s"] if clean else None
+        out.append(row)
+        print(f"  {size:5s} " + "  ".join(
+            f"{spec}: {r['tokens_per_s']:7.0f} tok/s x{r['speedup']:.2f}" for spec, r in res.items()), flush=True)
+        torch._dynamo.reset()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+def machine() -> dict:
+    m = {"torch": torch.__version__, "python": platform.python_version(), "cpu": _cpu_model(),
+         "cpu_count": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    try:
+        import triton
+        m["triton"] = triton.__version__
+    except ImportError:
+        m["triton"] = None
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        m.update(gpu=torch.cuda.get_device_name(), sms=p.multi_processor_count, cuda=torch.version.cuda,
+                 gpu_memory_gb=p.total_memory / 2**30, peak_bf16_flops=device_peak(torch.cuda.get_device_name()))
+    return m
+
+
+def _cpu_model() -> str:
+    """Model name and the vector extensions that matter for float32/bf16 speed, from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:  # the fields of the last core listed
+            info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+    except OSError:
+        return platform.processor() or "unknown"
+    features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in info.get("flags", "").split()]
+    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}; " \
+           f"{' '.join(features)})"
+
+
+def _md_cpu(res: dict) -> str:
+    base = res["modes"][0]
+    lines = ["# CPU training step, tiny family\n", f"Machine: {res['machine']}\n",
+             f"Batch {res['family'][0]['batch']} x {res['family'][0]['seq_len']} tokens; medians of "
+             f"{res['steps']} steps after {res['warmup']} untimed; modes interleaved step by step. "
+             f"x: speed-up against `{base}` over all timed steps, and over the clean ones (other "
+             f"processes below {CLEAN_LOAD} core; '-' where fewer than 3 were clean). CPU s: this "
+             "process's CPU time per step, all threads (for one thread, about the wall time on an idle "
+             "machine). others: cores that other processes kept busy during the steps (median).\n",
+             "| member | mode | tok/s | x | x clean | s/step | CPU s/step | others |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in res["family"]:
+        for spec, r in row["modes"].items():
+            clean = "-" if r["clean_speedup"] is None else f"{r['clean_speedup']:.2f}"
+            lines.append(f"| {row['size']} | {spec} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f} | {clean} | "
+                         f"{r['median_s']:.3f} | {r['median_cpu_s']:.3f} | {statistics.median(r['others_load']):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _md_gpu(res: dict) -> str:
+    lines = [f"# GPU benchmark\n", f"Machine: {res['machine']}\n"]
+    if "correctness" in res:
+        bad = [r for r in res["correctness"] if not r["ok"]]
+        lines.append(f"Correctness: {len(res['correctness']) - len(bad)}/{len(res['correctness'])} cases within "
+                     f"tolerance" + (f"; FAILED: {[(r['kernel'], r['shape'], r['dtype']) for r in bad]}" if bad else "")
+                     + "\n")
+    if "layer_norm" in res:
+        lines += ["| LayerNorm rows x width | triton GB/s | eager GB/s | compiled GB/s | x eager | x compiled | of copy |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['rows']} x {r['width']} | {r['GB/s']['triton']:.0f} | {r['GB/s']['eager']:.0f} | "
+                  f"{r['GB/s']['compiled']:.0f} | {r['vs_eager']:.2f} | {r['vs_compiled']:.2f} | "
+                  f"{r['of_copy_bandwidth']:.0%} |" for r in res["layer_norm"]]
+        lines.append("")
+    if "attention" in res:
+        lines += ["| attention B H T D | triton TFLOP/s | SDPA flash | compiled SDPA | x flash |", "|---|---|---|---|---|"]
+        lines += [f"| {r['batch']} {r['heads']} {r['T']} {r['head_dim']} | {r['TFLOP/s']['triton']:.0f} | "
+                  f"{r['TFLOP/s']['eager']:.0f} | {r['TFLOP/s']['compiled']:.0f} | {r['vs_sdpa_flash']:.2f} |"
+                  for r in res["attention"]]
+        lines.append("")
+    if "model" in res:
+        m = res["model"]
+        lines += [f"{m['size']}, batch {m['batch']} x {m['seq_len']}, median of the timed steps:\n",
+                  "| mode | tok/s | MFU | first losses | max loss diff vs first mode |", "|---|---|---|---|---|"]
+        for spec, r in m["modes"].items():
+            mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
+            lines.append(f"| {spec} | {r['tokens_per_s']:.0f} | {mfu} | "
+                         f"{', '.join(f'{x:.4f}' for x in r['losses'][:3])} | {r['max_loss_diff_vs_first_mode']:.2e} |")
+        lines += [f"- skipped (time): {spec}" for spec in m["skipped"]]
+    for note in res.get("skipped", []):
+        lines.append(f"- skipped: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def _save(out_dir: str, name: str, res: dict, md) -> None:
+    write_json(f"{out_dir}/{name}.json", res)
+    atomic_write(f"{out_dir}/{name}.md", lambda f: f.write(md(res)), mode="w")
+
+
+def run_gpu_all(args) -> None:
+    if not torch.cuda.is_available():
+        raise UserError("--gpu-all needs a CUDA GPU; on CPU use --cpu")
+    t0 = time.perf_counter()
+    res = {"machine": machine(), "skipped": []}
+    print(f"machine: {res['machine']}", flush=True)
+    deadline = t0 + args.budget_s
+    sections = [("correctness", gpu_correctness), ("layer_norm", gpu_layer_norm_speed),
+                ("attention", gpu_attention_speed),
+                ("model", lambda: gpu_model_speed(args.size, args.batch, args.steps, args.warmup,
+                                                  args.model_compile, deadline))]
+    for name, run in sections:
+        if time.perf_counter() > deadline:
+            res["skipped"].append(f"{name} (past --budget_s {args.budget_s:.0f} s)")
+            continue
+        print(f"[{name}] at {time.perf_counter() - t0:.0f} s", flush=True)
+        try:
+            res[name] = run()
+        except Exception as e:  # one run on a lent GPU: keep going and report what broke
+            traceback.print_exc()
+            res["skipped"].append(f"{name} failed: {type(e).__name__}: {e}")
+        _save(args.out, "results_gpu", res, _md_gpu)  # after every section: a timeout keeps the rest
+    print(_md_gpu(res))
+    if not all(r["ok"] for r in res.get("correctness", [])) or any("failed" in s for s in res["skipped"]):
+        raise UserError("some checks failed or sections broke: see results_gpu.md")
+
+
+def run_cpu(args) -> None:
+    modes = args.cpu_modes.split(",")
+    for spec in modes:
+        StepMode.parse(spec)  # a mistake in --cpu_modes surfaces before any work
+    res = {"machine": machine(), "steps": args.steps, "warmup": args.warmup, "modes": modes}
+    print(f"machine: {res['machine']}", flush=True)
+    res["family"] = cpu_family_speed(args.sizes.split(","), modes, args.steps, args.warmup)
+    _save(args.out, "results_cpu", res, _md_cpu)
+    print(_md_cpu(res))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--gpu-all", "--gpu_all", action="store_true", help="correctness, kernel and 1b benchmarks on CUDA")
+    what.add_argument("--cpu", action="store_true", help="training step of each tiny member on CPU")
+    p.add_argument("--out", default="bench", help="folder for results_{gpu,cpu}.{json,md}")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per mode")
+    p.add_argument("--warmup", type=int, default=3, help="untimed training steps per mode first (compilation)")
+    p.add_argument("--cpu_modes", default="plain,t1,fused+t1,compile+fused+t1",
+                   help="comma-separated step modes, the first the baseline; a mode joins parts with +: "
+                        "eager|compile, fp32|bf16, fused (AdamW), t<N> (threads), e.g. compile+bf16+t1; "
+                        "plain = eager fp32, AdamW's default (foreach) update, torch's default threads")
+    p.add_argument("--sizes", default=",".join(FAMILIES["tiny"]), help="CPU: comma-separated members")
+    p.add_argument("--size", default="1b", help="GPU: model preset of the training-step benchmark")
+    p.add_argument("--batch", type=int, default=8, help="GPU: sequences per training step")
+    p.add_argument("--model_compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="GPU: also time the torch.compile'd model (about a minute of compilation each)")
+    p.add_argument("--budget_s", type=float, default=240,
+                   help="GPU: start no new section after this many seconds")
+    args = p.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        raise UserError("--steps must be >= 1 and --warmup >= 0")
+    for size in args.sizes.split(",") + [args.size]:
+        if size not in PRESETS:
+            raise UserError(f"unknown size {size!r}; choose from {', '.join(PRESETS)}")
+    run_gpu_all(args) if args.gpu_all else run_cpu(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

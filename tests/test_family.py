@@ -1,0 +1,53 @@
+"""run_family.sh end to end (QUICK=1): plan -> progressive stages -> independent members -> report."""
+import json
+import os
+import subprocess
+
+import pytest
+
+import checkpoint
+from conftest import ROOT, SHARED
+
+
+def run_family(out, data, *args, **env):
+    proc = subprocess.run(["bash", "run_family.sh", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1200, env={**os.environ, "QUICK": "1", "OUT": str(out), "DATA": str(data),
+                                             "PGF_SHARED": str(SHARED), **env})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def quick(byte_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("family")
+    return out, run_family(out, byte_data, "--seed", "7")
+
+
+def test_quick_family_spends_the_planned_flops(quick):
+    out, _ = quick
+    plan = json.loads((out / "plan.json").read_text())
+    run = out / "seed_7"
+    spent = {kind: [checkpoint.load(run / kind / f"ckpt_{s['size']}.pt")["train"]["flops"] for s in plan[kind]]
+             for kind in ("progressive", "independent")}
+    for kind in spent:
+        assert sum(spent[kind]) == pytest.approx(plan[f"{kind}_flops"], rel=0.02)
+    largest = checkpoint.load(run / "progressive" / f"ckpt_{plan['members'][-1]}.pt")
+    assert largest["meta"]["flops_total"] == pytest.approx(sum(spent["progressive"]))
+    assert largest["meta"]["expansion"]["method"] == "aki"
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report and (run / "report" / "report.md").is_file()
+    assert (run / "report" / "loss_vs_flops.png").stat().st_size > 10_000
+
+
+def test_rerun_of_a_finished_family_trains_nothing(quick, byte_data):
+    out, _ = quick
+    ckpts = sorted(out.rglob("ckpt_*.pt"))
+    before = {p: p.stat().st_mtime_ns for p in ckpts}
+    again = run_family(out, byte_data, "--seed", "7")
+    assert "| loss" not in again.stdout and "already complete" in again.stdout, again.stdout[:3000]
+    assert {p: p.stat().st_mtime_ns for p in sorted(out.rglob("ckpt_*.pt"))} == before
+
+
+def test_bad_option_is_one_line():
+    proc = subprocess.run(["bash", "run_family.sh", "--colour", "red"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: unknown option --colour")
