@@ -44,8 +44,9 @@ def atomic_write(path, write_fn, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"writing {path} failed ({e.strerror}); the previous file, if any, is intact") from e
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[-1]
+        raise UserError(f"writing {path} failed ({reason}); the previous file, if any, is intact") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
