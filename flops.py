@@ -37,8 +37,9 @@ TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): compute-optimal toke
 
 # Training recipe per family. Max LR of the smallest and of the largest member: the "adjusted"
 # schedule interpolates between them, "fixed" uses the first for every member.
-# paper: the paper's values. tiny: placeholders until the LR sweep fills them in.
-FAMILY_LR = {"paper": (1.5e-3, 3e-4), "tiny": (3e-3, 1.5e-3)}
+# paper: the paper's values. tiny: the best of 1e-3..1.6e-2 for 20k and 250k trained alone
+# (experiments/lr_sweep.sh, README): 20k still improved at 1.6e-2, 250k was best at 8e-3.
+FAMILY_LR = {"paper": (1.5e-3, 3e-4), "tiny": (1.6e-2, 8e-3)}
 # Sequences per optimizer step; the sequence length is the preset's context (block_size).
 # paper: 1024 x 1024 tokens ~ 1M tokens per step; tiny: 16 x 256 = 4096 tokens.
 FAMILY_BATCH = {"paper": 1024, "tiny": 16}
@@ -56,19 +57,19 @@ def train_flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
 # ---------------------------------------------------------------------------------------------
 # The family budget
 
-def progressive_flops(independent_flops: list[float],
-                      stage_fractions: list[float] | None = None) -> list[float]:
+def progressive_flops(independent_flops: list[float], stage_fractions: list[float] | None = None,
+                      budget_scale: float = 1.0) -> list[float]:
     """FLOPs of each progressive stage, given what each member would cost trained independently.
 
     The first stage costs what the smallest member costs alone; the grown stages share the rest
     of the largest member's cost, F_L - F_1, in proportion to `stage_fractions` (one weight per
     grown stage), by default to their independent FLOPs: then every grown stage gets the same
     fraction f = (F_L - F_1) / sum_{k>=2} F_k of its independent cost. Either way the stages sum
-    to F_L.
+    to F_L (budget_scale x F_L for a smaller or larger budget, an experiment beyond the paper).
     """
     first, grown = independent_flops[0], independent_flops[1:]
     weights = grown if stage_fractions is None else stage_fractions
-    budget = independent_flops[-1] - first
+    budget = budget_scale * independent_flops[-1] - first
     return [first] + [budget * w / sum(weights) for w in weights]
 
 
@@ -120,7 +121,8 @@ def _rows(sizes, tokens, flops_per_token, independent_flops, lrs, batch_size) ->
 
 
 def plan(family: str | list[str], chinchilla: float = 1, lr_schedule: str = "fixed",
-         members: list[str] | None = None, stage_fractions: list[float] | None = None) -> dict:
+         members: list[str] | None = None, stage_fractions: list[float] | None = None,
+         budget_scale: float = 1.0) -> dict:
     """The progressive plan and the independent plan for the same members, under one budget.
 
     family: a family name ("paper", "tiny") or a list of its sizes; members: a sub-chain of it
@@ -149,14 +151,16 @@ def plan(family: str | list[str], chinchilla: float = 1, lr_schedule: str = "fix
     c = [train_flops_per_token(get_config(m)) for m in members]
     indep_tokens = [TOKENS_PER_PARAM * chinchilla * n for n in params]
     indep_flops = [ci * d for ci, d in zip(c, indep_tokens)]
-    prog_tokens = [f / ci for f, ci in zip(progressive_flops(indep_flops, stage_fractions), c)]
+    if not budget_scale * indep_flops[-1] > indep_flops[0]:
+        raise UserError(f"budget_scale {budget_scale} leaves nothing for the grown stages")
+    prog_tokens = [f / ci for f, ci in zip(progressive_flops(indep_flops, stage_fractions, budget_scale), c)]
     lrs = [member_lr(sizes, family_name, m, lr_schedule) for m in members]
     batch = FAMILY_BATCH[family_name]
     progressive = _rows(members, prog_tokens, c, indep_flops, lrs, batch)
     independent = _rows(members, indep_tokens, c, indep_flops, lrs, batch)
     total_prog, total_indep = progressive[-1]["cumulative_flops"], independent[-1]["cumulative_flops"]
     return {"family": family_name, "members": members, "chinchilla": chinchilla,
-            "lr_schedule": lr_schedule, "stage_fractions": stage_fractions,
+            "lr_schedule": lr_schedule, "stage_fractions": stage_fractions, "budget_scale": budget_scale,
             "budget_flops": independent[-1]["flops"],  # the largest member trained alone
             "progressive": progressive, "independent": independent,
             "progressive_flops": total_prog, "independent_flops": total_indep,
@@ -288,6 +292,9 @@ def main():
     ap.add_argument("--lr-schedule", choices=["fixed", "adjusted"], default="fixed",
                     help="fixed: every member uses the smallest's max LR; adjusted: max LR "
                          "decreases linearly from the smallest's to the largest's (default fixed)")
+    ap.add_argument("--budget-scale", type=float, default=1.0,
+                    help="progressive budget as a multiple of the largest member's independent FLOPs "
+                         "(1: the paper's rule)")
     ap.add_argument("--stage-fractions", type=_csv(float), default=None,
                     help="comma-separated weights of the grown stages' shares of the budget "
                          "(default: proportional to their independent FLOPs)")
@@ -304,7 +311,8 @@ def main():
     args = ap.parse_args()
     if not 0 < args.mfu <= 1 or not args.peak > 0 or args.gpus < 1:
         raise UserError("need 0 < --mfu <= 1, --peak > 0 and --gpus >= 1")
-    p = plan(args.family, args.chinchilla, args.lr_schedule, args.members, args.stage_fractions)
+    p = plan(args.family, args.chinchilla, args.lr_schedule, args.members, args.stage_fractions,
+             args.budget_scale)
     if args.memory:
         print_memory(p["members"], args.nproc, args.micro_batch, args.gpu_mem)
     else:

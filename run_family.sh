@@ -10,6 +10,7 @@
 #   FAMILY=tiny|paper   CHINCHILLA=1   LR_SCHEDULE=adjusted|fixed   SEED=1337 or SEEDS="1 2 3"
 #   METHOD=aki|fpi   DEPTH=stack|interpolate|zero   OPT_STATE=0|1 (grow AdamW moments too)
 #   MEMBERS=20k,250k (a sub-chain: skip members)   SCHEDULE=cosine|wsd
+#   STAGE_FRACTIONS=1,1,2 (split of the budget among grown stages)   BUDGET_SCALE=1 (x largest's FLOPs)
 #   NPROC=1 (torchrun when > 1)   DATA=folder from data/prepare.py   OUT=runs/<family>
 #   SKIP_INDEPENDENT=1 (progressive only)   QUICK=1 (a short run, for CI)   EVAL_LIMIT=items per task
 # Re-running continues: finished stages (checkpoint marked done) are skipped, a killed one resumes.
@@ -18,7 +19,7 @@ cd "$(dirname "$0")"
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --help|-h) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --help|-h) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --*=*) key="${1%%=*}"; val="${1#*=}"; shift ;;
     --*) [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }; key="$1"; val="$2"; shift 2 ;;
     *) echo "error: unknown argument '$1' (see bash run_family.sh --help)" >&2; exit 2 ;;
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
   key="$(echo "${key#--}" | tr 'a-z-' 'A-Z_')"
   case "$key" in
     FAMILY|CHINCHILLA|LR_SCHEDULE|SEED|SEEDS|METHOD|DEPTH|OPT_STATE|MEMBERS|SCHEDULE|NPROC|DATA|OUT|\
-SKIP_INDEPENDENT|QUICK|EVAL_LIMIT) printf -v "$key" '%s' "$val" ;;
+SKIP_INDEPENDENT|QUICK|EVAL_LIMIT|EVAL_TOKENS|STAGE_FRACTIONS|BUDGET_SCALE) printf -v "$key" '%s' "$val" ;;
     *) echo "error: unknown option --${key,,} (see bash run_family.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -69,6 +70,8 @@ fi
 # --- plan ---------------------------------------------------------------------------------------
 PLAN_ARGS=(--family "$FAMILY" --chinchilla "$CHINCHILLA" --lr-schedule "$LR_SCHEDULE")
 [ -n "${MEMBERS:-}" ] && PLAN_ARGS+=(--members "$MEMBERS")
+[ -n "${STAGE_FRACTIONS:-}" ] && PLAN_ARGS+=(--stage-fractions "$STAGE_FRACTIONS")
+[ -n "${BUDGET_SCALE:-}" ] && PLAN_ARGS+=(--budget-scale "$BUDGET_SCALE")
 $PY flops.py "${PLAN_ARGS[@]}" --json "$OUT/plan.json" | tee "$OUT/plan.txt"
 
 # One line per stage of the plan: size tokens lr min_lr warmup_tokens batch_size seq_len
