@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+from conftest import run_script
 from expand import KEEP, LAYOUT, depth_map, expand, make_plan, moments_by_name, split_name, unit_map, widen
 from model import FAMILIES, GPT, PRESETS, GPTConfig, count_params
 from train import param_groups
@@ -369,3 +370,21 @@ def test_cli_grows_a_checkpoint(checkpoints):
     src, _ = checkpoint.load_model(checkpoints / "20k.pt", use_kernels=False)
     rel, _ = compare(src, model)
     assert rel <= 1e-5  # 16 -> 32 is an exact 2x: FPI preserves the function
+
+
+@pytest.mark.slow
+def test_expand_1b_to_2b_for_real_on_cpu(tmp_path):
+    """The design card's command on real (random) 1b weights, fp32 on CPU: ~12-16 GB of RAM."""
+    with torch.device("meta"):
+        model = GPT(PRESETS["1b"])
+    model.to_empty(device="cpu")
+    model.reset_parameters()
+    checkpoint.save(tmp_path / "ckpt_1b.pt", checkpoint.make_checkpoint(model))
+    del model
+    proc = run_script("expand.py", "--src", tmp_path / "ckpt_1b.pt", "--size", "2b", "--method", "aki",
+                      "--out", tmp_path / "ckpt_1b_expanded.pt", timeout=3600)
+    assert proc.returncode == 0, proc.stderr
+    print(proc.stdout)
+    grown = checkpoint.load(tmp_path / "ckpt_1b_expanded.pt", mmap=True)
+    assert grown["config"] == PRESETS["2b"]
+    assert sum(v.numel() for v in grown["model"].values()) == count_params(PRESETS["2b"])["total"]

@@ -1,9 +1,12 @@
 """run_family.sh end to end (QUICK=1): plan -> progressive stages -> independent members -> report."""
 import json
 import os
+import random
+import signal
 import subprocess
 
 import pytest
+import torch
 
 import checkpoint
 from conftest import ROOT, SHARED
@@ -51,3 +54,23 @@ def test_rerun_of_a_finished_family_trains_nothing(quick, byte_data):
 def test_bad_option_is_one_line():
     proc = subprocess.run(["bash", "run_family.sh", "--colour", "red"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: unknown option --colour")
+
+
+def test_family_killed_between_and_within_stages_ends_as_if_uninterrupted(quick, byte_data, tmp_path):
+    ref, _ = quick
+    rng = random.Random(3)
+    env = {**os.environ, "QUICK": "1", "OUT": str(tmp_path), "DATA": str(byte_data), "PGF_SHARED": str(SHARED)}
+    for _ in range(3):  # the whole process group dies: bash, train.py or expand.py, whatever runs
+        proc = subprocess.Popen(["bash", "run_family.sh", "--seed", "7"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=rng.uniform(5, 25))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    run_family(tmp_path, byte_data, "--seed", "7")
+    for kind in ("progressive", "independent"):
+        for a in sorted((ref / "seed_7" / kind).glob("ckpt_*.pt")):
+            b = checkpoint.load(tmp_path / "seed_7" / kind / a.name)
+            a = checkpoint.load(a)
+            assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), a

@@ -1,0 +1,197 @@
+"""
+Turn the reports of experiments/reproduce.sh into README's results section (between the
+`<!-- results -->` markers) and results/loss_vs_flops.png. Every number comes from a report.json.
+
+    python experiments/summarize.py --runs runs/exp
+"""
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from util import UserError, atomic_write, run_cli  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def load_reports(runs: Path) -> dict:
+    """{run name: [report of each seed]}"""
+    out = {}
+    for path in sorted(runs.glob("*/seed_*/report/report.json")):
+        out.setdefault(path.parts[-4], []).append(json.loads(path.read_text()))
+    if not out:
+        raise UserError(f"no report.json under {runs}/*/seed_*/report; run experiments/reproduce.sh first")
+    return out
+
+
+def members(reports, family="progressive") -> dict:
+    """{size: [member dict of each seed]}"""
+    out = {}
+    for r in reports:
+        for m in r["members"]:
+            if m["family"] == family:
+                out.setdefault(m["name"], []).append(m)
+    return out
+
+
+def mean_spread(xs, fmt="{:.3f}") -> str:
+    """mean ± half the range over seeds (just the value for one seed)."""
+    if len(xs) == 1:
+        return fmt.format(xs[0])
+    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format((max(xs) - min(xs)) / 2)}"
+
+
+def growth_losses(member) -> tuple:
+    """(val loss right after growth, final val loss) of a stage, from its training history."""
+    vals = [h["val_loss"] for h in member.get("history", []) if "val_loss" in h]
+    return (vals[0], vals[-1]) if vals else (None, None)
+
+
+def main_table(rep) -> str:
+    families = [("progressive, adjusted LR", rep["main_adjusted"], "progressive"),
+                ("progressive, fixed LR", rep.get("main_fixed", []), "progressive"),
+                ("independent, adjusted LR", rep["main_adjusted"], "independent")]
+    rows = ["| member | family | seeds | val loss (nats/byte) | bits per byte | avg zero-shot acc % | FLOPs |",
+            "|---|---|---|---|---|---|---|"]
+    sizes = list(members(rep["main_adjusted"]))
+    for size in sizes:
+        for label, reports, fam in families:
+            ms = members(reports, fam).get(size)
+            if not ms:
+                continue
+            rows.append(f"| {size} | {label} | {len(ms)} | {mean_spread([m['ppl']['loss'] for m in ms])} | "
+                        f"{mean_spread([m['ppl']['bpb'] for m in ms])} | "
+                        f"{mean_spread([100 * m['average'] for m in ms], '{:.1f}')} | "
+                        f"{statistics.mean(m['flops_total'] for m in ms):.3g} |")
+    return "\n".join(rows)
+
+
+def flops_line(reports) -> str:
+    f = [r["flops"] for r in reports]
+    return (f"progressive family {statistics.mean(x['progressive'] for x in f):.4g} FLOPs, independent "
+            f"{statistics.mean(x['independent'] for x in f):.4g}: **saving "
+            f"{100 * statistics.mean(x['saving'] for x in f):.1f}%** (planned "
+            f"{100 * f[0]['planned']['saving']:.1f}%)")
+
+
+def pairs_table(reports) -> str:
+    rows = ["| pair | KL(L‖S) progressive | KL(L‖S) independent | spec. acceptance progressive | "
+            "spec. acceptance independent | greedy acceptance progressive | greedy acceptance independent |",
+            "|---|---|---|---|---|---|---|"]
+    by = {}
+    for r in reports:
+        for p in r["pairs"]:
+            by.setdefault((p["small"], p["large"]), {}).setdefault(p["family"], []).append(p)
+    for (s, l), fams in by.items():
+        def col(fam, get, fmt="{:.3f}"):
+            ps = fams.get(fam, [])
+            return mean_spread([get(p) for p in ps], fmt) if ps else "-"
+        rows.append(f"| {s} → {l} | {col('progressive', lambda p: p['kl']['kl_large_small'])} | "
+                    f"{col('independent', lambda p: p['kl']['kl_large_small'])} | "
+                    f"{col('progressive', lambda p: 100 * p['spec']['sampling']['acceptance'], '{:.1f}')} | "
+                    f"{col('independent', lambda p: 100 * p['spec']['sampling']['acceptance'], '{:.1f}')} | "
+                    f"{col('progressive', lambda p: 100 * p['spec']['greedy']['acceptance'], '{:.1f}')} | "
+                    f"{col('independent', lambda p: 100 * p['spec']['greedy']['acceptance'], '{:.1f}')} |")
+    return "\n".join(rows)
+
+
+def variants_table(rep, names: dict) -> str:
+    """Seed-1 progressive runs side by side: loss right after growth -> final loss, per member."""
+    sizes = list(members(rep["main_adjusted"]))
+    head = "| run | " + " | ".join(f"{s}: after growth → final" for s in sizes) + " | family FLOPs |"
+    rows = [head, "|" + "---|" * (len(sizes) + 2)]
+    indep = members(rep["main_adjusted"], "independent")
+    rows.append("| independent (from scratch) | " + " | ".join(
+        f"{indep[s][0]['ppl']['loss']:.3f}" if s in indep else "-" for s in sizes)
+        + f" | {rep['main_adjusted'][0]['flops']['independent']:.3g} |")
+    for name, label in names.items():
+        if name not in rep:
+            continue
+        ms = members(rep[name][:1])
+        cells = []
+        for s in sizes:
+            if s not in ms:
+                cells.append("skipped")
+                continue
+            after_growth = growth_losses(ms[s][0])[0] if s != next(iter(ms)) else None  # first: not grown
+            cells.append((f"{after_growth:.3f} → " if after_growth is not None else "")
+                         + f"{ms[s][0]['ppl']['loss']:.3f}")
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {rep[name][0]['flops']['progressive']:.3g} |")
+    return "\n".join(rows)
+
+
+def plot(rep, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    r = rep["main_adjusted"][0]
+    for fam, style in (("progressive", "-"), ("independent", "--")):
+        for m in (m for m in r["members"] if m["family"] == fam):
+            h = [x for x in m.get("history", []) if "val_loss" in x]
+            ax.plot([x["flops_total"] for x in h], [x["val_loss"] for x in h], style,
+                    label=f"{fam} {m['name']}")
+    ax.set(xscale="log", xlabel="cumulative training FLOPs (family lineage)", ylabel="val loss (nats/byte)",
+           title="tiny family, seed 1: progressive (AKI, adjusted LR) vs independent")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def render(rep, runs: Path) -> str:
+    main = rep["main_adjusted"]
+    seeds = len(main)
+    parts = [
+        f"Measured with `bash experiments/reproduce.sh` then `python experiments/summarize.py --runs {runs}` "
+        f"on the 2-core CPU machine (byte-level OpenStax, tiny family, 1x Chinchilla, {seeds} seeds for the "
+        "main runs, 1 for the ablations; ± is half the range over seeds). Zero-shot items: "
+        f"{main[0]['settings']['limit']} per task; at this size every task sits at chance (25% for the "
+        "4-way tasks, 50% for WinoGrande and PIQA), so accuracy differences are noise.",
+        "",
+        "**FLOPs.** " + flops_line(main) + ".",
+        "",
+        "### Members", "", main_table(rep), "",
+        "### Consistency between adjacent members", "",
+        "KL in nats per byte on the same validation bytes; acceptance in % of drafted tokens (k = 4).", "",
+        pairs_table(main), "",
+        "### Growth function and expansion ratio (seed 1, same budget)", "",
+        "Validation loss of each member right after it was grown → after its stage "
+        "(the independent row: trained from scratch).", "",
+        variants_table(rep, {"main_adjusted": "AKI, depth stack (paper)", "growth_fpi": "FPI, depth stack",
+                             "growth_interpolate": "AKI, depth interpolate",
+                             "growth_aki_optstate": "AKI + grown AdamW state",
+                             "ratio_4x_jump": "4x jump 50k → 250k (skips 120k)"}), "",
+        "### Beyond the paper (seed 1)", "",
+        variants_table(rep, {"main_adjusted": "paper recipe (cosine per stage, budget = largest alone)",
+                             "beyond_wsd": "WSD schedule per stage",
+                             "beyond_budget_0.6": "budget 0.6 x largest alone"}), "",
+        "![loss vs FLOPs](results/loss_vs_flops.png)",
+    ]
+    return "\n".join(parts)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="runs/exp", help="folder of experiments/reproduce.sh")
+    ap.add_argument("--readme", default=str(ROOT / "README.md"), help="file whose results section to replace")
+    args = ap.parse_args()
+    rep = load_reports(Path(args.runs))
+    if "main_adjusted" not in rep:
+        raise UserError("the main_adjusted run is missing; it is the reference of every table")
+    plot(rep, ROOT / "results" / "loss_vs_flops.png")
+    readme = Path(args.readme).read_text()
+    if BEGIN not in readme or END not in readme:
+        raise UserError(f"{args.readme} has no {BEGIN} ... {END} section")
+    body = f"{BEGIN}\n{render(rep, Path(args.runs))}\n{END}"
+    atomic_write(args.readme, lambda f: f.write(re.sub(f"{BEGIN}.*?{END}", lambda _: body, readme, flags=re.S)),
+                 mode="w")
+    print(f"updated {args.readme} and results/loss_vs_flops.png")
+
+
+if __name__ == "__main__":
+    run_cli(main)
