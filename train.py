@@ -414,8 +414,12 @@ class Trainer:
                              cfg.seed, self.step, micro)
             lo = self.dist.rank * cfg.batch_size
             x, y = x[lo:lo + cfg.batch_size].to(self.device), y[lo:lo + cfg.batch_size].to(self.device)
-            last = micro == cfg.grad_accum - 1
-            sync = model.no_sync() if self.dist.world > 1 and not last else nullcontext()
+            last = micro == cfg.grad_accum - 1  # gradients are reduced across ranks on the last only
+            sync = nullcontext()
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(last)
+            elif self.dist.world > 1 and not last:
+                sync = model.no_sync()
             with sync, self.autocast():
                 _, loss = model(x, y)
                 (loss / cfg.grad_accum).backward()

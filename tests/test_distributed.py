@@ -75,3 +75,9 @@ def test_dead_rank_fails_loudly(byte_data, tmp_path):
     t0 = time.time()
     proc.communicate(timeout=180)
     assert proc.returncode != 0 and time.time() - t0 < 180
+
+
+@pytest.mark.parametrize("fsdp", ["off", "on"])
+def test_gradient_accumulation_syncs_once_and_matches(byte_data, tmp_path, fsdp):
+    ref = train(byte_data, tmp_path / "one", 1, "--grad_accum", 2)
+    assert_same_run(train(byte_data, tmp_path / "two", 2, "--grad_accum", 2, "--fsdp", fsdp), ref)
