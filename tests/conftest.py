@@ -6,6 +6,11 @@ from pathlib import Path
 
 import pytest
 
+# Triton reads TRITON_INTERPRET when it is first imported, which some torch modules do (e.g.
+# torch.utils.flop_counter, imported by tests/test_flops.py): switch its CPU interpreter on before
+# any test module is collected, for tests/test_kernels.py. CPU-only code ignores it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("PGF_SHARED", ROOT.parent / "shared"))
@@ -42,3 +47,4 @@ def byte_data(tmp_path_factory, openstax):
                       "--tokens", 4_000_000)
     assert proc.returncode == 0, proc.stderr
     return out
+
