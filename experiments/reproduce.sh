@@ -19,6 +19,7 @@ stream2() {
   run ratio_4x_jump SEEDS=1 MEMBERS=50k,250k SKIP_INDEPENDENT=1   # skips 120k: one ~5x growth
   run beyond_wsd SEEDS=1 SCHEDULE=wsd SKIP_INDEPENDENT=1
   run beyond_budget_0.6 SEEDS=1 BUDGET_SCALE=0.6 SKIP_INDEPENDENT=1
+  run beyond_combo_0.8 SEEDS=1 BUDGET_SCALE=0.8 SCHEDULE=wsd OPT_STATE=1 SKIP_INDEPENDENT=1
 }
 stream1 & pid1=$!
 stream2 & pid2=$!

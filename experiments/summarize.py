@@ -132,7 +132,7 @@ def plot(rep, path: Path):
     r = rep["main_adjusted"][0]
     for fam, style in (("progressive", "-"), ("independent", "--")):
         for m in (m for m in r["members"] if m["family"] == fam):
-            h = [x for x in m.get("history", []) if "val_loss" in x]
+            h = [x for x in m.get("history", []) if "val_loss" in x and x["flops_total"] > 0]  # log axis
             ax.plot([x["flops_total"] for x in h], [x["val_loss"] for x in h], style,
                     label=f"{fam} {m['name']}")
     ax.set(xscale="log", xlabel="cumulative training FLOPs (family lineage)", ylabel="val loss (nats/byte)",
@@ -169,7 +169,8 @@ def render(rep, runs: Path) -> str:
         "### Beyond the paper (seed 1)", "",
         variants_table(rep, {"main_adjusted": "paper recipe (cosine per stage, budget = largest alone)",
                              "beyond_wsd": "WSD schedule per stage",
-                             "beyond_budget_0.6": "budget 0.6 x largest alone"}), "",
+                             "beyond_budget_0.6": "budget 0.6 x largest alone",
+                             "beyond_combo_0.8": "WSD + grown AdamW state, budget 0.8 x largest alone"}), "",
         "![loss vs FLOPs](results/loss_vs_flops.png)",
     ]
     return "\n".join(parts)
