@@ -20,6 +20,9 @@ stream2() {
   run beyond_wsd SEEDS=1 SCHEDULE=wsd SKIP_INDEPENDENT=1
   run beyond_budget_0.6 SEEDS=1 BUDGET_SCALE=0.6 SKIP_INDEPENDENT=1
   run beyond_combo_0.8 SEEDS=1 BUDGET_SCALE=0.8 SCHEDULE=wsd OPT_STATE=1 SKIP_INDEPENDENT=1
+  # the same budget, but 50k and 120k keep the paper's 0.78 of their independent FLOPs; 250k gets the rest
+  run beyond_combo_0.8_split SEEDS=1 BUDGET_SCALE=0.8 STAGE_FRACTIONS=0.306,1.92,5.94 SCHEDULE=wsd \
+    OPT_STATE=1 SKIP_INDEPENDENT=1
 }
 stream1 & pid1=$!
 stream2 & pid2=$!

@@ -170,7 +170,9 @@ def render(rep, runs: Path) -> str:
         variants_table(rep, {"main_adjusted": "paper recipe (cosine per stage, budget = largest alone)",
                              "beyond_wsd": "WSD schedule per stage",
                              "beyond_budget_0.6": "budget 0.6 x largest alone",
-                             "beyond_combo_0.8": "WSD + grown AdamW state, budget 0.8 x largest alone"}), "",
+                             "beyond_combo_0.8": "WSD + grown AdamW state, budget 0.8 x largest alone",
+                             "beyond_combo_0.8_split": "the same, 50k and 120k keep 0.78 of their "
+                                                       "independent FLOPs, 250k the rest"}), "",
         "![loss vs FLOPs](results/loss_vs_flops.png)",
     ]
     return "\n".join(parts)
