@@ -33,12 +33,9 @@ produce copies and every block adds copies), and a consumer sums its copies back
 sum_i W[:, g(i)] x[g(i)] / c(g(i)) = sum_j W[:, j] x[j]. Copied heads compute the same attention
 and copied FFN units the same GELU, so heads and FFN are exact for ANY ratio. LayerNorm is not: its
 mean over x' is sum_j c(j) x[j] / d', the old mean only when all c(j) are equal. So FPI is exact
-when d'/d is an integer and approximate otherwise. Measured on tiny models trained 400 steps on
-OpenStax bytes (validation loss 2.55 nats/byte), FPI with zero depth: 50k -> 120k (1.5x) max |logit
-difference| 0.75 (logits reach 13), KL(source || grown) 1.3e-3 nats/token, validation loss 2.554 ->
-2.557; 120k -> 250k (1.33x) 1.1, KL 1.6e-3, 2.547 -> 2.545. For scale: stack depth instead of zero
-gives KL 0.035 / 0.017, AKI with zero depth 0.015 / 0.007. tests/test_expand.py bounds the
-deviation for random weights.
+when d'/d is an integer and approximate otherwise; tests/test_expand.py bounds the deviation
+(max logit difference and KL) for the non-integral tiny pairs, and README's growth table shows
+the validation loss right after each growth.
 
 AKI (advanced knowledge initialization): the same maps, applied in bert2BERT's order: the
 residual width and every LayerNorm by FPI, then heads and FFN, then depth. The NEW heads and FFN

@@ -8,15 +8,12 @@ of two and sequence lengths that are not multiples of the tiles (32 queries x 16
 """
 import copy
 import math
-import os
 
 import pytest
 import torch
 
-# Triton decides when a kernel is defined, and again when an interpreted kernel calls a helper,
-# whether it runs compiled or interpreted: switch the interpreter on for the whole process before
-# kernels.py is imported (CPU-only code ignores it), and skip if kernels.py came in without it.
-os.environ["TRITON_INTERPRET"] = "1"
+# Triton reads TRITON_INTERPRET when first imported: conftest.py switches the interpreter on before
+# any test module is collected; skip if kernels.py came in without it anyway.
 pytest.importorskip("triton", reason="triton is not installed (pip install triton==3.7.1)")
 import kernels  # noqa: E402
 from bench import TOLERANCE, attention_errors, layer_norm_errors, poisoned_outputs, rel_err  # noqa: E402
