@@ -397,17 +397,26 @@ _INTERPRETED = not isinstance(_attn_fwd, triton.runtime.JITFunction)
 
 
 def _tile_configs(big: str, small: str, gpu_shapes, interp_shape):
-    """Autotuning candidates: (big tile, small tile, warps, stages) on GPU, the last the smallest;
-    one small config under the interpreter, where every program costs milliseconds. The big tile
-    is a multiple of the small one, so that diagonal tiles line up."""
+    """Autotuning candidates: (big tile, small tile, warps, stages) on GPU, then float32's own
+    config; one small config under the interpreter, where every program costs milliseconds. The
+    big tile is a multiple of the small one, so that diagonal tiles line up."""
     if _INTERPRETED:
         return [triton.Config({big: interp_shape[0], small: interp_shape[1]})]
-    return [triton.Config({big: b, small: s}, num_warps=w, num_stages=st) for b, s, w, st in gpu_shapes]
+    return [triton.Config({big: b, small: s}, num_warps=w, num_stages=st) for b, s, w, st in gpu_shapes + FLOAT32_TILES]
 
 
-def _float32_smallest(configs, named_args, **kwargs):
-    """float32 runs for checking, not for speed: tune it only to the smallest tile (fits anywhere)."""
-    return configs[-1:] if named_args["Q"].dtype == torch.float32 else configs
+# float32 dots (IEEE, for checking) are FMA loops that keep their operands in registers: at
+# head_dim 128, tiles larger than 32 x 16 over 8 warps spill (bench.py --aot); the second
+# candidate covers the shapes where ptxas spills a register of the first on A100.
+FLOAT32_TILES = [(32, 16, 8, 2), (16, 16, 4, 1)]
+
+
+def _by_dtype(configs, named_args, **kwargs):
+    """float32 takes its own last configs; 16-bit inputs tune over the others."""
+    if len(configs) == 1:  # the interpreter's single config
+        return configs
+    n = len(FLOAT32_TILES)
+    return configs[-n:] if named_args["Q"].dtype == torch.float32 else configs[:-n]
 
 
 def _autotuned(kernel, big: str, small: str, gpu_shapes):
@@ -415,15 +424,17 @@ def _autotuned(kernel, big: str, small: str, gpu_shapes):
     # evaluation at other lengths does not retune. Configurations that do not fit the GPU's
     # registers or shared memory are skipped by the autotuner.
     return triton.autotune(_tile_configs(big, small, gpu_shapes, (32, 16)), key=["HEAD_DIM"],
-                           prune_configs_by={"early_config_prune": _float32_smallest})(kernel)
+                           prune_configs_by={"early_config_prune": _by_dtype})(kernel)
 
 
+# Candidates that compile without register spills on sm_90 at head_dim 16, 64 and 128 (bench.py
+# --aot; 128 x 128 forward tiles need 224 KiB of shared memory: H100/H200 only).
 _attn_fwd_tuned = _autotuned(_attn_fwd, "BLOCK_M", "BLOCK_N",
-                             [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 32, 4, 2)])
+                             [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)])
 _attn_bwd_dkdv_tuned = _autotuned(_attn_bwd_dkdv, "BLOCK_N", "BLOCK_M",
-                                  [(128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)])
+                                  [(128, 32, 8, 3), (64, 64, 8, 3), (64, 32, 4, 2), (64, 16, 4, 3)])
 _attn_bwd_dq_tuned = _autotuned(_attn_bwd_dq, "BLOCK_M", "BLOCK_N",
-                                [(128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2)])
+                                [(128, 32, 8, 3), (64, 64, 8, 3), (64, 64, 4, 2), (64, 32, 4, 2)])
 
 
 def _check_attention_inputs(q, k, v):
