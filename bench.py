@@ -37,13 +37,13 @@ Results go to OUT/results_{gpu,cpu,aot}.json and a short OUT/results_{gpu,cpu,ao
 """
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import platform
 import statistics
 import time
 import traceback
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -245,7 +245,7 @@ SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 AOT_SMS = 132  # streaming multiprocessors assumed for the LayerNorm backward's row groups (H100 SXM)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class AotCase:
     """One call of kernels.layer_norm_* or kernels.attention_*: width N, or head_dim D at length T."""
     op: str  # "layer_norm" or "attention"
@@ -418,7 +418,7 @@ def aot_problems(rows: list[dict]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Training step (GPU and CPU)
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class StepMode:
     """How a training step runs. Written as a spec like "compile+bf16+fused+t1"."""
     compile: bool = False  # torch.compile the model
@@ -428,15 +428,25 @@ class StepMode:
     kernels: bool = False  # the Triton kernels (CUDA only)
 
     @classmethod
-    def parse(cls, spec: str) -> "StepMode":
+    def as_train_py(cls, device: torch.device) -> "StepMode":
+        """What train.py does on this device with its defaults (one process: fused AdamW)."""
+        from train import TrainConfig, compute_choices
+        dtype, compile = compute_choices(TrainConfig(), device)
+        return cls(compile=compile, bf16=dtype == torch.bfloat16, fused=True, kernels=device.type == "cuda")
+
+    @classmethod
+    def parse(cls, spec: str, device: torch.device = torch.device("cpu")) -> "StepMode":
+        """Parts joined by +; "train" starts from train.py's own choices (as_train_py)."""
         kw = {}
         for part in spec.split("+"):
-            if part in ("compile", "bf16", "fused", "kernels"):
+            if part == "train":
+                kw |= dataclasses.asdict(cls.as_train_py(device))
+            elif part in ("compile", "bf16", "fused", "kernels"):
                 kw[part] = True
             elif part[:1] == "t" and part[1:].isdigit():
                 kw["threads"] = int(part[1:])
             elif part not in ("eager", "fp32", "plain"):
-                raise UserError(f"unknown step mode part {part!r} in {spec!r}; use parts "
+                raise UserError(f"unknown step mode part {part!r} in {spec!r}; use parts train, "
                                 "eager/compile, fp32/bf16, fused, kernels, t<threads> joined by +")
         return cls(**kw)
 
@@ -536,7 +546,7 @@ def gpu_model_speed(size: str, batch: int, steps: int, warmup: int, compiled: bo
             out["skipped"].append(spec)
             continue
         model.load_state_dict(init)
-        step = TrainStep(model, StepMode.parse(spec), device)
+        step = TrainStep(model, StepMode.parse(spec, device), device)
         r = time_steps({spec: step}, batches, warmup)[spec]
         del step
         torch._dynamo.reset()
@@ -623,7 +633,8 @@ def _md_cpu(res: dict) -> str:
              f"x: speed-up against `{base}` over all timed steps, and over the clean ones (other "
              f"processes below {CLEAN_LOAD} core; '-' where fewer than 3 were clean). CPU s: this "
              "process's CPU time per step, all threads (for one thread, about the wall time on an idle "
-             "machine). others: cores that other processes kept busy during the steps (median).\n",
+             "machine). others: cores that other processes kept busy during the steps (median). "
+             f"`train` is what train.py chooses on this CPU: {_mode_words(res['resolved'].get('train'))}.\n",
              "| member | mode | tok/s | x | x clean | s/step | CPU s/step | others |",
              "|---|---|---|---|---|---|---|---|"]
     for row in res["family"]:
@@ -632,6 +643,14 @@ def _md_cpu(res: dict) -> str:
             lines.append(f"| {row['size']} | {spec} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f} | {clean} | "
                          f"{r['median_s']:.3f} | {r['median_cpu_s']:.3f} | {statistics.median(r['others_load']):.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _mode_words(mode: dict | None) -> str:
+    if mode is None:
+        return "(not run)"
+    return (f"{'compiled' if mode['compile'] else 'eager'}, {'bf16 autocast' if mode['bf16'] else 'float32'}, "
+            f"{'fused' if mode['fused'] else 'foreach'} AdamW, "
+            f"{mode['threads'] or 'the default number of'} threads")
 
 
 def _md_gpu(res: dict) -> str:
@@ -726,9 +745,8 @@ def run_gpu_all(args) -> None:
 
 def run_cpu(args) -> None:
     modes = args.cpu_modes.split(",")
-    for spec in modes:
-        StepMode.parse(spec)  # a mistake in --cpu_modes surfaces before any work
-    res = {"machine": machine(), "steps": args.steps, "warmup": args.warmup, "modes": modes}
+    resolved = {spec: dataclasses.asdict(StepMode.parse(spec)) for spec in modes}  # mistakes surface now
+    res = {"machine": machine(), "steps": args.steps, "warmup": args.warmup, "modes": modes, "resolved": resolved}
     print(f"machine: {res['machine']}", flush=True)
     res["family"] = cpu_family_speed(args.sizes.split(","), modes, args.steps, args.warmup)
     _save(args.out, "results_cpu", res, _md_cpu)
@@ -760,10 +778,11 @@ def main():
     p.add_argument("--out", default="bench", help="folder for results_{gpu,cpu,aot}.{json,md}")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per mode")
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps per mode first (compilation)")
-    p.add_argument("--cpu_modes", default="plain,t1,fused+t1,compile+fused+t1",
+    p.add_argument("--cpu_modes", default="plain,train,compile+fused,compile+bf16+fused,t1,train+t1",
                    help="comma-separated step modes, the first the baseline; a mode joins parts with +: "
-                        "eager|compile, fp32|bf16, fused (AdamW), t<N> (threads), e.g. compile+bf16+t1; "
-                        "plain = eager fp32, AdamW's default (foreach) update, torch's default threads")
+                        "train (what train.py chooses on this device), eager|compile, fp32|bf16, fused "
+                        "(AdamW), t<N> (threads), e.g. compile+bf16+t1; plain = eager fp32, AdamW's "
+                        "default (foreach) update, torch's default threads")
     p.add_argument("--sizes", default=",".join(FAMILIES["tiny"]), help="CPU: comma-separated members")
     p.add_argument("--size", default="1b", help="GPU: model preset of the training-step benchmark")
     p.add_argument("--batch", type=int, default=8, help="GPU: sequences per training step")

@@ -196,6 +196,16 @@ def optim_by_name(osd: dict, model) -> dict:
             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
 
 
+def compute_choices(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(compute dtype, torch.compile?) as --dtype and --compile resolve on this device. auto:
+    bfloat16 autocast and compile on CUDA; float32 eager on CPU, where compile and bfloat16 did not
+    pay for the tiny family (bench.py --cpu times this choice against a plain step)."""
+    use_cuda = device.type == "cuda"
+    dtype = {"auto": torch.bfloat16 if use_cuda else torch.float32,
+             "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    return dtype, cfg.compile == "on" or (cfg.compile == "auto" and use_cuda)
+
+
 def shard(model: GPT, dtype: torch.dtype):
     """FSDP2: each block, then the root, owns a shard of its parameters, gradients and AdamW state.
     bf16 runs compute in bf16 with fp32 master weights and fp32 gradient reductions."""
@@ -254,12 +264,10 @@ class Trainer:
         self.eval_interval = cfg.eval_interval or max(1, self.max_iters // 10)
         self.log_interval = cfg.log_interval or max(1, self.max_iters // 50)
         self.ckpt_interval = cfg.ckpt_interval or self.eval_interval
-        use_cuda = self.device.type == "cuda"
-        self.dtype = {"auto": torch.bfloat16 if use_cuda else torch.float32,
-                      "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+        self.dtype, self.compile = compute_choices(cfg, self.device)
         self.peak = cfg.peak_flops or (next((v for k, v in PEAK_FLOPS.items()
                                               if k in torch.cuda.get_device_name(self.device)), 0)
-                                       if use_cuda else 0)
+                                       if self.device.type == "cuda" else 0)
         self.stop_requested = False
         self._build()
 
@@ -313,7 +321,7 @@ class Trainer:
         if self.dist.world > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if self.cfg.compile == "on" or (self.cfg.compile == "auto" and self.device.type == "cuda"):
+        if self.compile:
             model = torch.compile(model)
         return model
 
