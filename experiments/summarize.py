@@ -21,11 +21,17 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 def load_reports(runs: Path) -> dict:
     """{run name: [report of each seed]}"""
     out = {}
-    for path in sorted(runs.glob("*/seed_*/report/report.json")):
-        out.setdefault(path.parts[-4], []).append(json.loads(path.read_text()))
+    for path in sorted(runs.glob("*/seed_*/report/report.json"), key=lambda p: (p.parts[-4], _seed(p))):
+        report = json.loads(path.read_text())
+        report["seed"] = _seed(path)
+        out.setdefault(path.parts[-4], []).append(report)
     if not out:
         raise UserError(f"no report.json under {runs}/*/seed_*/report; run experiments/reproduce.sh first")
     return out
+
+
+def _seed(report_path: Path) -> int:
+    return int(report_path.parts[-3].removeprefix("seed_"))
 
 
 def members(reports, family="progressive") -> dict:
@@ -124,6 +130,22 @@ def variants_table(rep, names: dict) -> str:
     return "\n".join(rows)
 
 
+def per_seed_table(rep, name: str) -> str:
+    """Final val loss of run `name` against the independent members, seed by seed (same seed: same
+    smallest member and data order), and in how many seeds the run ended lower."""
+    indep = {r["seed"]: {m["name"]: m for m in r["members"] if m["family"] == "independent"}
+             for r in rep["main_adjusted"]}
+    runs = {r["seed"]: {m["name"]: m for m in r["members"] if m["family"] == "progressive"} for r in rep[name]}
+    seeds = sorted(s for s in runs if s in indep)
+    rows = ["| member | " + " | ".join(f"seed {s}: run vs independent" for s in seeds) + " | lower in |",
+            "|---|" + "---|" * (len(seeds) + 1)]
+    for size in runs[seeds[0]]:
+        pairs = [(runs[s][size]["ppl"]["loss"], indep[s][size]["ppl"]["loss"]) for s in seeds if size in indep[s]]
+        cells = [f"{a:.3f} vs {b:.3f} ({a - b:+.3f})" for a, b in pairs]
+        rows.append(f"| {size} | " + " | ".join(cells) + f" | {sum(a < b for a, b in pairs)} of {len(pairs)} |")
+    return "\n".join(rows)
+
+
 def plot(rep, path: Path):
     import matplotlib
     matplotlib.use("Agg")
@@ -173,6 +195,9 @@ def render(rep, runs: Path) -> str:
                              "beyond_combo_0.8": "WSD + grown AdamW state, budget 0.8 x largest alone",
                              "beyond_combo_0.8_split": "the same, 50k and 120k keep 0.78 of their "
                                                        "independent FLOPs, 250k the rest"}), "",
+        f"The last recipe over {len(rep.get('beyond_combo_0.8_split', []))} seeds, final val loss against the "
+        "independent member of the same seed (the 20k member is trained alone in both, with WSD here):", "",
+        per_seed_table(rep, "beyond_combo_0.8_split") if "beyond_combo_0.8_split" in rep else "(not run)", "",
         "![loss vs FLOPs](results/loss_vs_flops.png)",
     ]
     return "\n".join(parts)
@@ -186,10 +211,12 @@ def main():
     rep = load_reports(Path(args.runs))
     if "main_adjusted" not in rep:
         raise UserError("the main_adjusted run is missing; it is the reference of every table")
-    plot(rep, ROOT / "results" / "loss_vs_flops.png")
+    if not Path(args.readme).is_file():
+        raise UserError(f"--readme {args.readme} does not exist; give the README whose results section to replace")
     readme = Path(args.readme).read_text()
     if BEGIN not in readme or END not in readme:
         raise UserError(f"{args.readme} has no {BEGIN} ... {END} section")
+    plot(rep, ROOT / "results" / "loss_vs_flops.png")
     body = f"{BEGIN}\n{render(rep, Path(args.runs))}\n{END}"
     atomic_write(args.readme, lambda f: f.write(re.sub(f"{BEGIN}.*?{END}", lambda _: body, readme, flags=re.S)),
                  mode="w")
