@@ -260,15 +260,15 @@ class AotCase:
 
 
 def aot_cases(quick: bool) -> list[AotCase]:
-    """LayerNorm at the paper widths (float32 under autocast, bfloat16 under FSDP's bf16 params);
-    attention at the paper's head_dim 128 and the tiny family's 16, plus a length that is not a
-    multiple of 16 (a separate specialisation). quick: the paper's widest LayerNorm and its
-    attention in bfloat16, and attention in float32 (its own tiles)."""
+    """LayerNorm at the paper widths and the tiny family's widest (float32 under autocast, bfloat16
+    under FSDP's bf16 params); attention at head_dim 128 (paper), 64 and 16 (tiny family), plus a
+    length that is not a multiple of 16 (a separate specialisation). quick: the paper's widest
+    LayerNorm and its attention in bfloat16, and attention in float32 (its own tiles)."""
     bf16 = torch.bfloat16
     if quick:
         return [AotCase("layer_norm", bf16, N=4096), AotCase("attention", bf16, D=128),
                 AotCase("attention", torch.float32, D=128)]
-    cases = [AotCase("layer_norm", dt, N=n) for dt in (torch.float32, bf16) for n in (2048, 2560, 3328, 4096)]
+    cases = [AotCase("layer_norm", dt, N=n) for dt in (torch.float32, bf16) for n in (64, 2048, 2560, 3328, 4096)]
     cases += [AotCase("attention", dt, D=d) for dt in (bf16, torch.float16, torch.float32) for d in (128, 64, 16)]
     return cases + [AotCase("attention", bf16, D=128, T=1000)]
 
