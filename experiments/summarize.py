@@ -178,6 +178,10 @@ def render(rep, runs: Path) -> str:
         "**FLOPs.** " + flops_line(main) + ".",
         "",
         "### Members", "", main_table(rep), "",
+        "Seed by seed, final val loss of each progressive member against the independent member of the "
+        "same seed (the 20k member is the same model in both families). Adjusted LR:", "",
+        per_seed_table(rep, "main_adjusted"), "",
+        *(["Fixed LR:", "", per_seed_table(rep, "main_fixed"), ""] if "main_fixed" in rep else []),
         "### Consistency between adjacent members", "",
         "KL in nats per byte on the same validation bytes; acceptance in % of drafted tokens (k = 4).", "",
         pairs_table(main), "",
