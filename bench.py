@@ -563,6 +563,19 @@ def gpu_model_speed(size: str, batch: int, steps: int, warmup: int, compiled: bo
     return out
 
 
+def op_shares(step: TrainStep, batches, top: int = 6) -> dict[str, float]:
+    """Where a training step's time goes: each op's share of the self time of all ops (torch
+    profiler; self time is the calling thread's, so intra-op threads count once), the largest first."""
+    from torch.profiler import profile
+    with profile() as prof:
+        for x, y in batches:
+            step(x, y)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return {e.key: e.self_cpu_time_total / total for e in events[:top]}
+
+
 def cpu_family_speed(sizes: list[str], modes: list[str], steps: int, warmup: int) -> list[dict]:
     """Every member, modes[0] the baseline, all modes interleaved from one initialisation."""
     device, batch = torch.device("cpu"), FAMILY_BATCH["tiny"]
@@ -577,12 +590,14 @@ def cpu_family_speed(sizes: list[str], modes: list[str], steps: int, warmup: int
             model = GPT(cfg, use_kernels=False)
             model.load_state_dict(base.state_dict())
             trainers[spec] = TrainStep(model, StepMode.parse(spec), device)
-        res = time_steps(trainers, _random_batches(warmup + steps, batch, cfg.block_size, cfg.vocab_size, device),
-                         warmup)
+        batches = _random_batches(warmup + steps, batch, cfg.block_size, cfg.vocab_size, device)
+        res = time_steps(trainers, batches, warmup)
+        profiled = "train" if "train" in trainers else modes[0]
+        row = {"size": size, "batch": batch, "seq_len": cfg.block_size, "modes": res,
+               "profiled_mode": profiled, "profile": op_shares(trainers[profiled], batches[:3])}
         torch.set_num_threads(default_threads)
         tokens = batch * cfg.block_size
         base_r = res[modes[0]]
-        row = {"size": size, "batch": batch, "seq_len": cfg.block_size, "modes": res}
         for r in res.values():
             r["tokens_per_s"] = tokens / r["median_s"]
             r["speedup"] = base_r["median_s"] / r["median_s"]
@@ -642,6 +657,11 @@ def _md_cpu(res: dict) -> str:
             clean = "-" if r["clean_speedup"] is None else f"{r['clean_speedup']:.2f}"
             lines.append(f"| {row['size']} | {spec} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f} | {clean} | "
                          f"{r['median_s']:.3f} | {r['median_cpu_s']:.3f} | {statistics.median(r['others_load']):.1f} |")
+    lines += ["", "Where the time of a step goes (torch profiler, 3 steps of the profiled mode; share of the ops' "
+              "self time):", ""]
+    for row in res["family"]:
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in row["profile"].items())
+        lines.append(f"- {row['size']} (`{row['profiled_mode']}`): {shares}")
     return "\n".join(lines) + "\n"
 
 

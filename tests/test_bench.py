@@ -40,5 +40,8 @@ def test_cpu_benchmark_runs_every_mode_from_one_init(tmp_path):
     first = [m["losses"][0] for m in modes.values()]
     assert max(first) - min(first) < 1e-6, first
     assert all(len(m["seconds"]) == 2 and m["tokens_per_s"] > 0 for m in modes.values())
+    row = res["family"][0]
+    assert row["profiled_mode"] == "train" and 0 < sum(row["profile"].values()) <= 1 + 1e-9
+    assert any("attention" in op for op in row["profile"]), row["profile"]  # the largest op here
     assert "`train` is what train.py chooses" in (tmp_path / "results_cpu.md").read_text()
     assert_user_error(run_script("bench.py", "--cpu", "--cpu_modes", "plain,turbo", "--out", tmp_path), "turbo")
