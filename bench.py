@@ -21,9 +21,10 @@ On CPU, the training step of each tiny member (model.FAMILIES["tiny"], flops.FAM
 
     python bench.py --cpu --out bench/
 
-  a plain eager float32 step against faster configurations (--cpu_modes), interleaved step by step
-  so that every mode sees the same load from whatever else runs on the machine; median step time,
-  CPU time per step, and how busy other processes kept the machine meanwhile.
+  a plain eager float32 step against the step as train.py runs it (mode `train`) and other
+  configurations (--cpu_modes), interleaved step by step so that every mode sees the same load from
+  whatever else runs on the machine; median step time, CPU time per step, how busy other processes
+  kept the machine meanwhile, and a profile of where train.py's step spends its time.
 
 Without a GPU, the GPU machine code (about 3 minutes on 2 cores):
 
