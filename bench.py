@@ -125,16 +125,17 @@ def attention_errors(B, H, T, D, dtype, device="cpu", layout="qkv") -> dict[str,
                    make, torch.randn(B, H, T, D, device=device), dtype, ["o", "dq", "dk", "dv"])
 
 
-def gpu_correctness(device="cuda") -> list[dict]:
-    """Section 1: widths and lengths that are not powers of two or tile multiples, paper shapes."""
+def gpu_correctness(device="cuda", ln_shapes=((4, 1000, 2048), (3, 77, 3328), (5, 33, 1000)),
+                    attn_shapes=((2, 16, 1024, 128), (1, 3, 777, 128), (2, 4, 300, 64)),
+                    float32_attn_shapes=((1, 2, 100, 16),)) -> list[dict]:
+    """Section 1: widths and lengths that are not powers of two or tile multiples, paper shapes;
+    the tiny family's head_dim in float32 only (each new (head_dim, dtype) autotunes, a dozen
+    compilations)."""
     cases = []
     for dtype in (torch.float32, torch.bfloat16):
-        for shape in [(4, 1000, 2048), (3, 77, 3328), (5, 33, 1000)]:
+        for shape in ln_shapes:
             cases.append(("layer_norm", shape, dtype, lambda s=shape, d=dtype: layer_norm_errors(s, d, device)))
-        shapes = [(2, 16, 1024, 128), (1, 3, 777, 128), (2, 4, 300, 64)]
-        if dtype == torch.float32:  # each new (head_dim, dtype) autotunes, a dozen compilations
-            shapes.append((1, 2, 100, 16))  # the tiny family's head_dim
-        for shape in shapes:
+        for shape in attn_shapes + (float32_attn_shapes if dtype == torch.float32 else ()):
             cases.append(("attention", shape, dtype, lambda s=shape, d=dtype: attention_errors(*s, d, device)))
     rows = []
     with poisoned_outputs():
@@ -702,9 +703,8 @@ def _md_gpu(res: dict) -> str:
             mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
             lines.append(f"| {spec} | {r['tokens_per_s']:.0f} | {mfu} | "
                          f"{', '.join(f'{x:.4f}' for x in r['losses'][:3])} | {r['max_loss_diff_vs_first_mode']:.2e} |")
-        lines += [f"- skipped (time): {spec}" for spec in m["skipped"]]
-    for note in res.get("skipped", []):
-        lines.append(f"- skipped: {note}")
+        lines += [""] + [f"- skipped (time): {spec}" for spec in m["skipped"]]
+    lines += [""] + [f"- skipped: {note}" for note in res.get("skipped", [])]
     return "\n".join(lines) + "\n"
 
 
@@ -740,28 +740,36 @@ def _save(out_dir: str, name: str, res: dict, md) -> None:
 def run_gpu_all(args) -> None:
     if not torch.cuda.is_available():
         raise UserError("--gpu-all needs a CUDA GPU; on CPU use --cpu")
+    deadline = time.perf_counter() + args.budget_s
+    run_sections([("correctness", gpu_correctness), ("layer_norm", gpu_layer_norm_speed),
+                  ("attention", gpu_attention_speed),
+                  ("model", lambda: gpu_model_speed(args.size, args.batch, args.steps, args.warmup,
+                                                    args.model_compile, deadline))],
+                 args.out, deadline)
+
+
+def run_sections(sections, out_dir: str, deadline: float) -> dict:
+    """Run (name, function) sections in order into one result, saved after each; a section that
+    raises is reported and the next one runs (one run on a lent GPU must not lose the rest); none
+    starts after `deadline` (time.perf_counter)."""
     t0 = time.perf_counter()
     res = {"machine": machine(), "skipped": []}
     print(f"machine: {res['machine']}", flush=True)
-    deadline = t0 + args.budget_s
-    sections = [("correctness", gpu_correctness), ("layer_norm", gpu_layer_norm_speed),
-                ("attention", gpu_attention_speed),
-                ("model", lambda: gpu_model_speed(args.size, args.batch, args.steps, args.warmup,
-                                                  args.model_compile, deadline))]
     for name, run in sections:
         if time.perf_counter() > deadline:
-            res["skipped"].append(f"{name} (past --budget_s {args.budget_s:.0f} s)")
+            res["skipped"].append(f"{name} (past the time budget, --budget_s)")
             continue
         print(f"[{name}] at {time.perf_counter() - t0:.0f} s", flush=True)
         try:
             res[name] = run()
-        except Exception as e:  # one run on a lent GPU: keep going and report what broke
+        except Exception as e:
             traceback.print_exc()
             res["skipped"].append(f"{name} failed: {type(e).__name__}: {e}")
-        _save(args.out, "results_gpu", res, _md_gpu)  # after every section: a timeout keeps the rest
+        _save(out_dir, "results_gpu", res, _md_gpu)  # after every section: a timeout keeps the rest
     print(_md_gpu(res))
     if not all(r["ok"] for r in res.get("correctness", [])) or any("failed" in s for s in res["skipped"]):
-        raise UserError("some checks failed or sections broke: see results_gpu.md")
+        raise UserError(f"some checks failed or sections broke: see {out_dir}/results_gpu.md")
+    return res
 
 
 def run_cpu(args) -> None:

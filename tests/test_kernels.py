@@ -156,3 +156,44 @@ def test_compiled_model_treats_kernels_as_opaque():
     fused.set_kernels(True, on_cpu=True)
     compiled = torch.compile(fused, fullgraph=True)
     assert_same_training(ref, fused, train_losses([ref, compiled], steps=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# bench.py --gpu-all, rehearsed on CPU
+
+def test_gpu_benchmark_sections_run_on_cpu(monkeypatch, tmp_path):
+    """The --gpu-all sections end to end at tiny shapes: kernels through the interpreter, wall-clock
+    timers instead of CUDA events, a section that breaks in the middle. A lent GPU's few minutes
+    must not be lost to a bug in the script around the kernels."""
+    import json
+    import time
+
+    import bench
+    from util import UserError
+
+    def wall_ms(fn, inputs, dy):
+        t0 = time.perf_counter()
+        torch.autograd.grad(fn(*inputs), inputs, dy)
+        return (time.perf_counter() - t0) * 1e3
+
+    def broken():
+        raise RuntimeError("injected")
+    monkeypatch.setattr(bench, "_fwd_bwd_ms", wall_ms)
+    monkeypatch.setattr(bench, "_copy_gbps", lambda device: 1.0)
+    sections = [
+        ("correctness", lambda: bench.gpu_correctness("cpu", ln_shapes=((2, 3, 40),), attn_shapes=((1, 2, 40, 16),),
+                                                      float32_attn_shapes=())),
+        ("broken", broken),
+        ("layer_norm", lambda: bench.gpu_layer_norm_speed(rows=4, widths=(64,), device="cpu")),
+        ("attention", lambda: bench.gpu_attention_speed(batch=1, T=32, D=16, widths=(32,), device="cpu")),
+        ("model", lambda: bench.gpu_model_speed("20k", batch=1, steps=1, warmup=0, compiled=False,
+                                                deadline=math.inf, device="cpu"))]
+    with pytest.raises(UserError, match="sections broke"):
+        bench.run_sections(sections, str(tmp_path), math.inf)
+    res = json.loads((tmp_path / "results_gpu.json").read_text())
+    assert len(res["correctness"]) == 4 and all(r["ok"] for r in res["correctness"])
+    assert res["skipped"] == ["broken failed: RuntimeError: injected"]  # and the sections after it ran:
+    assert res["layer_norm"][0]["width"] == 64 and res["attention"][0]["heads"] == 2
+    assert list(res["model"]["modes"]) == ["bf16+fused", "bf16+fused+kernels"]
+    md = (tmp_path / "results_gpu.md").read_text()
+    assert "Correctness: 4/4" in md and "| 4 x 64 |" in md and "| 1 2 32 16 |" in md and "bf16+fused+kernels" in md
