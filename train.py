@@ -5,8 +5,10 @@ Train one stage of a model family: from scratch, or from a grown checkpoint (exp
     torchrun --nproc_per_node=8 train.py --size 2b --init ckpt_1b_expanded.pt --tokens 60e9 ...
 
 One optimizer step sees batch_size x grad_accum x world_size sequences of seq_len tokens. The
-batch of step s is a pure function of (seed, s): resuming at step s, or running on another number
-of processes, sees exactly the same data. A checkpoint (checkpoint.py) is written atomically every
+batch of step s is a pure function of (seed, stage, s), where stage is the number of ancestors the
+--init checkpoint has (0 from scratch): resuming at step s, or running on another number of
+processes, sees exactly the same data, and a grown stage draws its own batches instead of
+replaying the ones its ancestors trained on. A checkpoint (checkpoint.py) is written atomically every
 --ckpt_interval steps and at the end; `--resume` continues from it bit for bit.
 """
 import argparse
@@ -148,9 +150,11 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
 # ---------------------------------------------------------------------------------------------
 # Data
 
-def get_batch(tokens: np.ndarray, seq_len: int, n: int, seed: int, step: int, micro: int):
-    """n windows of seq_len+1 tokens at offsets drawn from (seed, step, micro): reproducible."""
-    ix = np.random.default_rng([seed, step, micro]).integers(0, len(tokens) - seq_len - 1, size=n)
+def get_batch(tokens: np.ndarray, seq_len: int, n: int, seed: int, step: int, micro: int, stage: int = 0):
+    """n windows of seq_len+1 tokens at offsets drawn from (seed, step, micro, stage): reproducible.
+    Stage 0 (a run from scratch) keeps the key without the stage."""
+    key = [seed, step, micro] + ([stage] if stage else [])
+    ix = np.random.default_rng(key).integers(0, len(tokens) - seq_len - 1, size=n)
     xy = torch.from_numpy(np.stack([tokens[i:i + seq_len + 1].astype(np.int64) for i in ix]))
     return xy[:, :-1], xy[:, 1:]
 
@@ -304,6 +308,8 @@ class Trainer:
             for g, wd in zip(self.optimizer.param_groups, (cfg.weight_decay, 0.0)):  # this stage's settings,
                 g.update(betas=(cfg.beta1, cfg.beta2), weight_decay=wd)  # not the source stage's
         self.train_model = self._wrap(self.model)
+        # the family's stage (ancestors of this model): each stage draws its own data stream
+        self.stage = len(self.meta["lineage"])
 
     def _use_fsdp(self) -> bool:
         """FSDP when asked, or (auto) when DDP's full copy per GPU does not fit its memory."""
@@ -378,7 +384,7 @@ class Trainer:
                  "rng": torch.get_rng_state(),
                  "history": self.history,
                  "args": {**dataclasses.asdict(self.cfg), "global_batch": self.cfg.batch_size * self.dist.world},
-                 "data_position": {"seed": self.cfg.seed, "next_step": self.step}}
+                 "data_position": {"seed": self.cfg.seed, "stage": self.stage, "next_step": self.step}}
         meta = {**self.meta, "flops_total": self.flops_total,
                 "metrics": str(Path(self.cfg.out) / "metrics.jsonl")}
         checkpoint.save(self.ckpt_path, checkpoint.pack(self.model_cfg, model_sd, optim_sd, train, meta))
@@ -419,7 +425,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
             x, y = get_batch(self.train_tokens, self.seq_len, cfg.batch_size * self.dist.world,
-                             cfg.seed, self.step, micro)
+                             cfg.seed, self.step, micro, self.stage)
             lo = self.dist.rank * cfg.batch_size
             x, y = x[lo:lo + cfg.batch_size].to(self.device), y[lo:lo + cfg.batch_size].to(self.device)
             last = micro == cfg.grad_accum - 1  # gradients are reduced across ranks on the last only

@@ -69,3 +69,29 @@ def test_bad_inputs_give_one_clear_line(byte_data, tmp_path):
                       "expand.py")
     assert_user_error(run_script(*base, "--size", "20k", "--init", tmp_path / "missing.pt"), "does not exist")
     assert_user_error(run_script("train.py", "--size", "20k", "--data", byte_data), "budget")
+
+
+def test_each_stage_draws_its_own_batches(byte_data, tmp_path):
+    """A grown stage (one with ancestors) does not replay the batches its ancestors trained on;
+    a run from scratch keeps the plain (seed, step, micro) key."""
+    import numpy as np
+
+    from data import open_split
+    from train import get_batch
+    tokens, _ = open_split(str(byte_data), "train")
+    x0, _ = get_batch(tokens, 64, 8, 1337, 5, 0)
+    assert torch.equal(x0, get_batch(tokens, 64, 8, 1337, 5, 0, stage=0)[0])
+    ix = np.random.default_rng([1337, 5, 0]).integers(0, len(tokens) - 65, size=8)
+    assert torch.equal(x0[:, 0], torch.from_numpy(tokens[ix].astype(np.int64)))
+    x1, _ = get_batch(tokens, 64, 8, 1337, 5, 0, stage=1)
+    assert not torch.equal(x0, x1) and torch.equal(x1, get_batch(tokens, 64, 8, 1337, 5, 0, stage=1)[0])
+    # the stage comes from the --init checkpoint's lineage, and is recorded with the data position
+    Trainer(args(byte_data, tmp_path / "a", "--max_iters", 2)).run()
+    ck = checkpoint.load(tmp_path / "a" / "ckpt.pt")
+    assert ck["train"]["data_position"]["stage"] == 0
+    grown_meta = {**ck["meta"], "lineage": ["10k"]}  # as if it had been grown from a 10k member
+    checkpoint.save(tmp_path / "grown.pt", checkpoint.pack(ck["config"], ck["model"], None, None, grown_meta))
+    t = Trainer(args(byte_data, tmp_path / "b", "--max_iters", 2, "--init", tmp_path / "grown.pt"))
+    assert t.stage == 1
+    t.run()
+    assert checkpoint.load(tmp_path / "b" / "ckpt.pt")["train"]["data_position"]["stage"] == 1
