@@ -235,15 +235,23 @@ def _store_rows(ptr, x, offs, stride_t, T, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
+def _scores(q, K, offs_n, stride_t, T, qk_scale, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr,
+            DOT_PRECISION: tl.constexpr):
+    """Scaled scores of query tile q against key rows offs_n, in log2 units (exp2 is cheaper than
+    exp), unmasked; and the transposed key tile, which dQ reuses."""
+    kT = _load_rows(K, offs_n, stride_t, T, HEAD_DIM, True, UPCAST)
+    return tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale, kT
+
+
+@triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_t, offs_m, lo, hi, T, qk_scale,
                     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr,
                     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Fold the key/value tiles in [lo, hi) into the online softmax state (acc, l_i, m_i)."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kT = _load_rows(K, offs_n, stride_t, T, HEAD_DIM, True, UPCAST)
+        s, kT = _scores(q, K, offs_n, stride_t, T, qk_scale, HEAD_DIM, UPCAST, DOT_PRECISION)
         v = _load_rows(V, offs_n, stride_t, T, HEAD_DIM, False, UPCAST)
-        s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale  # scores in log2 units
         if CAUSAL_MASK:
             s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -355,9 +363,10 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, K, V, stride_t, offs_m, lo, hi, T,
     """Add the key tiles in [lo, hi) to this query tile's dQ."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kT = _load_rows(K, offs_n, stride_t, T, HEAD_DIM, True, UPCAST)
+        # V's tile first: issued after the scores, ptxas spilled float32's 16 x 16 tile (bench.py --aot)
         vT = _load_rows(V, offs_n, stride_t, T, HEAD_DIM, True, UPCAST)
-        p = tl.exp2(tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale - lse[:, None] * LOG2E)
+        s, kT = _scores(q, K, offs_n, stride_t, T, qk_scale, HEAD_DIM, UPCAST, DOT_PRECISION)
+        p = tl.exp2(s - lse[:, None] * LOG2E)  # P recomputed from the saved log-sum-exp
         if CAUSAL_MASK:
             p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
         dp = tl.dot(do, vT, input_precision=DOT_PRECISION)  # dP = dO V^T
