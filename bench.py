@@ -24,7 +24,9 @@ On CPU, the training step of each tiny member (model.FAMILIES["tiny"], flops.FAM
   a plain eager float32 step against the step as train.py runs it (mode `train`) and other
   configurations (--cpu_modes), interleaved step by step so that every mode sees the same load from
   whatever else runs on the machine; median step time, CPU time per step, how busy other processes
-  kept the machine meanwhile, and a profile of where train.py's step spends its time.
+  kept the machine meanwhile, and a profile of where train.py's step spends its time; then the
+  largest op of that profile, causal attention, alone: SDPA's CPU flash kernel against its math
+  backend and an explicit softmax, eager and compiled (same outputs and gradients, checked).
 
 Without a GPU, the GPU machine code (about 3 minutes on 2 cores):
 
@@ -612,6 +614,54 @@ def cpu_family_speed(sizes: list[str], modes: list[str], steps: int, warmup: int
     return out
 
 
+def explicit_attention(q, k, v):
+    """softmax(Q K^T / sqrt(d) + causal mask) V, written out: the T x T matrix is materialised."""
+    T = q.shape[-2]
+    s = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return torch.softmax(s, dim=-1) @ v
+
+
+def cpu_attention_speed(sizes: list[str], reps: int) -> list[dict]:
+    """Causal attention at each tiny member's shape (float32), forward + backward on this CPU:
+    SDPA as the model calls it (its CPU flash kernel), SDPA's math backend, and the explicit
+    softmax eager and compiled: would another formulation of the largest op of a step pay here?"""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def sdpa(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def sdpa_math(q, k, v):
+        with sdpa_kernel(SDPBackend.MATH):
+            return sdpa(q, k, v)
+
+    impls = {"sdpa": sdpa, "sdpa_math": sdpa_math, "explicit": explicit_attention,
+             "explicit_compiled": torch.compile(explicit_attention, dynamic=False)}
+    out = []
+    for size in sizes:
+        cfg, batch = get_config(size), FAMILY_BATCH["tiny"]
+        torch.manual_seed(0)
+        inputs = [torch.randn(batch, cfg.n_head, cfg.block_size, cfg.head_dim, requires_grad=True) for _ in range(3)]
+        dy = torch.randn_like(inputs[0])
+        ms, grads = {}, {}
+        for name, fn in impls.items():
+            times = []
+            for _ in range(reps + 2):  # the first two untimed: compilation, allocator
+                t0 = time.perf_counter()
+                y = fn(*inputs)
+                grads[name] = (y, *torch.autograd.grad(y, inputs, dy))
+                times.append(time.perf_counter() - t0)
+            ms[name] = 1e3 * statistics.median(times[2:])
+        # every formulation computes the same function: the largest difference from SDPA's
+        diff = max((a - b).abs().max().item() for name in impls for a, b in zip(grads[name], grads["sdpa"]))
+        out.append({"size": size, "shape": [batch, cfg.n_head, cfg.block_size, cfg.head_dim], "ms": ms,
+                    "max_abs_diff": diff})
+        print(f"  attention {size}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items())
+              + f"; max |diff| {diff:.1e}", flush=True)
+        torch._dynamo.reset()
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Reports
 
@@ -664,6 +714,15 @@ def _md_cpu(res: dict) -> str:
     for row in res["family"]:
         shares = ", ".join(f"{name} {share:.0%}" for name, share in row["profile"].items())
         lines.append(f"- {row['size']} (`{row['profiled_mode']}`): {shares}")
+    impls = list(res["attention"][0]["ms"])
+    lines += ["", "Causal attention alone at each member's shape (batch x heads x T x head_dim, float32), "
+              "forward + backward, median ms: `sdpa` is what the model calls (PyTorch's CPU flash kernel), "
+              "`sdpa_math` its math backend, `explicit` softmax(QK^T)V written out, then torch.compile'd. "
+              "max |diff|: the largest difference of output and gradients from `sdpa`'s.", "",
+              "| member | shape | " + " | ".join(impls) + " | max abs diff |", "|---|---|" + "---|" * (len(impls) + 1)]
+    for row in res["attention"]:
+        lines.append(f"| {row['size']} | {'x'.join(map(str, row['shape']))} | "
+                     + " | ".join(f"{row['ms'][k]:.1f}" for k in impls) + f" | {row['max_abs_diff']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
@@ -778,6 +837,7 @@ def run_cpu(args) -> None:
     res = {"machine": machine(), "steps": args.steps, "warmup": args.warmup, "modes": modes, "resolved": resolved}
     print(f"machine: {res['machine']}", flush=True)
     res["family"] = cpu_family_speed(args.sizes.split(","), modes, args.steps, args.warmup)
+    res["attention"] = cpu_attention_speed(args.sizes.split(","), args.steps)
     _save(args.out, "results_cpu", res, _md_cpu)
     print(_md_cpu(res))
 

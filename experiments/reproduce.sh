@@ -17,14 +17,15 @@ stream1() {
   # 2 -> 4 blocks in one step, where the depth methods differ (stack 0101, interpolate 0011, zero)
   run depth_4x_interpolate SEEDS=1 MEMBERS=50k,250k DEPTH=interpolate SKIP_INDEPENDENT=1
   run depth_4x_zero SEEDS=1 MEMBERS=50k,250k DEPTH=zero SKIP_INDEPENDENT=1
+  run beyond_budget_0.6 SEEDS=1 BUDGET_SCALE=0.6 SKIP_INDEPENDENT=1
 }
 stream2() {
   run main_fixed SEEDS="1 2 3" LR_SCHEDULE=fixed SKIP_INDEPENDENT=1
   # 0.8x the budget; 50k and 120k keep the paper's 0.78 of their independent FLOPs, 250k the rest
   run beyond_combo_0.8_split SEEDS="1 2 3" BUDGET_SCALE=0.8 STAGE_FRACTIONS=0.306,1.92,5.94 SCHEDULE=wsd \
     OPT_STATE=1 SKIP_INDEPENDENT=1
-  run beyond_wsd SEEDS=1 SCHEDULE=wsd SKIP_INDEPENDENT=1
-  run beyond_budget_0.6 SEEDS=1 BUDGET_SCALE=0.6 SKIP_INDEPENDENT=1
+  # WSD changes the independent members' schedule too: they are trained again, with WSD
+  run beyond_wsd SEEDS="1 2 3" SCHEDULE=wsd
   run beyond_combo_0.8 SEEDS=1 BUDGET_SCALE=0.8 SCHEDULE=wsd OPT_STATE=1 SKIP_INDEPENDENT=1
 }
 stream1 & pid1=$!

@@ -60,7 +60,9 @@ def growth_losses(member) -> tuple:
 def main_table(rep) -> str:
     families = [("progressive, adjusted LR", rep["main_adjusted"], "progressive"),
                 ("progressive, fixed LR", rep.get("main_fixed", []), "progressive"),
-                ("independent, adjusted LR", rep["main_adjusted"], "independent")]
+                ("independent, adjusted LR", rep["main_adjusted"], "independent"),
+                ("progressive, WSD", rep.get("beyond_wsd", []), "progressive"),
+                ("independent, WSD", rep.get("beyond_wsd", []), "independent")]
     rows = ["| member | family | seeds | val loss (nats/byte) | bits per byte | avg zero-shot acc % | FLOPs |",
             "|---|---|---|---|---|---|---|"]
     sizes = list(members(rep["main_adjusted"]))
@@ -130,11 +132,11 @@ def variants_table(rep, names: dict) -> str:
     return "\n".join(rows)
 
 
-def per_seed_table(rep, name: str) -> str:
-    """Final val loss of run `name` against the independent members, seed by seed (same seed: same
-    smallest member and data order), and in how many seeds the run ended lower."""
+def per_seed_table(rep, name: str, reference: str = "main_adjusted") -> str:
+    """Final val loss of run `name` against the independent members of run `reference`, seed by
+    seed (same seed: same smallest member and data order), and in how many seeds the run ended lower."""
     indep = {r["seed"]: {m["name"]: m for m in r["members"] if m["family"] == "independent"}
-             for r in rep["main_adjusted"]}
+             for r in rep[reference]}
     runs = {r["seed"]: {m["name"]: m for m in r["members"] if m["family"] == "progressive"} for r in rep[name]}
     seeds = sorted(s for s in runs if s in indep)
     rows = ["| member | " + " | ".join(f"seed {s}: run vs independent" for s in seeds) + " | lower in |",
@@ -144,6 +146,10 @@ def per_seed_table(rep, name: str) -> str:
         cells = [f"{a:.3f} vs {b:.3f} ({a - b:+.3f})" for a, b in pairs]
         rows.append(f"| {size} | " + " | ".join(cells) + f" | {sum(a < b for a, b in pairs)} of {len(pairs)} |")
     return "\n".join(rows)
+
+
+def _has_independent(rep, name: str) -> bool:
+    return any(m["family"] == "independent" for r in rep.get(name, []) for m in r["members"])
 
 
 def plot(rep, path: Path):
@@ -168,6 +174,9 @@ def plot(rep, path: Path):
 def render(rep, runs: Path) -> str:
     main = rep["main_adjusted"]
     seeds = len(main)
+    # a recipe with a WSD schedule is held against independent members with the same schedule
+    split_ref = "beyond_wsd" if _has_independent(rep, "beyond_wsd") else "main_adjusted"
+    split_ref_words = "the same WSD schedule" if split_ref == "beyond_wsd" else "a cosine schedule"
     parts = [
         f"Measured with `bash experiments/reproduce.sh` then `python experiments/summarize.py --runs {runs}` "
         f"on the 2-core CPU machine (byte-level OpenStax, tiny family, 1x Chinchilla, {seeds} seeds for the "
@@ -182,6 +191,9 @@ def render(rep, runs: Path) -> str:
         "same seed (the 20k member is the same model in both families). Adjusted LR:", "",
         per_seed_table(rep, "main_adjusted"), "",
         *(["Fixed LR:", "", per_seed_table(rep, "main_fixed"), ""] if "main_fixed" in rep else []),
+        *(["WSD schedule (warmup, constant, linear decay over the last 20%) in every stage and every "
+           "independent member alike, adjusted LR:", "", per_seed_table(rep, "beyond_wsd", "beyond_wsd"), ""]
+          if _has_independent(rep, "beyond_wsd") else []),
         "### Consistency between adjacent members", "",
         "KL in nats per byte on the same validation bytes; acceptance in % of drafted tokens (k = 4).", "",
         pairs_table(main), "",
@@ -202,8 +214,10 @@ def render(rep, runs: Path) -> str:
                              "beyond_combo_0.8_split": "the same, 50k and 120k keep 0.78 of their "
                                                        "independent FLOPs, 250k the rest"}), "",
         f"The last recipe over {len(rep.get('beyond_combo_0.8_split', []))} seeds, final val loss against the "
-        "independent member of the same seed (the 20k member is trained alone in both, with WSD here):", "",
-        per_seed_table(rep, "beyond_combo_0.8_split") if "beyond_combo_0.8_split" in rep else "(not run)", "",
+        f"independent member of the same seed trained with {split_ref_words} (the 20k member is trained alone "
+        "in both):", "",
+        per_seed_table(rep, "beyond_combo_0.8_split", split_ref) if "beyond_combo_0.8_split" in rep else "(not run)",
+        "",
         "![loss vs FLOPs](results/loss_vs_flops.png)",
     ]
     return "\n".join(parts)

@@ -44,4 +44,7 @@ def test_cpu_benchmark_runs_every_mode_from_one_init(tmp_path):
     assert row["profiled_mode"] == "train" and 0 < sum(row["profile"].values()) <= 1 + 1e-9
     assert any("attention" in op for op in row["profile"]), row["profile"]  # the largest op here
     assert "`train` is what train.py chooses" in (tmp_path / "results_cpu.md").read_text()
+    attention = res["attention"][0]
+    assert list(attention["ms"]) == ["sdpa", "sdpa_math", "explicit", "explicit_compiled"]
+    assert attention["max_abs_diff"] < 1e-4 and min(attention["ms"].values()) > 0, attention
     assert_user_error(run_script("bench.py", "--cpu", "--cpu_modes", "plain,turbo", "--out", tmp_path), "turbo")

@@ -31,3 +31,13 @@ def test_load_reports_orders_seeds_numerically(tmp_path):
         (d / "report.json").write_text(json.dumps({"members": [], "tag": seed}))
     reports = summarize.load_reports(tmp_path)["run"]
     assert [r["seed"] for r in reports] == [1, 2, 10] and [r["tag"] for r in reports] == [1, 2, 10]
+
+
+def test_per_seed_table_against_another_runs_independent_members():
+    """A recipe that changes the independent members too (a WSD schedule) is compared with its own."""
+    rep = {"main_adjusted": [report(1, "independent", {"a": 9.0})],
+           "wsd": [report(1, "progressive", {"a": 1.9}), report(1, "independent", {"a": 2.0})]}
+    rep["wsd"][0]["members"] += rep["wsd"].pop()["members"]  # one report holds both families
+    assert summarize.per_seed_table(rep, "wsd", "wsd").splitlines()[2] == "| a | 1.900 vs 2.000 (-0.100) | 1 of 1 |"
+    assert summarize.per_seed_table(rep, "wsd").splitlines()[2] == "| a | 1.900 vs 9.000 (-7.100) | 1 of 1 |"
+    assert summarize._has_independent(rep, "wsd") and not summarize._has_independent(rep, "missing")
