@@ -2,14 +2,14 @@
 # The max-LR sweep behind flops.FAMILY_LR["tiny"]: the smallest and the largest tiny member trained
 # alone at several max LRs (CHINCHILLA x 20 tokens/param, the family recipe otherwise); prints the
 # final validation loss of each. Used by the adjusted LR schedule (largest -> smallest, linear).
-#   bash experiments/lr_sweep.sh            # ~10 min on 2 CPU cores
+#   bash experiments/lr_sweep.sh            # ~15 min on 2 CPU cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/lr_sweep}; DATA=${DATA:-data/openstax_bytes}; CHINCHILLA=${CHINCHILLA:-0.5}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 for size in 20k 250k; do
   tokens=$(python3 -c "from model import PRESETS, count_params; print(int(20 * $CHINCHILLA * count_params(PRESETS['$size'])['total']))")
-  for lr in ${LRS:-1e-3 2e-3 4e-3 8e-3}; do
+  for lr in ${LRS:-1e-3 2e-3 4e-3 8e-3 1.6e-2 3.2e-2}; do
     python3 train.py --size "$size" --data "$DATA" --tokens "$tokens" --lr "$lr" --eval_tokens 65536 \
       --out "$OUT/${size}_lr$lr" --resume > /dev/null
   done

@@ -61,8 +61,9 @@ def main_table(rep) -> str:
     families = [("progressive, adjusted LR", rep["main_adjusted"], "progressive"),
                 ("progressive, fixed LR", rep.get("main_fixed", []), "progressive"),
                 ("independent, adjusted LR", rep["main_adjusted"], "independent"),
-                ("progressive, WSD", rep.get("beyond_wsd", []), "progressive"),
-                ("independent, WSD", rep.get("beyond_wsd", []), "independent")]
+                ("progressive, WSD, adjusted LR", rep.get("beyond_wsd", []), "progressive"),
+                ("progressive, WSD, fixed LR", rep.get("beyond_wsd_fixed", []), "progressive"),
+                ("independent, WSD, adjusted LR", rep.get("beyond_wsd", []), "independent")]
     rows = ["| member | family | seeds | val loss (nats/byte) | bits per byte | avg zero-shot acc % | FLOPs |",
             "|---|---|---|---|---|---|---|"]
     sizes = list(members(rep["main_adjusted"]))
@@ -192,7 +193,9 @@ def render(rep, runs: Path) -> str:
         per_seed_table(rep, "main_adjusted"), "",
         *(["Fixed LR:", "", per_seed_table(rep, "main_fixed"), ""] if "main_fixed" in rep else []),
         *(["WSD schedule (warmup, constant, linear decay over the last 20%) in every stage and every "
-           "independent member alike, adjusted LR:", "", per_seed_table(rep, "beyond_wsd", "beyond_wsd"), ""]
+           "independent member alike, adjusted LR:", "", per_seed_table(rep, "beyond_wsd", "beyond_wsd"), "",
+           *(["The same with the fixed LR for the grown stages (against the same WSD independent members):", "",
+              per_seed_table(rep, "beyond_wsd_fixed", "beyond_wsd"), ""] if "beyond_wsd_fixed" in rep else [])]
           if _has_independent(rep, "beyond_wsd") else []),
         "### Consistency between adjacent members", "",
         "KL in nats per byte on the same validation bytes; acceptance in % of drafted tokens (k = 4).", "",
