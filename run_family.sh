@@ -10,6 +10,7 @@
 #   FAMILY=tiny|paper   CHINCHILLA=1   LR_SCHEDULE=adjusted|fixed   SEED=1337 or SEEDS="1 2 3"
 #   METHOD=aki|fpi   DEPTH=stack|interpolate|zero   OPT_STATE=0|1 (grow AdamW moments too)
 #   MEMBERS=20k,250k (a sub-chain: skip members)   SCHEDULE=cosine|wsd
+#   GROW_FROM=final|stable (wsd: grow each member from its predecessor's weights before the decay)
 #   STAGE_FRACTIONS=1,1,2 (split of the budget among grown stages)   BUDGET_SCALE=1 (x largest's FLOPs)
 #   NPROC=1 (torchrun when > 1)   DATA=folder from data/prepare.py   OUT=runs/<family>
 #   SKIP_INDEPENDENT=1 (progressive only)   QUICK=1 (a short run, for CI)   EVAL_LIMIT=items per task
@@ -19,7 +20,7 @@ cd "$(dirname "$0")"
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --help|-h) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --help|-h) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --*=*) key="${1%%=*}"; val="${1#*=}"; shift ;;
     --*) [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }; key="$1"; val="$2"; shift 2 ;;
     *) echo "error: unknown argument '$1' (see bash run_family.sh --help)" >&2; exit 2 ;;
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
   key="$(echo "${key#--}" | tr 'a-z-' 'A-Z_')"
   case "$key" in
     FAMILY|CHINCHILLA|LR_SCHEDULE|SEED|SEEDS|METHOD|DEPTH|OPT_STATE|MEMBERS|SCHEDULE|NPROC|DATA|OUT|\
-SKIP_INDEPENDENT|QUICK|EVAL_LIMIT|EVAL_TOKENS|STAGE_FRACTIONS|BUDGET_SCALE) printf -v "$key" '%s' "$val" ;;
+SKIP_INDEPENDENT|QUICK|EVAL_LIMIT|EVAL_TOKENS|STAGE_FRACTIONS|BUDGET_SCALE|GROW_FROM) printf -v "$key" '%s' "$val" ;;
     *) echo "error: unknown option --${key,,} (see bash run_family.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -42,6 +43,12 @@ METHOD=${METHOD:-aki}
 DEPTH=${DEPTH:-stack}
 OPT_STATE=${OPT_STATE:-0}
 SCHEDULE=${SCHEDULE:-cosine}
+GROW_FROM=${GROW_FROM:-final}
+case "$GROW_FROM/$SCHEDULE" in
+  final/*|stable/wsd) ;;
+  stable/*) echo "error: GROW_FROM=stable needs SCHEDULE=wsd: only WSD has a stable phase to grow from" >&2; exit 2 ;;
+  *) echo "error: GROW_FROM is final or stable, not '$GROW_FROM'" >&2; exit 2 ;;
+esac
 NPROC=${NPROC:-1}
 OUT=${OUT:-runs/$FAMILY}
 EVAL_LIMIT=${EVAL_LIMIT:-200}
@@ -82,7 +89,7 @@ for s in json.load(open(sys.argv[1]))[sys.argv[2]]:
     "$OUT/plan.json" "$1"
 }
 
-train() {  # train DIR SIZE TOKENS LR MIN_LR WARMUP_TOKENS BATCH SEQ_LEN SEED [--init CKPT]
+train() {  # train DIR SIZE TOKENS LR MIN_LR WARMUP_TOKENS BATCH SEQ_LEN SEED [train.py flags]
   local dir=$1 size=$2 tokens=$3 lr=$4 min_lr=$5 warmup=$6 batch=$7 seq=$8 seed=$9; shift 9
   local per_rank=$(( batch / NPROC )) steps_warmup=$(( warmup / (batch * seq) ))
   local launcher=($PY)
@@ -98,19 +105,23 @@ for seed in $SEEDS; do
   mkdir -p "$prog"
   log "seed $seed: progressive family ($METHOD, depth $DEPTH) in $prog"
   prev=""
+  last=$(stages progressive | tail -n 1 | cut -d' ' -f1)
   while read -r size tokens lr min_lr warmup batch seq; do
-    init=()
+    extra=()
     if [ -n "$prev" ]; then
       grown="$prog/ckpt_${prev}_expanded.pt"
       if [ ! -f "$grown" ]; then  # written atomically: present means complete
         opt=(); [ "$OPT_STATE" = 1 ] && opt=(--optimizer-state)
-        $PY expand.py --src "$prog/ckpt_$prev.pt" --size "$size" --method "$METHOD" --depth "$DEPTH" \
+        src="$prog/ckpt_$prev.pt"; [ "$GROW_FROM" = stable ] && src="$prog/ckpt_${prev}_stable.pt"
+        $PY expand.py --src "$src" --size "$size" --method "$METHOD" --depth "$DEPTH" \
           --seed "$seed" --out "$grown" "${opt[@]}"
       fi
-      init=(--init "$grown")
+      extra+=(--init "$grown")
     fi
+    # the member is still the decayed model; its successor grows from the weights before the decay
+    [ "$GROW_FROM" = stable ] && [ "$size" != "$last" ] && extra+=(--stable_ckpt "$prog/ckpt_${size}_stable.pt")
     log "stage $size: $tokens tokens, max LR $lr"
-    train "$prog" "$size" "$tokens" "$lr" "$min_lr" "$warmup" "$batch" "$seq" "$seed" "${init[@]}"
+    train "$prog" "$size" "$tokens" "$lr" "$min_lr" "$warmup" "$batch" "$seq" "$seed" "${extra[@]}"
     prev=$size
   done < <(stages progressive)
 

@@ -59,6 +59,8 @@ class TrainConfig:
     schedule: str = _opt("cosine", "cosine: warmup, cosine decay to min_lr; wsd: warmup, constant, "
                                    "linear decay over the last --decay_frac", choices=["cosine", "wsd"])
     decay_frac: float = _opt(0.2, "wsd: share of the steps spent decaying")
+    stable_ckpt: str = _opt("", "wsd: also write a checkpoint here when the decay starts (the end of the "
+                                "stable phase), to grow the next member from (run_family.sh GROW_FROM=stable)")
     weight_decay: float = _opt(0.1, "AdamW weight decay (matrices and embeddings only)")
     beta1: float = _opt(0.9, "AdamW beta1")
     beta2: float = _opt(0.95, "AdamW beta2")
@@ -109,6 +111,8 @@ def parse_args(argv=None) -> TrainConfig:
         raise UserError("give the stage budget: --tokens N (> 0) or --max_iters N (> 0)")
     if min(cfg.batch_size, cfg.grad_accum) < 1 or cfg.lr <= 0 or cfg.seq_len < 0:
         raise UserError("--batch_size and --grad_accum must be >= 1, --lr > 0, --seq_len >= 0")
+    if cfg.stable_ckpt and cfg.schedule != "wsd":
+        raise UserError("--stable_ckpt needs --schedule wsd: only WSD has a stable phase to end")
     return cfg
 
 
@@ -220,15 +224,20 @@ def shard(model: GPT, dtype: torch.dtype):
     fully_shard(model, mp_policy=mp)
 
 
+def decay_start(cfg: TrainConfig, max_iters: int) -> int:
+    """wsd: the first step of the decay, i.e. the number of steps before it."""
+    return int(max_iters * (1 - cfg.decay_frac))
+
+
 def lr_at(step: int, cfg: TrainConfig, max_iters: int, warmup: int) -> float:
     min_lr = cfg.lr / 10 if cfg.min_lr < 0 else cfg.min_lr
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     if cfg.schedule == "wsd":
-        decay_start = int(max_iters * (1 - cfg.decay_frac))
-        if step < decay_start:
+        start = decay_start(cfg, max_iters)
+        if step < start:
             return cfg.lr
-        return cfg.lr + (min_lr - cfg.lr) * (step - decay_start) / max(1, max_iters - decay_start)
+        return cfg.lr + (min_lr - cfg.lr) * (step - start) / max(1, max_iters - start)
     progress = (step - warmup) / max(1, max_iters - warmup)
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
 
@@ -264,6 +273,7 @@ class Trainer:
         # nearest whole number of steps: the FLOPs spent stay within half a step of the budget
         self.max_iters = cfg.max_iters or max(1, round(cfg.tokens / self.step_tokens))
         self.warmup = cfg.warmup if cfg.warmup >= 0 else max(1, round(0.02 * self.max_iters))
+        self.stable_step = decay_start(cfg, self.max_iters)  # wsd: --stable_ckpt is written here
         self.flops_per_token = train_flops_per_token(self.model_cfg, self.seq_len)
         self.eval_interval = cfg.eval_interval or max(1, self.max_iters // 10)
         self.log_interval = cfg.log_interval or max(1, self.max_iters // 50)
@@ -375,7 +385,8 @@ class Trainer:
                                   options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return msd, optim_by_index(osd) if self.dist.master else osd  # only rank 0 gets the full state
 
-    def save(self, done=False):
+    def save(self, done=False, path=None):
+        """The training checkpoint; with `path`, the stable-phase one (--stable_ckpt) there."""
         model_sd, optim_sd = self.full_state() if (self.fsdp or self.dist.master) else (None, None)
         if not self.dist.master:
             return
@@ -387,7 +398,12 @@ class Trainer:
                  "data_position": {"seed": self.cfg.seed, "stage": self.stage, "next_step": self.step}}
         meta = {**self.meta, "flops_total": self.flops_total,
                 "metrics": str(Path(self.cfg.out) / "metrics.jsonl")}
-        checkpoint.save(self.ckpt_path, checkpoint.pack(self.model_cfg, model_sd, optim_sd, train, meta))
+        if path is not None:
+            # the next member grows from here, but this member still finishes its decay: the family
+            # pays for the whole stage, so its descendants count all of it among their ancestors' FLOPs
+            meta.update(flops_total=self.flops_base + self.max_iters * self.step_tokens * self.flops_per_token,
+                        stable_phase_end={"step": self.step, "of": self.max_iters})
+        checkpoint.save(path or self.ckpt_path, checkpoint.pack(self.model_cfg, model_sd, optim_sd, train, meta))
 
     @property
     def flops_total(self) -> float:
@@ -447,6 +463,10 @@ class Trainer:
 
     def run(self):
         cfg, log = self.cfg, self.log
+        if cfg.stable_ckpt and self.step > self.stable_step and not Path(cfg.stable_ckpt).exists():
+            raise UserError(f"--stable_ckpt {cfg.stable_ckpt} is missing, but {self.ckpt_path} is past the "
+                            f"stable phase (step {self.step} > {self.stable_step}); train the stage again "
+                            f"with a new --out and --ckpt")
         if self.step == self.max_iters:
             log(f"stage {cfg.size}: {self.ckpt_path} is already complete ({self.step} steps); nothing to do")
             return
@@ -465,6 +485,9 @@ class Trainer:
         if self.step == 0 and not self.history:
             self.record_eval()
         while self.step < self.max_iters:
+            if cfg.stable_ckpt and self.step == self.stable_step:
+                self.save(path=cfg.stable_ckpt)
+                log(f"step {self.step}: end of the stable phase, written to {cfg.stable_ckpt}")
             lr = lr_at(self.step, cfg, self.max_iters, self.warmup)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr

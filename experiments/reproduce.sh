@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every run behind README's results (issue: reproduce the paper at CPU scale). Two streams run side
-# by side on a 2-core machine (~85 min from nothing); each run is run_family.sh, resumable, so re-running this
+# by side on a 2-core machine (~95 min from nothing); each run is run_family.sh, resumable, so re-running this
 # script skips what is done. Then `python experiments/summarize.py` writes the tables into README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,7 @@ stream1() {
   run depth_4x_interpolate SEEDS=1 MEMBERS=50k,250k DEPTH=interpolate SKIP_INDEPENDENT=1
   run depth_4x_zero SEEDS=1 MEMBERS=50k,250k DEPTH=zero SKIP_INDEPENDENT=1
   run beyond_wsd_fixed SEEDS="1 2 3" SCHEDULE=wsd LR_SCHEDULE=fixed SKIP_INDEPENDENT=1
+  run beyond_budget_0.6 SEEDS=1 BUDGET_SCALE=0.6 SKIP_INDEPENDENT=1
 }
 stream2() {
   run main_fixed SEEDS="1 2 3" LR_SCHEDULE=fixed SKIP_INDEPENDENT=1
@@ -26,7 +27,8 @@ stream2() {
     OPT_STATE=1 SKIP_INDEPENDENT=1
   # WSD changes the independent members' schedule too: they are trained again, with WSD
   run beyond_wsd SEEDS="1 2 3" SCHEDULE=wsd
-  run beyond_budget_0.6 SEEDS=1 BUDGET_SCALE=0.6 SKIP_INDEPENDENT=1
+  # grow each member from its predecessor's weights before the decay (the members still decay)
+  run beyond_wsd_stable SEEDS="1 2 3" SCHEDULE=wsd GROW_FROM=stable SKIP_INDEPENDENT=1
   run beyond_combo_0.8 SEEDS=1 BUDGET_SCALE=0.8 SCHEDULE=wsd OPT_STATE=1 SKIP_INDEPENDENT=1
 }
 stream1 & pid1=$!

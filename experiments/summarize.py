@@ -63,6 +63,7 @@ def main_table(rep) -> str:
                 ("independent, adjusted LR", rep["main_adjusted"], "independent"),
                 ("progressive, WSD, adjusted LR", rep.get("beyond_wsd", []), "progressive"),
                 ("progressive, WSD, fixed LR", rep.get("beyond_wsd_fixed", []), "progressive"),
+                ("progressive, WSD, grown from the stable phase", rep.get("beyond_wsd_stable", []), "progressive"),
                 ("independent, WSD, adjusted LR", rep.get("beyond_wsd", []), "independent")]
     rows = ["| member | family | seeds | val loss (nats/byte) | bits per byte | avg zero-shot acc % | FLOPs |",
             "|---|---|---|---|---|---|---|"]
@@ -195,7 +196,10 @@ def render(rep, runs: Path) -> str:
         *(["WSD schedule (warmup, constant, linear decay over the last 20%) in every stage and every "
            "independent member alike, adjusted LR:", "", per_seed_table(rep, "beyond_wsd", "beyond_wsd"), "",
            *(["The same with the fixed LR for the grown stages (against the same WSD independent members):", "",
-              per_seed_table(rep, "beyond_wsd_fixed", "beyond_wsd"), ""] if "beyond_wsd_fixed" in rep else [])]
+              per_seed_table(rep, "beyond_wsd_fixed", "beyond_wsd"), ""] if "beyond_wsd_fixed" in rep else []),
+           *(["Adjusted LR again, but each member grown from its predecessor's weights at the end of the stable "
+              "phase, before the decay (`GROW_FROM=stable`; the members themselves still decay):", "",
+              per_seed_table(rep, "beyond_wsd_stable", "beyond_wsd"), ""] if "beyond_wsd_stable" in rep else [])]
           if _has_independent(rep, "beyond_wsd") else []),
         "### Consistency between adjacent members", "",
         "KL in nats per byte on the same validation bytes; acceptance in % of drafted tokens (k = 4).", "",

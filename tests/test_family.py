@@ -74,3 +74,24 @@ def test_family_killed_between_and_within_stages_ends_as_if_uninterrupted(quick,
             b = checkpoint.load(tmp_path / "seed_7" / kind / a.name)
             a = checkpoint.load(a)
             assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), a
+
+
+def test_grow_from_the_stable_phase(byte_data, tmp_path):
+    """GROW_FROM=stable: each member is grown from its predecessor's weights before the decay; the
+    members themselves finish their decay, and the largest still counts every stage's FLOPs."""
+    run_family(tmp_path, byte_data, "--seed", "7", "--members", "20k,50k,120k", "--schedule", "wsd",
+               "--grow-from", "stable", SKIP_INDEPENDENT="1")
+    prog = tmp_path / "seed_7" / "progressive"
+    assert sorted(p.name for p in prog.glob("*_stable.pt")) == ["ckpt_20k_stable.pt", "ckpt_50k_stable.pt"]
+    grown = checkpoint.load(prog / "ckpt_20k_expanded.pt")
+    stable, final = checkpoint.load(prog / "ckpt_20k_stable.pt"), checkpoint.load(prog / "ckpt_20k.pt")
+    assert stable["meta"]["stable_phase_end"]["step"] < final["train"]["step"] and final["train"]["done"]
+    assert grown["meta"]["flops_total"] == pytest.approx(final["meta"]["flops_total"])
+    # width grows by whole heads and AKI copies the source's first-layer rows: those rows are the stable ones
+    assert torch.equal(grown["model"]["wte.weight"][:, :16], stable["model"]["wte.weight"])
+    assert not torch.equal(grown["model"]["wte.weight"][:, :16], final["model"]["wte.weight"])
+    largest = checkpoint.load(prog / "ckpt_120k.pt")
+    spent = sum(checkpoint.load(prog / f"ckpt_{s}.pt")["train"]["flops"] for s in ("20k", "50k", "120k"))
+    assert largest["meta"]["flops_total"] == pytest.approx(spent)
+    proc = subprocess.run(["bash", "run_family.sh", "--grow-from", "stable"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "needs SCHEDULE=wsd" in proc.stderr

@@ -8,6 +8,7 @@ from conftest import assert_user_error, run_script
 from flops import train_flops_per_token
 from model import PRESETS
 from train import Trainer, parse_args
+from util import UserError
 
 
 def args(data, out, *extra):
@@ -95,3 +96,23 @@ def test_each_stage_draws_its_own_batches(byte_data, tmp_path):
     assert t.stage == 1
     t.run()
     assert checkpoint.load(tmp_path / "b" / "ckpt.pt")["train"]["data_position"]["stage"] == 1
+
+
+def test_stable_ckpt_is_the_state_where_the_decay_starts(byte_data, tmp_path):
+    """WSD --stable_ckpt: the weights of a run stopped where the decay starts; it counts the whole
+    stage's FLOPs, since the member still finishes its decay and the family pays for it."""
+    wsd = ("--max_iters", 20, "--schedule", "wsd", "--ckpt_interval", 100)
+    full = Trainer(args(byte_data, tmp_path / "a", *wsd, "--stable_ckpt", tmp_path / "stable.pt"))
+    full.run()
+    Trainer(args(byte_data, tmp_path / "b", *wsd, "--stop_at", 16)).run()
+    stable, stopped = checkpoint.load(tmp_path / "stable.pt"), checkpoint.load(tmp_path / "b" / "ckpt.pt")
+    assert full.stable_step == 16 and stable["train"]["step"] == 16 and not stable["train"]["done"]
+    for k in stable["model"]:
+        assert torch.equal(stable["model"][k], stopped["model"][k]), k
+    assert stable["meta"]["flops_total"] == pytest.approx(full.flops_total)
+    assert stable["meta"]["stable_phase_end"] == {"step": 16, "of": 20}
+    with pytest.raises(UserError, match="needs --schedule wsd"):
+        args(byte_data, tmp_path / "c", "--max_iters", 20, "--stable_ckpt", tmp_path / "x.pt")
+    (tmp_path / "stable.pt").unlink()  # a finished stage whose stable checkpoint was removed
+    with pytest.raises(UserError, match="missing"):
+        Trainer(args(byte_data, tmp_path / "a", *wsd, "--stable_ckpt", tmp_path / "stable.pt", "--resume")).run()
