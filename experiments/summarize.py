@@ -57,19 +57,25 @@ def growth_losses(member) -> tuple:
     return (vals[0], vals[-1]) if vals else (None, None)
 
 
+def recipes(rep) -> list[tuple[str, list, str]]:
+    """(label, reports, family) of every recipe run over several seeds; those not run are empty."""
+    return [("progressive, adjusted LR", rep["main_adjusted"], "progressive"),
+            ("progressive, fixed LR", rep.get("main_fixed", []), "progressive"),
+            ("independent, adjusted LR", rep["main_adjusted"], "independent"),
+            ("progressive, WSD, adjusted LR", rep.get("beyond_wsd", []), "progressive"),
+            ("progressive, WSD, fixed LR", rep.get("beyond_wsd_fixed", []), "progressive"),
+            ("progressive, WSD, grown from the stable phase", rep.get("beyond_wsd_stable", []), "progressive"),
+            ("progressive, WSD + AdamW state, 0.8x budget split", rep.get("beyond_combo_0.8_split", []),
+             "progressive"),
+            ("independent, WSD, adjusted LR", rep.get("beyond_wsd", []), "independent")]
+
+
 def main_table(rep) -> str:
-    families = [("progressive, adjusted LR", rep["main_adjusted"], "progressive"),
-                ("progressive, fixed LR", rep.get("main_fixed", []), "progressive"),
-                ("independent, adjusted LR", rep["main_adjusted"], "independent"),
-                ("progressive, WSD, adjusted LR", rep.get("beyond_wsd", []), "progressive"),
-                ("progressive, WSD, fixed LR", rep.get("beyond_wsd_fixed", []), "progressive"),
-                ("progressive, WSD, grown from the stable phase", rep.get("beyond_wsd_stable", []), "progressive"),
-                ("independent, WSD, adjusted LR", rep.get("beyond_wsd", []), "independent")]
     rows = ["| member | family | seeds | val loss (nats/byte) | bits per byte | avg zero-shot acc % | FLOPs |",
             "|---|---|---|---|---|---|---|"]
     sizes = list(members(rep["main_adjusted"]))
     for size in sizes:
-        for label, reports, fam in families:
+        for label, reports, fam in recipes(rep):
             ms = members(reports, fam).get(size)
             if not ms:
                 continue
@@ -173,6 +179,33 @@ def plot(rep, path: Path):
     fig.savefig(path, dpi=110)
 
 
+def plot_recipes(rep, path: Path):
+    """Final val loss of every seed (dots) and their mean (bar) per recipe, one panel per grown member."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = [(label, members(reports, fam)) for label, reports, fam in recipes(rep) if reports]
+    runs = [(label, ms) for label, ms in runs if any(ms.values())]
+    sizes = list(members(rep["main_adjusted"]))[1:]  # the smallest is the same model in every recipe
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4 * len(sizes), 5), sharex=True, squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for i, (label, ms) in enumerate(runs):
+            losses = [m["ppl"]["loss"] for m in ms.get(size, [])]
+            if not losses:
+                continue
+            color = "0.35" if label.startswith("independent") else "tab:blue"
+            ax.scatter([i] * len(losses), losses, s=14, color=color, zorder=2)
+            ax.hlines(statistics.mean(losses), i - 0.3, i + 0.3, color=color, lw=2)
+        ax.set(title=size, ylabel="final val loss (nats/byte)" if size == sizes[0] else None)
+        ax.set_xticks(range(len(runs)), [label for label, _ in runs], rotation=60, ha="right", fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("every seed: progressive recipes (blue) against members trained alone (grey)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def render(rep, runs: Path) -> str:
     main = rep["main_adjusted"]
     seeds = len(main)
@@ -189,6 +222,7 @@ def render(rep, runs: Path) -> str:
         "**FLOPs.** " + flops_line(main) + ".",
         "",
         "### Members", "", main_table(rep), "",
+        "![final val loss per recipe and seed](results/recipes.png)", "",
         "Seed by seed, final val loss of each progressive member against the independent member of the "
         "same seed (the 20k member is the same model in both families). Adjusted LR:", "",
         per_seed_table(rep, "main_adjusted"), "",
@@ -244,10 +278,11 @@ def main():
     if BEGIN not in readme or END not in readme:
         raise UserError(f"{args.readme} has no {BEGIN} ... {END} section")
     plot(rep, ROOT / "results" / "loss_vs_flops.png")
+    plot_recipes(rep, ROOT / "results" / "recipes.png")
     body = f"{BEGIN}\n{render(rep, Path(args.runs))}\n{END}"
     atomic_write(args.readme, lambda f: f.write(re.sub(f"{BEGIN}.*?{END}", lambda _: body, readme, flags=re.S)),
                  mode="w")
-    print(f"updated {args.readme} and results/loss_vs_flops.png")
+    print(f"updated {args.readme}, results/loss_vs_flops.png and results/recipes.png")
 
 
 if __name__ == "__main__":

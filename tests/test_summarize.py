@@ -41,3 +41,13 @@ def test_per_seed_table_against_another_runs_independent_members():
     assert summarize.per_seed_table(rep, "wsd", "wsd").splitlines()[2] == "| a | 1.900 vs 2.000 (-0.100) | 1 of 1 |"
     assert summarize.per_seed_table(rep, "wsd").splitlines()[2] == "| a | 1.900 vs 9.000 (-7.100) | 1 of 1 |"
     assert summarize._has_independent(rep, "wsd") and not summarize._has_independent(rep, "missing")
+
+
+def test_recipes_plot_draws_every_seed(tmp_path):
+    rep = {"main_adjusted": [report(s, "progressive", {"a": 3.0, "b": 2.0 + s / 10}) for s in (1, 2)],
+           "beyond_wsd": [report(1, "independent", {"a": 3.0, "b": 1.9})]}
+    summarize.plot_recipes(rep, tmp_path / "recipes.png")
+    assert (tmp_path / "recipes.png").stat().st_size > 10_000
+    labels = [label for label, reports, _ in summarize.recipes(rep) if reports]
+    assert labels == ["progressive, adjusted LR", "independent, adjusted LR", "progressive, WSD, adjusted LR",
+                      "independent, WSD, adjusted LR"]
