@@ -11,6 +11,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from util import UserError, atomic_write, run_cli  # noqa: E402
 
@@ -156,27 +158,55 @@ def per_seed_table(rep, name: str, reference: str = "main_adjusted") -> str:
     return "\n".join(rows)
 
 
+def lead_table(rep, name: str, size: str) -> str:
+    """For a member that costs the same FLOPs in both families (the largest): at each validation of
+    the grown member, its loss minus the independent one's at the same FLOPs (interpolated), seed by
+    seed: the largest lead, and from which share of the budget on the independent one stays lower."""
+    rows = ["| seed | largest lead of the grown member (at % of the budget) | independent lower from |",
+            "|---|---|---|"]
+    for r in rep[name]:
+        curves = {m["family"]: [(h["flops_total"], h["val_loss"]) for h in m.get("history", []) if "val_loss" in h]
+                  for m in r["members"] if m["name"] == size}
+        prog, indep = curves.get("progressive"), curves.get("independent")
+        if not prog or not indep:
+            continue
+        budget = prog[-1][0]
+        gaps = [(f / budget, loss - float(np.interp(f, *zip(*indep)))) for f, loss in prog]
+        share, lead = min(gaps, key=lambda g: g[1])
+        behind = next((g[0] for i, g in enumerate(gaps) if all(x[1] > 0 for x in gaps[i:])), None)
+        rows.append(f"| {r['seed']} | {-lead:.3f} ({100 * share:.0f}%) | "
+                    + (f"{100 * behind:.0f}%" if behind is not None else "never") + " |")
+    return "\n".join(rows)
+
+
 def _has_independent(rep, name: str) -> bool:
     return any(m["family"] == "independent" for r in rep.get(name, []) for m in r["members"])
 
 
 def plot(rep, path: Path):
+    """Val loss against the lineage's FLOPs during training, seed 1: the paper's cosine recipe and,
+    where it was run, WSD for both families."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
-    r = rep["main_adjusted"][0]
-    for fam, style in (("progressive", "-"), ("independent", "--")):
-        for m in (m for m in r["members"] if m["family"] == fam):
-            h = [x for x in m.get("history", []) if "val_loss" in x and x["flops_total"] > 0]  # log axis
-            ax.plot([x["flops_total"] for x in h], [x["val_loss"] for x in h], style,
-                    label=f"{fam} {m['name']}")
-    ax.set(xscale="log", xlabel="cumulative training FLOPs (family lineage)", ylabel="val loss (nats/byte)",
-           title="tiny family, seed 1: progressive (AKI, adjusted LR) vs independent")
-    ax.legend(fontsize=7, ncol=2)
+    panels = [(name, title) for name, title in (("main_adjusted", "cosine (the paper's recipe)"),
+                                                 ("beyond_wsd", "WSD in every stage and member"))
+              if _has_independent(rep, name)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), sharey=True, squeeze=False)
+    for ax, (name, title) in zip(axes[0], panels):
+        r = rep[name][0]
+        for fam, style in (("progressive", "-"), ("independent", "--")):
+            for m in (m for m in r["members"] if m["family"] == fam):
+                h = [x for x in m.get("history", []) if "val_loss" in x and x["flops_total"] > 0]  # log axis
+                ax.plot([x["flops_total"] for x in h], [x["val_loss"] for x in h], style, label=f"{fam} {m['name']}")
+        ax.set(xscale="log", xlabel="cumulative training FLOPs (family lineage)", title=f"seed {r['seed']}: {title}")
+        ax.legend(fontsize=7, ncol=2)
+    axes[0][0].set_ylabel("val loss (nats/byte)")
+    fig.suptitle("tiny family: progressive (AKI, adjusted LR, solid) vs trained alone (dashed)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_recipes(rep, path: Path):
@@ -208,7 +238,7 @@ def plot_recipes(rep, path: Path):
 
 def render(rep, runs: Path) -> str:
     main = rep["main_adjusted"]
-    seeds = len(main)
+    seeds, largest = len(main), list(members(main))[-1]
     # a recipe with a WSD schedule is held against independent members with the same schedule
     split_ref = "beyond_wsd" if _has_independent(rep, "beyond_wsd") else "main_adjusted"
     split_ref_words = "the same WSD schedule" if split_ref == "beyond_wsd" else "a cosine schedule"
@@ -229,6 +259,8 @@ def render(rep, runs: Path) -> str:
         *(["Fixed LR:", "", per_seed_table(rep, "main_fixed"), ""] if "main_fixed" in rep else []),
         *(["WSD schedule (warmup, constant, linear decay over the last 20%) in every stage and every "
            "independent member alike, adjusted LR:", "", per_seed_table(rep, "beyond_wsd", "beyond_wsd"), "",
+           f"The {largest} curves under WSD (validation during training; both cost the same FLOPs):", "",
+           lead_table(rep, "beyond_wsd", largest), "",
            *(["The same with the fixed LR for the grown stages (against the same WSD independent members):", "",
               per_seed_table(rep, "beyond_wsd_fixed", "beyond_wsd"), ""] if "beyond_wsd_fixed" in rep else []),
            *(["Adjusted LR again, but each member grown from its predecessor's weights at the end of the stable "

@@ -51,3 +51,14 @@ def test_recipes_plot_draws_every_seed(tmp_path):
     labels = [label for label, reports, _ in summarize.recipes(rep) if reports]
     assert labels == ["progressive, adjusted LR", "independent, adjusted LR", "progressive, WSD, adjusted LR",
                       "independent, WSD, adjusted LR"]
+
+
+def test_lead_table_finds_the_lead_and_where_it_is_lost():
+    def member(family, points):
+        return {"family": family, "name": "big", "history": [{"flops_total": f, "val_loss": v} for f, v in points]}
+    indep = member("independent", [(0, 5.0), (10, 3.0), (20, 1.0)])  # 3.0 at 10, 2.0 at 15, 1.0 at 20
+    crossing = member("progressive", [(5, 2.0), (10, 2.5), (15, 2.1), (20, 1.5)])  # ahead by 2 at 25%
+    ahead = member("progressive", [(10, 2.5), (20, 0.9)])
+    rep = {"wsd": [{"seed": 1, "members": [crossing, indep]}, {"seed": 2, "members": [ahead, indep]}]}
+    lines = summarize.lead_table(rep, "wsd", "big").splitlines()
+    assert lines[2] == "| 1 | 2.000 (25%) | 75% |" and lines[3] == "| 2 | 0.500 (50%) | never |"
