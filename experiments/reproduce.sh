@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every run behind README's results (issue: reproduce the paper at CPU scale). Two streams run side
-# by side on a 2-core machine (~95 min from nothing); each run is run_family.sh, resumable, so re-running this
+# by side on a 2-core machine (~105 min from nothing); each run is run_family.sh, resumable, so re-running this
 # script skips what is done. Then `python experiments/summarize.py` writes the tables into README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,8 @@ stream1() {
   run depth_4x_zero SEEDS=1 MEMBERS=50k,250k DEPTH=zero SKIP_INDEPENDENT=1
   run beyond_wsd_fixed SEEDS="1 2 3" SCHEDULE=wsd LR_SCHEDULE=fixed SKIP_INDEPENDENT=1
   run beyond_budget_0.6 SEEDS=1 BUDGET_SCALE=0.6 SKIP_INDEPENDENT=1
+  # every grown stage gets its independent counterpart's tokens (1.2839 = independent / progressive FLOPs)
+  run beyond_wsd_full_budget SEEDS="1 2 3" SCHEDULE=wsd BUDGET_SCALE=1.2839 SKIP_INDEPENDENT=1
 }
 stream2() {
   run main_fixed SEEDS="1 2 3" LR_SCHEDULE=fixed SKIP_INDEPENDENT=1

@@ -69,6 +69,8 @@ def recipes(rep) -> list[tuple[str, list, str]]:
             ("progressive, WSD, grown from the stable phase", rep.get("beyond_wsd_stable", []), "progressive"),
             ("progressive, WSD + AdamW state, 0.8x budget split", rep.get("beyond_combo_0.8_split", []),
              "progressive"),
+            ("progressive, WSD, every stage its full budget (no saving)", rep.get("beyond_wsd_full_budget", []),
+             "progressive"),
             ("independent, WSD, adjusted LR", rep.get("beyond_wsd", []), "independent")]
 
 
@@ -265,7 +267,11 @@ def render(rep, runs: Path) -> str:
               per_seed_table(rep, "beyond_wsd_fixed", "beyond_wsd"), ""] if "beyond_wsd_fixed" in rep else []),
            *(["Adjusted LR again, but each member grown from its predecessor's weights at the end of the stable "
               "phase, before the decay (`GROW_FROM=stable`; the members themselves still decay):", "",
-              per_seed_table(rep, "beyond_wsd_stable", "beyond_wsd"), ""] if "beyond_wsd_stable" in rep else [])]
+              per_seed_table(rep, "beyond_wsd_stable", "beyond_wsd"), ""] if "beyond_wsd_stable" in rep else []),
+           *(["Adjusted LR again, with each grown stage given the same tokens as its independent counterpart "
+              "(`BUDGET_SCALE=1.2839`: the family then costs as much as the independent one, no saving):", "",
+              per_seed_table(rep, "beyond_wsd_full_budget", "beyond_wsd"), ""]
+             if "beyond_wsd_full_budget" in rep else [])]
           if _has_independent(rep, "beyond_wsd") else []),
         "### Consistency between adjacent members", "",
         "KL in nats per byte on the same validation bytes; acceptance in % of drafted tokens (k = 4).", "",
