@@ -112,6 +112,21 @@ def layer_norm_errors(shape, dtype, device="cpu") -> dict[str, float]:
                    torch.randn(shape, device=device), dtype, ["y", "dx", "dw", "db"])
 
 
+def causal_sdpa(q, k, v):
+    """PyTorch's causal attention, as model.py calls it off the Triton path."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def sdpa_with(backend):
+    """causal_sdpa pinned to one SDPA backend (torch.nn.attention.SDPBackend)."""
+    from torch.nn.attention import sdpa_kernel
+
+    def run(q, k, v):
+        with sdpa_kernel(backend):
+            return causal_sdpa(q, k, v)
+    return run
+
+
 def attention_errors(B, H, T, D, dtype, device="cpu", layout="qkv") -> dict[str, float]:
     """kernels.causal_attention vs causal SDPA in float64: o, dq, dk, dv. layout "qkv": q, k, v are
     views of one (B, T, 3, H, D) buffer as model.py makes them; "separate": contiguous tensors."""
@@ -122,9 +137,8 @@ def attention_errors(B, H, T, D, dtype, device="cpu", layout="qkv") -> dict[str,
     else:
         qkv = [torch.randn(B, H, T, D, device=device) for _ in range(3)]
         make = lambda dt: [t.detach().to(dt).requires_grad_() for t in qkv]  # noqa: E731
-    return _errors(kernels.causal_attention,
-                   lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-                   make, torch.randn(B, H, T, D, device=device), dtype, ["o", "dq", "dk", "dv"])
+    return _errors(kernels.causal_attention, causal_sdpa, make, torch.randn(B, H, T, D, device=device), dtype,
+                   ["o", "dq", "dk", "dv"])
 
 
 def gpu_correctness(device="cuda", ln_shapes=((4, 1000, 2048), (3, 77, 3328), (5, 33, 1000)),
@@ -205,16 +219,11 @@ def gpu_attention_speed(batch: int = 8, T: int = 1024, D: int = 128, widths=(204
     backward 5 (S recomputed, dV, dP, dQ, dK), so fwd+bwd = 3.5 x 2 B H T^2 D (FlashAttention-2's
     convention). Inputs are views of one qkv buffer, as the model makes them."""
     import kernels
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend
 
-    def sdpa(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-    def flash_sdpa(q, k, v):  # eager: insist on the flash backend (compiled: inductor's choice)
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return sdpa(q, k, v)
-
-    impls = {"triton": kernels.causal_attention, "eager": flash_sdpa, "compiled": torch.compile(sdpa, dynamic=False)}
+    # eager: insist on the flash backend (compiled: inductor's choice)
+    impls = {"triton": kernels.causal_attention, "eager": sdpa_with(SDPBackend.FLASH_ATTENTION),
+             "compiled": torch.compile(causal_sdpa, dynamic=False)}
     out = []
     for width in widths:
         H = width // D
@@ -626,16 +635,9 @@ def cpu_attention_speed(sizes: list[str], reps: int) -> list[dict]:
     """Causal attention at each tiny member's shape (float32), forward + backward on this CPU:
     SDPA as the model calls it (its CPU flash kernel), SDPA's math backend, and the explicit
     softmax eager and compiled: would another formulation of the largest op of a step pay here?"""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend
 
-    def sdpa(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-    def sdpa_math(q, k, v):
-        with sdpa_kernel(SDPBackend.MATH):
-            return sdpa(q, k, v)
-
-    impls = {"sdpa": sdpa, "sdpa_math": sdpa_math, "explicit": explicit_attention,
+    impls = {"sdpa": causal_sdpa, "sdpa_math": sdpa_with(SDPBackend.MATH), "explicit": explicit_attention,
              "explicit_compiled": torch.compile(explicit_attention, dynamic=False)}
     out = []
     for size in sizes:
