@@ -401,9 +401,14 @@ class Trainer:
         if path is not None:
             # the next member grows from here, but this member still finishes its decay: the family
             # pays for the whole stage, so its descendants count all of it among their ancestors' FLOPs
-            meta.update(flops_total=self.flops_base + self.max_iters * self.step_tokens * self.flops_per_token,
+            meta.update(flops_total=self.flops_base + self.stage_flops,
                         stable_phase_end={"step": self.step, "of": self.max_iters})
         checkpoint.save(path or self.ckpt_path, checkpoint.pack(self.model_cfg, model_sd, optim_sd, train, meta))
+
+    @property
+    def stage_flops(self) -> float:
+        """What this stage costs when it is complete."""
+        return self.max_iters * self.step_tokens * self.flops_per_token
 
     @property
     def flops_total(self) -> float:
@@ -474,7 +479,7 @@ class Trainer:
             n = sum(p.numel() for p in self.model.parameters())
             log(f"stage {cfg.size}: {n:,} params, {self.max_iters} steps of {self.step_tokens:,} tokens "
                 f"({self.max_iters * self.step_tokens:,} tokens, "
-                f"{self.max_iters * self.step_tokens * self.flops_per_token:.3g} FLOPs), "
+                f"{self.stage_flops:.3g} FLOPs), "
                 f"world {self.dist.world}, {self.device}, {str(self.dtype).split('.')[-1]}"
                 + (f", from {cfg.init}" if cfg.init else ""))
         for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: checkpoint, then exit
