@@ -53,9 +53,14 @@ def mean_spread(xs, fmt="{:.3f}") -> str:
     return f"{fmt.format(statistics.mean(xs))} ± {fmt.format((max(xs) - min(xs)) / 2)}"
 
 
+def val_curve(member) -> list[tuple[float, float]]:
+    """(lineage FLOPs, val loss) at each validation of a member's training, from its history."""
+    return [(h["flops_total"], h["val_loss"]) for h in member.get("history", []) if "val_loss" in h]
+
+
 def growth_losses(member) -> tuple:
     """(val loss right after growth, final val loss) of a stage, from its training history."""
-    vals = [h["val_loss"] for h in member.get("history", []) if "val_loss" in h]
+    vals = [loss for _, loss in val_curve(member)]
     return (vals[0], vals[-1]) if vals else (None, None)
 
 
@@ -167,8 +172,7 @@ def lead_table(rep, name: str, size: str) -> str:
     rows = ["| seed | largest lead of the grown member (at % of the budget) | independent lower from |",
             "|---|---|---|"]
     for r in rep[name]:
-        curves = {m["family"]: [(h["flops_total"], h["val_loss"]) for h in m.get("history", []) if "val_loss" in h]
-                  for m in r["members"] if m["name"] == size}
+        curves = {m["family"]: val_curve(m) for m in r["members"] if m["name"] == size}
         prog, indep = curves.get("progressive"), curves.get("independent")
         if not prog or not indep:
             continue
@@ -185,12 +189,24 @@ def _has_independent(rep, name: str) -> bool:
     return any(m["family"] == "independent" for r in rep.get(name, []) for m in r["members"])
 
 
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_figure(plt, fig, path: Path):
+    fig.tight_layout()
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot(rep, path: Path):
     """Val loss against the lineage's FLOPs during training, seed 1: the paper's cosine recipe and,
     where it was run, WSD for both families."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     panels = [(name, title) for name, title in (("main_adjusted", "cosine (the paper's recipe)"),
                                                  ("beyond_wsd", "WSD in every stage and member"))
               if _has_independent(rep, name)]
@@ -199,23 +215,18 @@ def plot(rep, path: Path):
         r = rep[name][0]
         for fam, style in (("progressive", "-"), ("independent", "--")):
             for m in (m for m in r["members"] if m["family"] == fam):
-                h = [x for x in m.get("history", []) if "val_loss" in x and x["flops_total"] > 0]  # log axis
-                ax.plot([x["flops_total"] for x in h], [x["val_loss"] for x in h], style, label=f"{fam} {m['name']}")
+                curve = [(f, loss) for f, loss in val_curve(m) if f > 0]  # log axis
+                ax.plot(*zip(*curve), style, label=f"{fam} {m['name']}")
         ax.set(xscale="log", xlabel="cumulative training FLOPs (family lineage)", title=f"seed {r['seed']}: {title}")
         ax.legend(fontsize=7, ncol=2)
     axes[0][0].set_ylabel("val loss (nats/byte)")
     fig.suptitle("tiny family: progressive (AKI, adjusted LR, solid) vs trained alone (dashed)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(plt, fig, path)
 
 
 def plot_recipes(rep, path: Path):
     """Final val loss of every seed (dots) and their mean (bar) per recipe, one panel per grown member."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     runs = [(label, members(reports, fam)) for label, reports, fam in recipes(rep) if reports]
     runs = [(label, ms) for label, ms in runs if any(ms.values())]
     sizes = list(members(rep["main_adjusted"]))[1:]  # the smallest is the same model in every recipe
@@ -232,10 +243,32 @@ def plot_recipes(rep, path: Path):
         ax.set_xticks(range(len(runs)), [label for label, _ in runs], rotation=60, ha="right", fontsize=7)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("every seed: progressive recipes (blue) against members trained alone (grey)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(plt, fig, path)
+
+
+# progressive WSD runs held against beyond_wsd's independent members (trained with WSD too)
+WSD_VARIANTS = {
+    "beyond_wsd_fixed": "The same with the fixed LR for the grown stages (against the same WSD independent members):",
+    "beyond_wsd_stable": "Adjusted LR again, but each member grown from its predecessor's weights at the end of the "
+                         "stable phase, before the decay (`GROW_FROM=stable`; the members themselves still decay):",
+    "beyond_wsd_full_budget": "Adjusted LR again, with each grown stage given the same tokens as its independent "
+                              "counterpart (`BUDGET_SCALE=1.2839`: the family then costs as much as the independent "
+                              "one, no saving):",
+}
+
+
+def wsd_section(rep, largest: str) -> list[str]:
+    """The WSD comparisons, where beyond_wsd trained independent members; else nothing."""
+    if not _has_independent(rep, "beyond_wsd"):
+        return []
+    parts = ["WSD schedule (warmup, constant, linear decay over the last 20%) in every stage and every "
+             "independent member alike, adjusted LR:", "", per_seed_table(rep, "beyond_wsd", "beyond_wsd"), "",
+             f"The {largest} curves under WSD (validation during training; both cost the same FLOPs):", "",
+             lead_table(rep, "beyond_wsd", largest), ""]
+    for name, caption in WSD_VARIANTS.items():
+        if name in rep:
+            parts += [caption, "", per_seed_table(rep, name, "beyond_wsd"), ""]
+    return parts
 
 
 def render(rep, runs: Path) -> str:
@@ -259,20 +292,7 @@ def render(rep, runs: Path) -> str:
         "same seed (the 20k member is the same model in both families). Adjusted LR:", "",
         per_seed_table(rep, "main_adjusted"), "",
         *(["Fixed LR:", "", per_seed_table(rep, "main_fixed"), ""] if "main_fixed" in rep else []),
-        *(["WSD schedule (warmup, constant, linear decay over the last 20%) in every stage and every "
-           "independent member alike, adjusted LR:", "", per_seed_table(rep, "beyond_wsd", "beyond_wsd"), "",
-           f"The {largest} curves under WSD (validation during training; both cost the same FLOPs):", "",
-           lead_table(rep, "beyond_wsd", largest), "",
-           *(["The same with the fixed LR for the grown stages (against the same WSD independent members):", "",
-              per_seed_table(rep, "beyond_wsd_fixed", "beyond_wsd"), ""] if "beyond_wsd_fixed" in rep else []),
-           *(["Adjusted LR again, but each member grown from its predecessor's weights at the end of the stable "
-              "phase, before the decay (`GROW_FROM=stable`; the members themselves still decay):", "",
-              per_seed_table(rep, "beyond_wsd_stable", "beyond_wsd"), ""] if "beyond_wsd_stable" in rep else []),
-           *(["Adjusted LR again, with each grown stage given the same tokens as its independent counterpart "
-              "(`BUDGET_SCALE=1.2839`: the family then costs as much as the independent one, no saving):", "",
-              per_seed_table(rep, "beyond_wsd_full_budget", "beyond_wsd"), ""]
-             if "beyond_wsd_full_budget" in rep else [])]
-          if _has_independent(rep, "beyond_wsd") else []),
+        *wsd_section(rep, largest),
         "### Consistency between adjacent members", "",
         "KL in nats per byte on the same validation bytes; acceptance in % of drafted tokens (k = 4).", "",
         pairs_table(main), "",
