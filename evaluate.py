@@ -40,6 +40,7 @@ from tqdm import tqdm  # noqa: E402
 
 import checkpoint  # noqa: E402
 from data import open_split, val_windows  # noqa: E402
+from expand import twins  # noqa: E402
 from model import GPTConfig, count_params  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 from util import UserError, atomic_write, pick_device, run_cli, write_json  # noqa: E402
@@ -451,6 +452,8 @@ def evaluate_member(model, member: Member, inp: EvalInputs) -> dict:
     row["tasks"] = {t: evaluate_task(model, t, inp.items[t], inp.requests[t], inp.batch_size)
                     for t in ZERO_SHOT if t in inp.tasks}
     row["average"] = float(np.mean([m["acc"] for m in row["tasks"].values()])) if row["tasks"] else None
+    if member.meta.get("expansion"):  # a grown member: did its copies learn apart from their source?
+        row["twins"] = twins({"config": member.cfg, "model": model.state_dict(), "meta": member.meta})
     summary = [f"ppl {row['ppl']['ppl']:.3f}, bpb {row['ppl']['bpb']:.4f}"] if "ppl" in row else []
     summary += [f"{t} {m['acc']:.3f}" for t, m in row["tasks"].items()]
     print(f"{member.family} {member.name}: {', '.join(summary)}", flush=True)
@@ -613,6 +616,15 @@ def render_markdown(report: dict, plots: list[str]) -> str:
                   "sampling, and greedy (accepted while the argmaxes agree).",
                   pairs_table(pairs, [(mode, lambda p, m=mode: pct(p["spec"][m]["acceptance"]))
                                       for mode in ("sampling", "greedy")])]
+    grown = [r for r in report["members"] if r.get("twins")]
+    if grown:
+        parts += ["## Growth check",
+                  "Copies of a unit (residual, head, FFN) that are still within 1e-6 of their source in "
+                  "every weight are twins: they get the same updates forever and add no capacity "
+                  "(`python expand.py --inspect CKPT` lists them per block).",
+                  md_table(["member", "copied units", "twins"],
+                           [[f"{r['family']} {r['name']}", str(sum(x["copies"] for x in r["twins"])),
+                             str(sum(x["twins"] for x in r["twins"]))] for r in grown])]
     parts += ["## FLOPs", flops_table(report["members"], report["flops"])]
     parts += ["## Plots"] + [f"![{p}]({p})" for p in plots] if plots else []
     parts += ["## Notes", "\n".join(f"- {n}" for n in report["notes"])] if report["notes"] else []

@@ -37,24 +37,33 @@ when d'/d is an integer and approximate otherwise; tests/test_expand.py bounds t
 (max logit difference and KL) for the non-integral tiny pairs, and README's growth table shows
 the validation loss right after each growth.
 
-AKI (advanced knowledge initialization): the same maps, applied in bert2BERT's order: the
-residual width and every LayerNorm by FPI, then heads and FFN, then depth. The NEW heads and FFN
-units (a div e >= h, u >= f) of block l < L-1 take their incoming rows from block l+1, already
-widened by FPI on its input side; all other rows are FPI:
+Symmetry, and the noisy split (--noise, default 0.1). With the equal split above, a copy and its
+source have equal producers and equal consumers, so they receive bitwise-equal gradients and Adam
+updates forever: the grown model never uses its new width. FPI therefore splits every consumer
+entry of a copied unit unevenly among the copies (HyperCloning's noisy cloning):
 
-    qkv'_l[r] = qkv'_{l+1}[r],  bqkv'_l[r] = bqkv'_{l+1}[r]   (r a row of a new head)
-    fc'_l[u]  = fc'_{l+1}[u],   bfc'_l[u]  = bfc'_{l+1}[u]    (u >= f)
+    W'[:, i] = W[:, g(i)] / c(g(i)) * (1 + noise * (zeta_i - mean_{k: g(k) = g(i)} zeta_k)),   zeta ~ N(0, 1)
 
-Their outgoing columns in proj and mlp.proj stay block l's own, divided by the counts as in FPI:
-bert2BERT widens a matrix's input side from its own layer and takes only new OUTPUT rows from the
-layer above, and the output rows of proj and mlp.proj are the residual width, which is FPI. With
-z = ln2(x), block l's MLP thus reads out a mix of its own features and those of block l+1:
+entry by entry, for the residual (qkv, fc, head columns), head (proj columns) and FFN (mlp.proj
+columns) copies alike. The copies still sum to W[:, g(i)] (their inputs are equal), so FPI stays
+exact, but the copies' gradients differ from the first step on. The factor is drawn per entry, not
+per copy: one factor per copy would only scale that copy's gradient, which Adam's update ignores.
+noise = 0 gives the bare form, whose copies stay twins (`--inspect` shows them).
 
-    sum_j mproj_l[:, j] / c_f(j) * (gelu(fc_l[j] z + bfc_l[j]) + (c_f(j) - 1) gelu(fc_{l+1}[j] z + bfc_{l+1}[j]))
+AKI (advanced knowledge initialization), bert2BERT's equation: the same maps, but the NEW output
+rows of every Linear of block l < L-1 (new heads in qkv, new FFN units in mlp.fc, and new residual
+units in attn.proj and mlp.proj) come from block l+1, whose input side is widened by FPI as above;
+the old rows, every LayerNorm, the embeddings and the head are FPI:
 
-(attention likewise, head by head). The top block has no l+1 and is FPI. AKI is not
-function-preserving by design: it breaks the symmetry of exact copies, which otherwise receive
-identical gradients forever.
+    qkv'_l[r]  = qkv'_{l+1}[r],   bqkv'_l[r]  = bqkv'_{l+1}[r]     (r a row of a new head)
+    fc'_l[u]   = fc'_{l+1}[u],    bfc'_l[u]   = bfc'_{l+1}[u]      (u >= f)
+    proj'_l[i] = proj'_{l+1}[i],  bproj'_l[i] = bproj'_{l+1}[i]    (i >= d; mlp.proj likewise)
+
+So a new residual unit i is no copy of g(i) past the embeddings: block l writes block l+1's update
+of g(i) into it. The top block has no l+1. It keeps FPI with the noisy split (--aki-top noise, the
+default): the copies separate as under FPI while the block nearest the output, whose rows feed the
+logits directly, keeps its function; --aki-top below takes the new rows from block l-1 instead
+(measured against it in README's growth table). AKI is not function-preserving by design.
 
 Depth, after the width: target block k copies widened block s(k); with m = L' div L, r = L' mod L,
 the r top blocks L-r, ..., L-1 fill the remainder:
@@ -62,7 +71,10 @@ the r top blocks L-r, ..., L-1 fill the remainder:
     stack:       s = 0, 1, ..., L-1 (m times), then L-r, ..., L-1
     interpolate: s = 0 (m times), 1 (m times), ..., each top block m+1 times, in order
     zero:        s as stack, and every block k >= L has proj = bproj = mproj = bmproj = 0, so it
-                 adds nothing to the residual: exact identity in a pre-LN model
+                 adds nothing to the residual: exact identity in a pre-LN model. Its consumers of
+                 heads and FFN units are zero, so no split can tell the copies apart there: their
+                 own new rows (qkv, fc) get the factor (1 + noise * zeta) instead, which changes
+                 nothing the block adds to the residual
 
 stack and interpolate are not function-preserving: a repeated block adds its update again.
 
@@ -78,21 +90,27 @@ when the copies are balanced). So, copying along every axis as for the weights,
 with c_out the copy count of the unit an entry produces: rows of a Linear and its bias, the
 width columns of wte and wpe, LayerNorm gains and biases; 1 for the head's vocabulary rows. An
 AdamW step of the grown model then moves every entry exactly as its source entry moves (exact FPI;
-the test checks it). Scaling the moments like the weights (m/c, v/c^2 where a weight is divided)
+the test checks it, with noise 0: the noisy split moves each copy's gradient off its share by its
+factor 1 + noise * zeta, which the moments ignore). Scaling the moments like the weights (m/c, v/c^2 where a weight is divided)
 agrees with this only where an entry's in- and out-counts are equal (a doubling of every width);
 for wte, wpe, the head and every residual-width bias and gain it is off by a factor of c.
 AKI's new rows take the moments of the block their weights come from; the blocks of `zero` depth
 start as in a fresh AdamW (step 0, moments 0).
 
 Both the source's and the grown optimizer state are AdamW state_dicts in train.py's layout
-(train.group_names: matrices and embeddings, then biases and gains, each in named_parameters()
+(model.group_names: matrices and embeddings, then biases and gains, each in named_parameters()
 order); the grown one keeps the source's group hyperparameters, and train.py --init loads it.
+
+Checking that growth grew: `python expand.py --inspect CKPT` counts, per grown dimension and
+block, the copies still within 1e-6 of their source in every weight that carries the unit (twins());
+train.py runs the same check at the end of a grown stage and warns, and evaluate.py's report lists it.
 
 The expansion works tensor by tensor (peak memory about source + target) and on the meta device.
 """
 import argparse
 import resource
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -100,12 +118,13 @@ from typing import Callable
 import torch
 
 import checkpoint
-from model import GPT, GPTConfig, PRESETS, get_config
-from train import group_names
+from model import GPT, GPTConfig, PRESETS, get_config, group_names
 from util import UserError, run_cli
 
 METHODS = ("aki", "fpi")
 DEPTHS = ("stack", "interpolate", "zero")
+AKI_TOPS = ("noise", "below")
+NOISE = 0.1  # default --noise: each copy's consumer entries carry W/c * (1 + 0.1 zeta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,12 +137,17 @@ class IndexMap:
     new: torch.Tensor  # (n',) bool: the units that did not exist before
 
 
+def index_map(g: torch.Tensor) -> IndexMap:
+    """The map of g, whose first n entries are the n old units (g(i) = i) and the rest copies."""
+    n = int(g.max()) + 1
+    return IndexMap(g, torch.bincount(g, minlength=n)[g].float(), torch.arange(len(g)) >= n)
+
+
 def unit_map(n: int, n_new: int, gen: torch.Generator) -> IndexMap:
     """g(i) = i for old units; the new ones cycle through one seeded permutation of [n]."""
     perm = torch.randperm(n, generator=gen)
     cycles = -(-(n_new - n) // n)  # ceil
-    g = torch.cat([torch.arange(n), perm.repeat(cycles)[: n_new - n]])
-    return IndexMap(g, torch.bincount(g, minlength=n)[g].float(), torch.arange(n_new) >= n)
+    return index_map(torch.cat([torch.arange(n), perm.repeat(cycles)[: n_new - n]]))
 
 
 def rows_of(units: IndexMap, size: int) -> IndexMap:
@@ -136,6 +160,13 @@ def qkv_rows(attn: IndexMap, n_embd: int) -> IndexMap:
     """qkv's rows [q | k | v]: the same head map in each of the three blocks."""
     g = torch.cat([attn.g + j * n_embd for j in range(3)])
     return IndexMap(g, attn.count.repeat(3), attn.new.repeat(3))
+
+
+def all_maps(hidden: IndexMap, heads: IndexMap, ffn: IndexMap, head_dim: int, qkv_width: int) -> dict:
+    """Dimension name (as LAYOUT uses it) -> IndexMap, from the three unit maps; qkv's rows point
+    into a [q | k | v] of width `qkv_width` (the source's to grow, the target's to compare copies)."""
+    attn = rows_of(heads, head_dim)
+    return {"hidden": hidden, "heads": heads, "attn": attn, "qkv": qkv_rows(attn, qkv_width), "ffn": ffn}
 
 
 def depth_map(n_layer: int, n_layer_new: int, depth: str) -> list[int]:
@@ -180,7 +211,7 @@ LAYOUT = {
     "ln_f.bias": (Out("hidden"),),
     "head.weight": (KEEP, In("hidden")),
 }
-AKI_DIMS = ("qkv", "ffn")  # AKI: new rows of these come from the block above
+LINEARS = ("attn.qkv.", "attn.proj.", "mlp.fc.", "mlp.proj.")  # AKI: their new output rows
 ZEROED = ("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias")  # depth=zero
 
 
@@ -191,6 +222,9 @@ class Plan:
     depth: str
     maps: dict  # dimension name -> IndexMap
     layers: list  # s(k) for every target block k
+    seed: int = 0
+    noise: float = NOISE  # relative spread of a copy's consumer entries (0: bare FPI)
+    aki_top: str = "noise"  # AKI's top block: FPI with noise, or new rows from the block below
 
 
 def check_growth(src: GPTConfig, tgt: GPTConfig):
@@ -208,27 +242,47 @@ def check_growth(src: GPTConfig, tgt: GPTConfig):
         raise UserError(f"expansion cannot shrink the model: {', '.join(shrink)}")
 
 
-def make_plan(src: GPTConfig, tgt: GPTConfig, method: str, depth: str, seed: int) -> Plan:
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    if depth not in DEPTHS:
-        raise UserError(f"unknown depth {depth!r}; choose one of: {', '.join(DEPTHS)}")
+def make_plan(src: GPTConfig, tgt: GPTConfig, method: str, depth: str, seed: int, noise: float = NOISE,
+              aki_top: str = "noise") -> Plan:
+    for value, name, allowed in ((method, "method", METHODS), (depth, "depth", DEPTHS),
+                                 (aki_top, "aki_top", AKI_TOPS)):
+        if value not in allowed:
+            raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+    if not (0 <= noise < 1):  # 1 + noise * zeta must stay a split, not flip signs wholesale
+        raise UserError(f"--noise {noise} is out of range; use 0 (bare FPI) up to below 1 (default {NOISE})")
+    if not (0 <= seed < 2**63):
+        raise UserError(f"--seed {seed} is out of range; use an integer from 0 to 2**63 - 1")
     check_growth(src, tgt)
     gen = torch.Generator().manual_seed(seed)
     hidden = unit_map(src.n_embd, tgt.n_embd, gen)
     heads = unit_map(src.n_head, tgt.n_head, gen)
     ffn = unit_map(src.d_ff, tgt.d_ff, gen)
-    attn = rows_of(heads, src.head_dim)
-    maps = {"hidden": hidden, "heads": heads, "attn": attn, "qkv": qkv_rows(attn, src.n_embd), "ffn": ffn}
-    return Plan(src, method, depth, maps, depth_map(src.n_layer, tgt.n_layer, depth))
+    return Plan(src, method, depth, all_maps(hidden, heads, ffn, src.head_dim, src.n_embd),
+                depth_map(src.n_layer, tgt.n_layer, depth), seed, noise, aki_top)
 
 
 # ---------------------------------------------------------------------------------------------
 # The transforms
 
-def widen(t: torch.Tensor, axes, maps: dict, moment: int = 0) -> torch.Tensor:
-    """Copy t along every growing axis by g. A weight (moment 0) divides by c where it consumes;
-    Adam's moments (1: exp_avg, 2: exp_avg_sq) divide by c**moment where it produces."""
+def split_unevenly(t: torch.Tensor, axis: int, m: IndexMap, noise: float, gen: torch.Generator):
+    """Multiply every entry of a copied consumer by 1 + noise * zeta, zeta standard normal and
+    centred over the copies of the same source entry: the copies still sum to the source entry
+    (sum_k zeta_k = 0), but differ entry by entry. One factor per whole copy would not do: it only
+    scales that copy's gradient, and Adam's update ignores the scale."""
+    z = torch.randn(t.shape, generator=gen).to(t.dtype)
+    n = int(m.g.max()) + 1
+    shape = [1] * t.dim()
+    shape[axis] = -1
+    sums = torch.zeros(*t.shape[:axis], n, *t.shape[axis + 1:], dtype=t.dtype).index_add_(axis, m.g, z)
+    mean = (sums / torch.bincount(m.g, minlength=n).to(t.dtype).view(shape)).index_select(axis, m.g)
+    return t * (1 + noise * (z - mean))
+
+
+def widen(t: torch.Tensor, axes, maps: dict, moment: int = 0, noise: float = 0.0,
+          gen: torch.Generator | None = None) -> torch.Tensor:
+    """Copy t along every growing axis by g. A weight (moment 0) divides by c where it consumes,
+    split unevenly among the copies by `noise`; Adam's moments (1: exp_avg, 2: exp_avg_sq) divide
+    by c**moment where it produces."""
     for axis, spec in enumerate(axes):
         if spec is KEEP:
             continue
@@ -239,6 +293,8 @@ def widen(t: torch.Tensor, axes, maps: dict, moment: int = 0) -> torch.Tensor:
             shape = [1] * t.dim()
             shape[axis] = -1
             t = t / (m.count ** max(moment, 1)).to(t.device, t.dtype).view(shape)
+        if moment == 0 and isinstance(spec, In) and noise > 0 and not t.is_meta:
+            t = split_unevenly(t, axis, m, noise, gen)
     return t
 
 
@@ -250,20 +306,44 @@ def split_name(name: str) -> tuple[int | None, str]:
     return int(k), local
 
 
+def noise_generator(seed: int, name: str) -> torch.Generator:
+    """Each source tensor's own noise, the same wherever it is widened (a block and its AKI donor)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+
+
+def aki_donor(plan: Plan, l: int) -> int | None:
+    """The block whose widened rows become block l's new output rows (None: FPI's own rows)."""
+    if plan.method != "aki":
+        return None
+    if l + 1 < plan.src.n_layer:
+        return l + 1
+    return l - 1 if plan.aki_top == "below" and l >= 1 else None
+
+
 def grow_tensor(source: Callable[[str], torch.Tensor], name: str, plan: Plan, moment: int = 0):
     """Target tensor `name`, built from the source tensors that `source(name)` returns: the
     weights (moment 0) or one of Adam's moments (1: exp_avg, 2: exp_avg_sq)."""
+    def widened(src_name: str) -> torch.Tensor:
+        return widen(source(src_name), LAYOUT[split_name(src_name)[1]], plan.maps, moment, plan.noise,
+                     noise_generator(plan.seed, src_name))
+
     k, local = split_name(name)
     if k is None:
-        return widen(source(name), LAYOUT[name], plan.maps, moment)
-    axes, l = LAYOUT[local], plan.layers[k]
-    t = widen(source(f"blocks.{l}.{local}"), axes, plan.maps, moment)
-    if plan.method == "aki" and axes[0].dim in AKI_DIMS and l + 1 < plan.src.n_layer:
-        upper = widen(source(f"blocks.{l + 1}.{local}"), axes, plan.maps, moment)
-        new = plan.maps[axes[0].dim].new.to(t.device).view(-1, *[1] * (t.dim() - 1))
-        t = torch.where(new, upper, t)
+        return widened(name)
+    l = plan.layers[k]
+    t = widened(f"blocks.{l}.{local}")
+    donor = aki_donor(plan, l)
+    if donor is not None and local.startswith(LINEARS):
+        new = plan.maps[LAYOUT[local][0].dim].new.to(t.device).view(-1, *[1] * (t.dim() - 1))
+        t = torch.where(new, widened(f"blocks.{donor}.{local}"), t)
     if is_zero_block(plan, k) and (moment > 0 or local in ZEROED):
         t = torch.zeros_like(t)
+    elif is_zero_block(plan, k) and local.startswith(LINEARS) and plan.noise > 0 and not t.is_meta:
+        # the block's output projections are zero, so its consumers cannot tell copies apart: perturb
+        # the copies' own rows instead (free, since nothing the block computes reaches the residual)
+        new = plan.maps[LAYOUT[local][0].dim].new.view(-1, *[1] * (t.dim() - 1))
+        z = torch.randn(t.shape, generator=noise_generator(plan.seed, name)).to(t.dtype)
+        t = torch.where(new, t * (1 + plan.noise * z), t)
     return t
 
 
@@ -323,11 +403,11 @@ def source_of(model_or_ckpt) -> tuple[GPTConfig, dict, dict, dict | None]:
 
 @torch.no_grad()
 def expand(model_or_ckpt, target: GPTConfig, method: str = "aki", depth: str = "stack", seed: int = 0,
-           optimizer_state: bool = False) -> dict:
+           optimizer_state: bool = False, noise: float = NOISE, aki_top: str = "noise") -> dict:
     """Grow a GPT module or checkpoint dict into `target`; returns the grown checkpoint dict
     (train=None; meta carries flops_total, lineage and the expansion with its index maps)."""
     src_cfg, weights, src_meta, src_optimizer = source_of(model_or_ckpt)
-    plan = make_plan(src_cfg, target, method, depth, seed)
+    plan = make_plan(src_cfg, target, method, depth, seed, noise, aki_top)
     with torch.device("meta"):  # shapes and names only: allocates nothing
         src_model, grown = GPT(src_cfg), GPT(target)
     if {n: t.shape for n, t in weights.items()} != {n: p.shape for n, p in src_model.named_parameters()}:
@@ -344,13 +424,70 @@ def expand(model_or_ckpt, target: GPTConfig, method: str = "aki", depth: str = "
 
     src_size = checkpoint.size_name(src_cfg)
     maps = {dim: plan.maps[dim].g.tolist() for dim in ("hidden", "heads", "ffn")}
-    expansion = {"method": method, "depth": depth, "seed": seed, "source": src_size,
-                 "optimizer_state": optimizer_state, "maps": {**maps, "layers": plan.layers}}
+    expansion = {"method": method, "depth": depth, "seed": seed, "noise": noise, "aki_top": aki_top,
+                 "source": src_size, "optimizer_state": optimizer_state, "maps": {**maps, "layers": plan.layers}}
     meta = {"flops_total": src_meta.get("flops_total", 0.0),
             "lineage": [*src_meta.get("lineage", []), src_size], "expansion": expansion}
     ckpt = checkpoint.make_checkpoint(grown, meta=meta)
     ckpt["optimizer"] = optimizer
     return ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostic: copies that are still twins of their source
+
+UNITS = {"residual": "hidden", "heads": "heads", "ffn": "ffn"}  # unit -> its map in all_maps()
+GROUPS = {"hidden": "residual", "qkv": "heads", "attn": "heads", "ffn": "ffn"}  # LAYOUT dim -> unit
+
+
+def unit_rows(eq: torch.Tensor, dim: str, n_head: int) -> torch.Tensor:
+    """Row-level flags -> one flag per unit (a head: all of its rows, in q, k and v)."""
+    if dim == "qkv":
+        return eq.view(3, n_head, -1).all(-1).all(0)
+    if dim == "attn":
+        return eq.view(n_head, -1).all(-1)
+    return eq
+
+
+@torch.no_grad()
+def twins(ckpt: dict, tol: float = 1e-6) -> list[dict]:
+    """For each grown unit (residual, heads, ffn) and block (None: wte, wpe, ln_f and head), how
+    many copies are still within `tol` of their source unit in EVERY tensor of that block that
+    carries the unit. Such a copy is stuck: equal producers and consumers receive equal gradients
+    and updates forever."""
+    expansion = (ckpt.get("meta") or {}).get("expansion")
+    if not expansion:
+        raise UserError("the checkpoint has no expansion metadata: it was not grown by expand.py "
+                        "(nor trained from a checkpoint that was)")
+    cfg = ckpt["config"] if isinstance(ckpt["config"], GPTConfig) else GPTConfig.from_dict(ckpt["config"])
+    units = [index_map(torch.tensor(expansion["maps"][d])) for d in ("hidden", "heads", "ffn")]
+    maps = all_maps(*units, cfg.head_dim, cfg.n_embd)  # every index a row of the grown tensors
+    stuck = {}  # (unit, block) -> flags over the new units: equal to their source in every tensor so far
+    for name, t in ckpt["model"].items():
+        k, local = split_name(name)
+        t = t.float()
+        for axis, spec in enumerate(LAYOUT[local]):
+            if spec is KEEP:
+                continue
+            diff = (t - t.index_select(axis, maps[spec.dim].g)).abs().transpose(0, axis)
+            eq = unit_rows(diff.reshape(t.shape[axis], -1).amax(1) <= tol, spec.dim, cfg.n_head)
+            unit = GROUPS[spec.dim]
+            stuck[unit, k] = stuck.get((unit, k), True) & eq[maps[UNITS[unit]].new]
+    order = list(UNITS)
+    keys = sorted(stuck, key=lambda key: (order.index(key[0]), key[1] is not None, key[1] or 0))
+    return [{"dim": unit, "block": k, "copies": len(stuck[unit, k]), "twins": int(stuck[unit, k].sum())}
+            for unit, k in keys]
+
+
+def twins_report(rows: list[dict]) -> str:
+    """A table of twins(), and one closing line that says whether any copy is still stuck."""
+    lines = [f"{'dimension':<10} {'block':>6} {'copies':>7} {'twins':>6}"]
+    lines += [f"{r['dim']:<10} {'embed' if r['block'] is None else r['block']:>6} {r['copies']:>7} {r['twins']:>6}"
+              for r in rows]
+    stuck = sum(r["twins"] for r in rows)
+    lines.append(f"{stuck} of {sum(r['copies'] for r in rows)} copies are still twins of their source"
+                 if stuck else "no twins: every copy differs from its source")
+    return "\n".join(lines)
 
 
 def n_params(weights: dict) -> int:
@@ -364,23 +501,41 @@ def peak_rss_gb() -> float:
 def main(argv=None):
     p = argparse.ArgumentParser(
         description="Grow a checkpoint into a larger size of its family (bert2BERT FPI/AKI width, "
-                    "then depth). The output is a checkpoint that train.py continues from.")
-    p.add_argument("--src", required=True, help="checkpoint to grow (written by train.py or expand.py)")
-    p.add_argument("--size", required=True,
-                   help=f"target size, a preset of the same family: {', '.join(PRESETS)}")
+                    "then depth). The output is a checkpoint that train.py continues from. With "
+                    "--inspect, report which copies of a grown checkpoint are still twins instead.")
+    p.add_argument("--src", help="checkpoint to grow (written by train.py or expand.py)")
+    p.add_argument("--size", help=f"target size, a preset of the same family: {', '.join(PRESETS)}")
     p.add_argument("--method", default="aki", metavar="{" + ",".join(METHODS) + "}",
-                   help="width growth: aki = new heads/FFN units of block l from block l+1, "
-                        "not function-preserving; fpi = exact copies (default: aki)")
+                   help="width growth: aki = the new output rows of every Linear of block l (heads, "
+                        "FFN units, residual units) come from block l+1, not function-preserving; "
+                        "fpi = copies, function-preserving (default: aki)")
     p.add_argument("--depth", default="stack", metavar="{" + ",".join(DEPTHS) + "}",
                    help="new blocks: stack = repeat the stack, top blocks fill the rest; interpolate "
                         "= repeat each block next to itself; zero = copies whose output projections "
                         "are zero, an exact identity (default: stack)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random index maps (default: 0)")
+    p.add_argument("--noise", type=float, default=NOISE,
+                   help="spread of the split of a copied unit's consumer weights among its copies: "
+                        "W/c * (1 + noise * zeta), zeta centred over the copies, so the function is "
+                        "kept; it lets the copies learn apart. 0 = exact equal split, copies that "
+                        f"stay twins under FPI (default: {NOISE})")
+    p.add_argument("--aki-top", default="noise", metavar="{" + ",".join(AKI_TOPS) + "}",
+                   help="AKI's top block, which has no block above: noise = FPI with the noisy split; "
+                        "below = new rows from the block below (default: noise)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random index maps and the noise (default: 0)")
     p.add_argument("--optimizer-state", action="store_true",
                    help="also grow the AdamW moments (default: none; the trainer starts a fresh "
                         "optimizer, as the paper does)")
-    p.add_argument("--out", required=True, help="path of the grown checkpoint (written atomically)")
+    p.add_argument("--out", help="path of the grown checkpoint (written atomically)")
+    p.add_argument("--inspect", metavar="CKPT",
+                   help="only report, per grown dimension and block, how many copies of CKPT (grown "
+                        "by expand.py, trained or not) are still within 1e-6 of their source")
     args = p.parse_args(argv)
+    if args.inspect:
+        print(twins_report(twins(checkpoint.load(args.inspect, mmap=True))))
+        return
+    missing = [f"--{k}" for k in ("src", "size", "out") if getattr(args, k) is None]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)} (or use --inspect CKPT); see --help")
     try:
         target = get_config(args.size)
     except ValueError as e:
@@ -392,14 +547,14 @@ def main(argv=None):
     src = checkpoint.load(args.src)
     src_size, src_params = checkpoint.size_name(src["config"]), n_params(src["model"])
     t1 = time.perf_counter()
-    ckpt = expand(src, target, args.method, args.depth, args.seed, args.optimizer_state)
+    ckpt = expand(src, target, args.method, args.depth, args.seed, args.optimizer_state, args.noise, args.aki_top)
     del src  # the source is no longer needed: free it before serializing the target
     t2 = time.perf_counter()
     rss_expand = peak_rss_gb()
     checkpoint.save(args.out, ckpt)
     t3 = time.perf_counter()
     print(f"expanded {src_size} ({src_params:,} params) -> {args.size} ({n_params(ckpt['model']):,} "
-          f"params): method {args.method}, depth {args.depth}, seed {args.seed}, optimizer state "
+          f"params): method {args.method}, depth {args.depth}, noise {args.noise}, seed {args.seed}, optimizer state "
           f"{'grown' if args.optimizer_state else 'none'}")
     print(f"time: load {t1 - t0:.1f} s, expand {t2 - t1:.1f} s, save {t3 - t2:.1f} s; peak RSS "
           f"{rss_expand:.2f} GB after expanding, {peak_rss_gb():.2f} GB after saving")

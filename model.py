@@ -207,6 +207,26 @@ class GPT(nn.Module):
         return logits, loss
 
 
+# ---------------------------------------------------------------------------------------------
+# Optimizer parameter groups (train.py builds AdamW from them; expand.py grows its state by them)
+
+def group_names(model: torch.nn.Module) -> list[list[str]]:
+    """Group 0 (decayed): matrices and embeddings; group 1: biases and LayerNorm gains.
+
+    Each group lists parameters in named_parameters() order: checkpoints store AdamW state by
+    index in this layout, and expand.py uses it to find a parameter's moments by name.
+    """
+    named = list(model.named_parameters())
+    return [[n for n, p in named if p.dim() >= 2], [n for n, p in named if p.dim() < 2]]
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    params = dict(model.named_parameters())
+    names = group_names(model)
+    return [{"params": [params[n] for n in names[0]], "weight_decay": weight_decay},
+            {"params": [params[n] for n in names[1]], "weight_decay": 0.0}]
+
+
 def _table():
     from flops import train_flops_per_token
     head = f"{'family':7s} {'size':>5s} {'layers':>6s} {'width':>6s} {'heads':>5s} {'hd':>4s} " \

@@ -9,6 +9,7 @@
 # Options, as environment variables or as flags (--name value, name in lower case, '-' for '_'):
 #   FAMILY=tiny|paper   CHINCHILLA=1   LR_SCHEDULE=adjusted|fixed   SEED=1337 or SEEDS="1 2 3"
 #   METHOD=aki|fpi   DEPTH=stack|interpolate|zero   OPT_STATE=0|1 (grow AdamW moments too)
+#   NOISE=0.1 (expand.py --noise; 0: copies split exactly)   AKI_TOP=noise|below (expand.py --aki-top)
 #   MEMBERS=20k,250k (a sub-chain: skip members)   SCHEDULE=cosine|wsd
 #   GROW_FROM=final|stable (wsd: grow each member from its predecessor's weights before the decay)
 #   STAGE_FRACTIONS=1,1,2 (split of the budget among grown stages)   BUDGET_SCALE=1 (x largest's FLOPs)
@@ -20,7 +21,7 @@ cd "$(dirname "$0")"
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --help|-h) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --help|-h) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --*=*) key="${1%%=*}"; val="${1#*=}"; shift ;;
     --*) [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }; key="$1"; val="$2"; shift 2 ;;
     *) echo "error: unknown argument '$1' (see bash run_family.sh --help)" >&2; exit 2 ;;
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
   key="$(echo "${key#--}" | tr 'a-z-' 'A-Z_')"
   case "$key" in
     FAMILY|CHINCHILLA|LR_SCHEDULE|SEED|SEEDS|METHOD|DEPTH|OPT_STATE|MEMBERS|SCHEDULE|NPROC|DATA|OUT|\
-SKIP_INDEPENDENT|QUICK|EVAL_LIMIT|EVAL_TOKENS|STAGE_FRACTIONS|BUDGET_SCALE|GROW_FROM) printf -v "$key" '%s' "$val" ;;
+SKIP_INDEPENDENT|QUICK|EVAL_LIMIT|EVAL_TOKENS|STAGE_FRACTIONS|BUDGET_SCALE|GROW_FROM|NOISE|AKI_TOP) printf -v "$key" '%s' "$val" ;;
     *) echo "error: unknown option --${key,,} (see bash run_family.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -41,6 +42,8 @@ LR_SCHEDULE=${LR_SCHEDULE:-adjusted}
 SEEDS=${SEEDS:-${SEED:-1337}}
 METHOD=${METHOD:-aki}
 DEPTH=${DEPTH:-stack}
+NOISE=${NOISE:-0.1}
+AKI_TOP=${AKI_TOP:-noise}
 OPT_STATE=${OPT_STATE:-0}
 SCHEDULE=${SCHEDULE:-cosine}
 GROW_FROM=${GROW_FROM:-final}
@@ -114,7 +117,7 @@ for seed in $SEEDS; do
         opt=(); [ "$OPT_STATE" = 1 ] && opt=(--optimizer-state)
         src="$prog/ckpt_$prev.pt"; [ "$GROW_FROM" = stable ] && src="$prog/ckpt_${prev}_stable.pt"
         $PY expand.py --src "$src" --size "$size" --method "$METHOD" --depth "$DEPTH" \
-          --seed "$seed" --out "$grown" "${opt[@]}"
+          --noise "$NOISE" --aki-top "$AKI_TOP" --seed "$seed" --out "$grown" "${opt[@]}"
       fi
       extra+=(--init "$grown")
     fi

@@ -30,7 +30,8 @@ import torch.distributed as dist
 import checkpoint
 from data import open_split, val_windows
 from flops import train_flops_per_token
-from model import GPT, get_config
+from expand import twins
+from model import GPT, get_config, group_names, param_groups
 from util import UserError, atomic_write, pick_device, run_cli
 
 
@@ -172,23 +173,6 @@ def check_data(meta: dict, model_cfg, data_dir: str):
 
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule
-
-def group_names(model: torch.nn.Module) -> list[list[str]]:
-    """Group 0 (decayed): matrices and embeddings; group 1: biases and LayerNorm gains.
-
-    Each group lists parameters in named_parameters() order: checkpoints store AdamW state by
-    index in this layout, and expand.py uses it to find a parameter's moments by name.
-    """
-    named = list(model.named_parameters())
-    return [[n for n, p in named if p.dim() >= 2], [n for n, p in named if p.dim() < 2]]
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    params = dict(model.named_parameters())
-    names = group_names(model)
-    return [{"params": [params[n] for n in names[0]], "weight_decay": weight_decay},
-            {"params": [params[n] for n in names[1]], "weight_decay": 0.0}]
-
 
 def optim_by_index(osd: dict) -> dict:
     """torch.distributed's name-keyed optimizer state -> AdamW's own index-keyed layout."""
@@ -528,8 +512,24 @@ class Trainer:
             if self.stop_requested and not done:
                 log(f"stop requested: checkpoint at step {self.step} written to {self.ckpt_path}")
                 break
+        if self.step == self.max_iters and self.meta.get("expansion") and self.dist.master:
+            self.check_growth()
         if self.dist.world > 1:
             dist.barrier()
+
+    def check_growth(self):
+        """After a grown stage every copied unit should have learned apart from its source; a copy
+        that is still its twin never will (equal gradients and updates), so its width is wasted."""
+        rows = twins(checkpoint.load(self.ckpt_path, mmap=True))
+        stuck = [r for r in rows if r["twins"]]
+        if not stuck:
+            self.log(f"growth check: all {sum(r['copies'] for r in rows)} copied units differ from their source")
+            return
+        where = ", ".join(f"{r['dim']} {'embed' if r['block'] is None else 'block ' + str(r['block'])}: "
+                          f"{r['twins']}/{r['copies']}" for r in stuck)
+        self.log(f"warning: copied units are still exact twins of their source after this stage ({where}); "
+                 f"they add no capacity. Grow with expand.py --noise > 0 (details: python expand.py "
+                 f"--inspect {self.ckpt_path})")
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank if it is true on one: a signal may reach the ranks at different steps."""

@@ -11,6 +11,7 @@ import torch.nn as nn
 import checkpoint
 import evaluate as ev
 from conftest import SHARED, run_script
+from expand import expand
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
 from util import run_cli
@@ -421,6 +422,10 @@ def family(tmp_path):
     rng = np.random.default_rng()
     prog = [save_ckpt(tmp_path / f"prog{i}" / "ckpt.pt", tiny_gpt(n_head=i + 1), flops_total=f) for i, f in
             enumerate([1e9, 3e9])]
+    # the larger member grown from the smaller with FPI's equal split (untrained: every copy a twin)
+    grown = expand(checkpoint.load(prog[0]), GPTConfig(1, 2, 8, 64, 256, 64, "bytes"), method="fpi", noise=0.0)
+    grown["meta"]["flops_total"] = 3e9
+    checkpoint.save(prog[1], grown)
     for i, (path, start) in enumerate(zip(prog, [0.0, 1e9])):
         lines = [{"step": s, "tokens": s * 100, "flops_total": start + s * 1e8, "val_loss": 5.5 - 0.1 * s - i}
                  for s in range(1, 11)]
@@ -459,8 +464,12 @@ def test_report_renders_for_two_tiny_families(family):
     assert report["flops"] == {"progressive": 3e9, "independent": 5e9, "saving": pytest.approx(0.4),
                                "planned": {"progressive": 2.5e9, "independent": 5e9, "saving": 0.5}}
     assert [m["flops_planned"] for m in report["members"]] == [1e9, 2.5e9, 1e9, 4e9]
+    twins = report["members"][1]["twins"]
+    assert "twins" not in report["members"][0] and all(r["twins"] == r["copies"] > 0 for r in twins), twins
     md = (family.out / "report.md").read_text()
-    for heading in ["## Members", "## KL divergence", "## Speculative decoding", "## FLOPs",
+    copied = sum(r["copies"] for r in twins)
+    for heading in ["## Members", "## KL divergence", "## Speculative decoding", "## FLOPs", "## Growth check",
+                    f"| progressive custom(L1,d16) | {copied} | {copied} |",
                     "40.0 % (planned: 50.0 %)", "| progressive | custom(L1,d16) | 3e+09 | 2.5e+09 | 1.200 |"]:
         assert heading in md
     members = md.split("## Members")[1].split("\n## ")[0]  # same size side by side

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 import checkpoint
 from conftest import run_script
-from expand import KEEP, LAYOUT, depth_map, expand, make_plan, moments_by_name, split_name, unit_map, widen
-from model import FAMILIES, GPT, PRESETS, GPTConfig, count_params
-from train import param_groups
+from expand import (DEPTHS, KEEP, LAYOUT, METHODS, all_maps, depth_map, expand, index_map, make_plan, moments_by_name,
+                    split_name, twins, twins_report, unit_map, widen)
+from model import FAMILIES, GPT, PRESETS, GPTConfig, count_params, param_groups
 from util import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,41 +136,69 @@ def test_fpi_deviation_for_non_integral_width_ratio_is_small(src_size, tgt_size)
 # AKI
 
 def test_aki_new_units_come_from_the_block_above():
+    # the known answer with the equal split (noise 0): a new output row r of every Linear of block
+    # l < L-1 is block l+1's row g(r), its input side widened by FPI (columns / c)
     src_cfg, tgt_cfg = small(3, 2, 16), small(3, 3, 24)  # heads 2 -> 3, FFN 16 -> 24, width 8 -> 12
     src = random_gpt(src_cfg, seed=5)
-    aki, fpi = expand(src, tgt_cfg, method="aki"), expand(src, tgt_cfg, method="fpi")
+    aki, fpi = (expand(src, tgt_cfg, method=m, noise=0.0) for m in ("aki", "fpi"))
     maps = aki["meta"]["expansion"]["maps"]
     gd, gh, gf = maps["hidden"], maps["heads"], maps["ffn"]
     cd = [gd.count(gd[i]) for i in range(len(gd))]
+    ga = [gh[a // e] * e + a % e for e in [src_cfg.head_dim] for a in range(tgt_cfg.n_embd)]
+    ca = [gh.count(gh[a // src_cfg.head_dim]) for a in range(tgt_cfg.n_embd)]
+    cf = [gf.count(gf[u]) for u in range(tgt_cfg.d_ff)]
     d, d2, e, f = src_cfg.n_embd, tgt_cfg.n_embd, src_cfg.head_dim, src_cfg.d_ff
     S, A = src.state_dict(), aki["model"]
     for l in range(2):  # blocks below the top, entry by entry
-        up_qkv, up_b = S[f"blocks.{l + 1}.attn.qkv.weight"], S[f"blocks.{l + 1}.attn.qkv.bias"]
+        up = lambda local: S[f"blocks.{l + 1}.{local}"]  # noqa: E731
         qkv, b = A[f"blocks.{l}.attn.qkv.weight"], A[f"blocks.{l}.attn.qkv.bias"]
         for j in range(3):  # q, k, v
             for head in range(src_cfg.n_head, tgt_cfg.n_head):
                 for r in range(e):
                     row, src_row = j * d2 + head * e + r, j * d + gh[head] * e + r
-                    assert b[row] == up_b[src_row]
+                    assert b[row] == up("attn.qkv.bias")[src_row]
                     for i in range(d2):
-                        assert torch.isclose(qkv[row, i], up_qkv[src_row, gd[i]] / cd[i], rtol=1e-6, atol=0)
-        up_fc, up_fb = S[f"blocks.{l + 1}.mlp.fc.weight"], S[f"blocks.{l + 1}.mlp.fc.bias"]
+                        assert torch.isclose(qkv[row, i], up("attn.qkv.weight")[src_row, gd[i]] / cd[i],
+                                             rtol=1e-6, atol=0)
         fc, fb = A[f"blocks.{l}.mlp.fc.weight"], A[f"blocks.{l}.mlp.fc.bias"]
         for u in range(f, tgt_cfg.d_ff):
-            assert fb[u] == up_fb[gf[u]]
+            assert fb[u] == up("mlp.fc.bias")[gf[u]]
             for i in range(d2):
-                assert torch.isclose(fc[u, i], up_fc[gf[u], gd[i]] / cd[i], rtol=1e-6, atol=0)
+                assert torch.isclose(fc[u, i], up("mlp.fc.weight")[gf[u], gd[i]] / cd[i], rtol=1e-6, atol=0)
+        # the new residual rows of both output projections, the width itself (bert2BERT's equation)
+        for local, g_in, c_in in (("attn.proj", ga, ca), ("mlp.proj", gf, cf)):
+            w, bias = A[f"blocks.{l}.{local}.weight"], A[f"blocks.{l}.{local}.bias"]
+            for i in range(d, d2):
+                assert bias[i] == up(f"{local}.bias")[gd[i]]
+                for a in range(w.shape[1]):
+                    assert torch.isclose(w[i, a], up(f"{local}.weight")[gd[i], g_in[a]] / c_in[a], rtol=1e-6, atol=0)
+            assert torch.equal(w[:d], fpi["model"][f"blocks.{l}.{local}.weight"][:d])  # old rows: FPI
         # old rows are FPI's: the rows of the source heads and FFN units of block l itself
         old_heads = torch.arange(3 * d2) % d2 < d
         assert torch.equal(qkv[old_heads], fpi["model"][f"blocks.{l}.attn.qkv.weight"][old_heads])
         assert torch.equal(fc[:f], fpi["model"][f"blocks.{l}.mlp.fc.weight"][:f])
         assert not torch.equal(qkv, fpi["model"][f"blocks.{l}.attn.qkv.weight"])
-    for name, t in A.items():  # everything else, the top block included, is FPI
-        if split_name(name)[0] == 2 or not name.endswith(("qkv.weight", "qkv.bias", "fc.weight", "fc.bias")):
+    for name, t in A.items():  # LayerNorms, embeddings, head and the top block are FPI
+        if split_name(name)[0] in (None, 2) or "ln" in name:
             assert torch.equal(t, fpi["model"][name]), name
     assert sum(t.numel() for t in A.values()) == count_params(tgt_cfg)["total"]
     rel, _ = compare(grown_model(fpi), grown_model(aki))
     assert rel > 1e-3  # not function-preserving by design
+
+
+def test_aki_top_block_below_takes_new_rows_from_the_block_below():
+    src_cfg, tgt_cfg = small(3, 2, 16), small(3, 3, 24)
+    src = random_gpt(src_cfg, seed=5)
+    below, noise = (expand(src, tgt_cfg, method="aki", noise=0.0, aki_top=top) for top in ("below", "noise"))
+    d, new_ffn = src_cfg.n_embd, slice(src_cfg.d_ff, None)
+    fc = below["model"]["blocks.2.mlp.fc.weight"]
+    # block 2's new FFN units are block 1's source units, as AKI widens them for block 0
+    assert torch.equal(fc[new_ffn], below["model"]["blocks.0.mlp.fc.weight"][new_ffn])
+    assert torch.equal(below["model"]["blocks.2.attn.proj.weight"][d:], below["model"]["blocks.0.attn.proj.weight"][d:])
+    assert torch.equal(fc[: src_cfg.d_ff], noise["model"]["blocks.2.mlp.fc.weight"][: src_cfg.d_ff])
+    for l in range(2):  # the blocks below the top do not change
+        assert torch.equal(below["model"][f"blocks.{l}.mlp.fc.weight"], noise["model"][f"blocks.{l}.mlp.fc.weight"])
+    assert below["meta"]["expansion"]["aki_top"] == "below"
 
 
 def test_same_seed_same_result_other_seed_other_maps():
@@ -228,6 +256,72 @@ def test_bad_targets_are_user_errors(tgt, message):
 
 
 # ---------------------------------------------------------------------------------------------
+# Symmetry: copies must learn apart from their source
+
+def test_noisy_split_keeps_fpi_exact_and_differs_from_the_equal_split():
+    src = random_gpt(small(2, 2, 16), seed=13)
+    tgt = small(3, 4, 48)  # width, heads and FFN: integer ratios 2x, 2x, 3x
+    noisy, bare = (expand(src, tgt, method="fpi", depth="zero", noise=n) for n in (0.5, 0.0))
+    for ckpt in (noisy, bare):
+        rel, kl = compare(src, grown_model(ckpt))
+        assert rel <= 1e-5 and abs(kl) < 1e-6
+    for name in ("head.weight", "blocks.0.attn.qkv.weight", "blocks.1.attn.proj.weight", "blocks.0.mlp.proj.weight"):
+        assert not torch.equal(noisy["model"][name], bare["model"][name]), name  # consumers split unevenly
+    for name in ("wte.weight", "blocks.0.mlp.fc.bias", "blocks.1.ln2.weight"):
+        assert torch.equal(noisy["model"][name], bare["model"][name]), name  # producers are copies
+
+
+def copies_equal_to_source(ckpt: dict, tol: float = 1e-6) -> list[str]:
+    """Every (matrix, growing axis, copy) whose slice is still within tol of its source unit's."""
+    exp = ckpt["meta"]["expansion"]
+    cfg = GPTConfig.from_dict(ckpt["config"]) if isinstance(ckpt["config"], dict) else ckpt["config"]
+    maps = all_maps(*(index_map(torch.tensor(exp["maps"][d])) for d in ("hidden", "heads", "ffn")),
+                    cfg.head_dim, cfg.n_embd)
+    found = []
+    for name, t in ckpt["model"].items():
+        for axis, spec in enumerate(LAYOUT[split_name(name)[1]]):
+            if spec is KEEP or t.dim() < 2:
+                continue
+            m = maps[spec.dim]
+            for i in torch.nonzero(m.new).flatten().tolist():
+                if (t.select(axis, i) - t.select(axis, int(m.g[i]))).abs().max() <= tol:
+                    found.append(f"{name}[axis {axis}, {i}]")
+    return found
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_no_copy_is_still_its_source_after_training(method, depth):
+    # 2 -> 3 blocks, heads 2 -> 3 and width 8 -> 12 (1.5x: some units copied, some not), FFN 16 -> 48 (3x)
+    src = random_gpt(small(2, 2, 16), seed=14)
+    grown = expand(src, small(3, 3, 48), method=method, depth=depth, seed=1)
+    model = grown_model(grown).train()
+    train_steps(model, adamw(model, lr=1e-3), 20, seed=15)
+    trained = checkpoint.make_checkpoint(model, meta=grown["meta"])
+    rows = twins(trained)
+    assert {(r["dim"], r["block"]) for r in rows} == {(dim, k) for dim in ("heads", "ffn") for k in range(3)} | {
+        ("residual", k) for k in (None, 0, 1, 2)}
+    assert all(r["copies"] > 0 and r["twins"] == 0 for r in rows), rows
+    # stronger: every copy differs from its source in every single matrix (a bias or gain is one
+    # number per unit that only the downstream noise moves apart: slower, and the key bias gets
+    # no gradient at all, since softmax ignores it)
+    assert copies_equal_to_source(trained) == []
+
+
+def test_equal_split_leaves_twins_and_the_diagnostic_finds_them():
+    src = random_gpt(small(2, 2, 16), seed=14)
+    grown = expand(src, small(2, 4, 32), method="fpi", noise=0.0)
+    model = grown_model(grown).train()
+    train_steps(model, adamw(model, lr=1e-3), 20, seed=15)
+    rows = twins(checkpoint.make_checkpoint(model, meta=grown["meta"]))
+    assert all(r["twins"] == r["copies"] > 0 for r in rows), rows  # every copy stuck: the old defect
+    total = sum(r["copies"] for r in rows)
+    assert twins_report(rows).endswith(f"{total} of {total} copies are still twins of their source")
+    with pytest.raises(UserError, match="no expansion metadata"):
+        twins(checkpoint.make_checkpoint(src))
+
+
+# ---------------------------------------------------------------------------------------------
 # Optimizer state
 
 def adamw(model, lr=1e-2, eps=1e-12):
@@ -252,7 +346,9 @@ def trained_source():
     opt = adamw(model)
     train_steps(model, opt, 3, seed=9)
     ckpt = checkpoint.make_checkpoint(model, opt)
-    grown = expand(ckpt, tgt_cfg, method="fpi", depth="zero", optimizer_state=True)
+    # noise 0: the moment rule is exact for equal copies (the noisy split moves each copy's
+    # gradient off the source's share by a factor 1 + noise * zeta)
+    grown = expand(ckpt, tgt_cfg, method="fpi", depth="zero", optimizer_state=True, noise=0.0)
     maps = make_plan(src_cfg, tgt_cfg, "fpi", "zero", 0).maps
     return model, opt, grown, maps
 
@@ -281,6 +377,25 @@ def test_moments_follow_the_gradient(trained_source):
         else:
             assert state["step"] == 3
     assert len({state["step"].data_ptr() for state in new.values()}) == len(new)  # none shared
+
+
+def test_aki_new_rows_take_the_moments_of_the_block_they_come_from(trained_source):
+    model, opt, _, _ = trained_source
+    src_cfg, tgt_cfg = model.cfg, small(3, 4, 32)
+    grown = expand(checkpoint.make_checkpoint(model, opt), tgt_cfg, method="aki", depth="zero",
+                   optimizer_state=True, noise=0.0)
+    maps = make_plan(src_cfg, tgt_cfg, "aki", "zero", 0).maps
+    src = {n: opt.state[p] for n, p in model.named_parameters()}
+    new = moments_by_name(grown_model(grown), grown["optimizer"])
+    d = src_cfg.n_embd
+    for local in ("attn.proj.weight", "mlp.proj.bias", "mlp.fc.weight"):
+        rows = maps[LAYOUT[local][0].dim].new
+        for key, moment in (("exp_avg", 1), ("exp_avg_sq", 2)):
+            own, donor = (widen(src[f"blocks.{l}.{local}"][key], LAYOUT[local], maps, moment) for l in (0, 1))
+            got = new[f"blocks.0.{local}"][key]
+            assert torch.equal(got[rows], donor[rows]) and torch.equal(got[~rows], own[~rows]), (local, key)
+    assert torch.equal(new["blocks.1.attn.proj.weight"]["exp_avg"][d:],  # the top block: FPI's own rows
+                       widen(src["blocks.1.attn.proj.weight"]["exp_avg"], LAYOUT["attn.proj.weight"], maps, 1)[d:])
 
 
 def loss_grads(model, seed):
@@ -370,6 +485,24 @@ def test_cli_grows_a_checkpoint(checkpoints):
     src, _ = checkpoint.load_model(checkpoints / "20k.pt", use_kernels=False)
     rel, _ = compare(src, model)
     assert rel <= 1e-5  # 16 -> 32 is an exact 2x: FPI preserves the function
+
+
+def test_cli_inspect_reports_twins(checkpoints):
+    for noise, verdict in (("0", "178 of 178 copies are still twins"), ("0.1", "no twins")):
+        out = checkpoints / f"fpi_{noise}.pt"
+        r = run_cli("--src", checkpoints / "20k.pt", "--size", "50k", "--method", "fpi", "--noise", noise, "--out", out)
+        assert r.returncode == 0, r.stderr
+        r = run_cli("--inspect", out)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.strip().splitlines()
+        assert lines[0].split() == ["dimension", "block", "copies", "twins"] and lines[-1].startswith(verdict), r.stdout
+        assert len(lines) == 2 + 3 + 2 + 2  # residual: embed and 2 blocks; heads and FFN: 2 blocks each
+    # a checkpoint that was never grown, and a bare call, are one-line errors
+    for args in (["--inspect", checkpoints / "20k.pt"], ["--size", "50k"], ["--src", checkpoints / "20k.pt",
+                 "--size", "50k", "--out", checkpoints / "x.pt", "--seed", 2**64], ["--src", checkpoints / "20k.pt",
+                 "--size", "50k", "--out", checkpoints / "x.pt", "--noise", "1.5"]):
+        r = run_cli(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
 
 
 @pytest.mark.slow

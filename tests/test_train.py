@@ -116,3 +116,21 @@ def test_stable_ckpt_is_the_state_where_the_decay_starts(byte_data, tmp_path):
     (tmp_path / "stable.pt").unlink()  # a finished stage whose stable checkpoint was removed
     with pytest.raises(UserError, match="missing"):
         Trainer(args(byte_data, tmp_path / "a", *wsd, "--stable_ckpt", tmp_path / "stable.pt", "--resume")).run()
+
+
+def test_a_grown_stage_checks_that_its_copies_learned_apart(byte_data, tmp_path):
+    """train.py ends a grown stage with the twin check: a warning when copies are still equal to
+    their source (the equal split of FPI), one confirming line when none is."""
+    from expand import expand
+    Trainer(args(byte_data, tmp_path / "a", "--max_iters", 4)).run()
+    src = checkpoint.load(tmp_path / "a" / "ckpt.pt")
+    for noise, want in ((0.0, "warning: copied units are still exact twins"), (0.1, "growth check: all 178 copied")):
+        grown = tmp_path / f"grown_{noise}.pt"
+        checkpoint.save(grown, expand(src, PRESETS["50k"], method="fpi", noise=noise))
+        out = tmp_path / f"b_{noise}"
+        t = Trainer(parse_args(["--size", "50k", "--data", str(byte_data), "--out", str(out), "--batch_size", "8",
+                                "--seq_len", "64", "--eval_tokens", "4096", "--max_iters", "4", "--init", str(grown)]))
+        t.run()
+        log = (out / "train.log").read_text()
+        assert want in log, log[-2000:]
+        assert ("warning" in log) == (noise == 0)
