@@ -11,6 +11,7 @@ are disjoint and the same on every run. The token files are written under temp n
 meta.json comes last and marks a finished run: re-running with the same inputs does nothing.
 """
 import argparse
+import fcntl
 import hashlib
 import itertools
 import json
@@ -136,7 +137,21 @@ def sha256(path: Path) -> str:
 
 
 def prepare(args):
+    """Under a lock on the output folder: two runs that prepare the same folder at once (the two
+    streams of experiments/reproduce.sh) would write over each other; the second waits, then finds
+    the folder up to date."""
     out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / ".lock", "w")
+    except OSError as e:
+        raise UserError(f"cannot write to {out}: {e.strerror}") from e
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        prepare_unlocked(args, out)
+
+
+def prepare_unlocked(args, out: Path):
     files = None if args.dataset == "fineweb-edu" else local_files(Path(args.dataset))
     fp = fingerprint(args, files)
     if up_to_date(out, fp):

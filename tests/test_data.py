@@ -91,3 +91,20 @@ def test_prepare_bad_input(tmp_path, case):
         src = src.rename(tmp_path / "src.jsonl")
     proc = run_script("data/prepare.py", "--dataset", src, "--tokenizer", "bytes", "--out", tmp_path / "o")
     assert_user_error(proc)
+
+
+def test_two_prepares_of_one_folder_at_once(openstax, tmp_path):
+    """The second waits for the first (a lock on the folder), then finds it up to date."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    out = tmp_path / "d"
+    cmd = [sys.executable, "data/prepare.py", "--dataset", str(openstax), "--tokenizer", "bytes", "--out", str(out),
+           "--tokens", "200000"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted("up to date" in o for o, _ in outs) == [False, True], outs
+    meta = json.loads((out / "meta.json").read_text())
+    assert (out / "train.bin").stat().st_size == meta["train_tokens"] and not list(out.glob(".*.tmp"))
