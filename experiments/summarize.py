@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import checkpoint  # noqa: E402
+from expand import twins  # noqa: E402
 from util import UserError, atomic_write, run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,13 +72,20 @@ def recipes(rep) -> list[tuple[str, list, str]]:
             ("progressive, fixed LR", rep.get("main_fixed", []), "progressive"),
             ("independent, adjusted LR", rep["main_adjusted"], "independent"),
             ("progressive, WSD, adjusted LR", rep.get("beyond_wsd", []), "progressive"),
-            ("progressive, WSD, fixed LR", rep.get("beyond_wsd_fixed", []), "progressive"),
-            ("progressive, WSD, grown from the stable phase", rep.get("beyond_wsd_stable", []), "progressive"),
-            ("progressive, WSD + AdamW state, 0.8x budget split", rep.get("beyond_combo_0.8_split", []),
-             "progressive"),
-            ("progressive, WSD, every stage its full budget (no saving)", rep.get("beyond_wsd_full_budget", []),
-             "progressive"),
             ("independent, WSD, adjusted LR", rep.get("beyond_wsd", []), "independent")]
+
+
+def twins_left(member) -> int | None:
+    """Copies of a grown member that are still twins of their source at the end of its stage (from
+    its report, or its checkpoint); None for a member that was not grown or whose checkpoint is gone."""
+    if "twins" in member:
+        return sum(r["twins"] for r in member["twins"])
+    path = Path(member.get("path", ""))
+    path = path if path.is_absolute() else ROOT / path
+    if not path.is_file():
+        return None
+    ckpt = checkpoint.load(path, mmap=True)
+    return sum(r["twins"] for r in twins(ckpt)) if (ckpt.get("meta") or {}).get("expansion") else None
 
 
 def main_table(rep) -> str:
@@ -86,7 +95,7 @@ def main_table(rep) -> str:
     for size in sizes:
         for label, reports, fam in recipes(rep):
             ms = members(reports, fam).get(size)
-            if not ms:
+            if not ms or (size == sizes[0] and fam == "progressive"):  # the smallest is trained alone
                 continue
             rows.append(f"| {size} | {label} | {len(ms)} | {mean_spread([m['ppl']['loss'] for m in ms])} | "
                         f"{mean_spread([m['ppl']['bpb'] for m in ms])} | "
@@ -124,15 +133,17 @@ def pairs_table(reports) -> str:
     return "\n".join(rows)
 
 
-def variants_table(rep, names: dict) -> str:
-    """Seed-1 progressive runs side by side: loss right after growth -> final loss, per member."""
+def variants_table(rep, names: dict, old: dict) -> str:
+    """Seed-1 progressive runs side by side: loss right after growth -> final loss, per member; the
+    largest member's with the twin growth of results/twin_growth.json where it was measured."""
     sizes = list(members(rep["main_adjusted"]))
-    head = "| run | " + " | ".join(f"{s}: after growth → final" for s in sizes) + " | family FLOPs |"
-    rows = [head, "|" + "---|" * (len(sizes) + 2)]
+    head = ("| run | " + " | ".join(f"{s}: after growth → final" for s in sizes)
+            + f" | {sizes[-1]} with twin growth | family FLOPs | twins left |")
+    rows = [head, "|" + "---|" * (len(sizes) + 4)]
     indep = members(rep["main_adjusted"], "independent")
     rows.append("| independent (from scratch) | " + " | ".join(
         f"{indep[s][0]['ppl']['loss']:.3f}" if s in indep else "-" for s in sizes)
-        + f" | {rep['main_adjusted'][0]['flops']['independent']:.3g} |")
+        + f" | - | {rep['main_adjusted'][0]['flops']['independent']:.3g} | - |")
     for name, label in names.items():
         if name not in rep:
             continue
@@ -145,7 +156,10 @@ def variants_table(rep, names: dict) -> str:
             after_growth = growth_losses(ms[s][0])[0] if s != next(iter(ms)) else None  # first: not grown
             cells.append((f"{after_growth:.3f} → " if after_growth is not None else "")
                          + f"{ms[s][0]['ppl']['loss']:.3f}")
-        rows.append(f"| {label} | " + " | ".join(cells) + f" | {rep[name][0]['flops']['progressive']:.3g} |")
+        then = old["after_growth_seed1"].get(name, {}).get(sizes[-1])
+        left = [n for m in ms.values() if (n := twins_left(m[0])) is not None]
+        rows.append(f"| {label} | " + " | ".join(cells) + (f" | {then[0]:.3f} → {then[1]:.3f}" if then else " | -")
+                    + f" | {rep[name][0]['flops']['progressive']:.3g} | " + (f"{sum(left)} |" if left else "- |"))
     return "\n".join(rows)
 
 
@@ -183,6 +197,53 @@ def lead_table(rep, name: str, size: str) -> str:
         rows.append(f"| {r['seed']} | {-lead:.3f} ({100 * share:.0f}%) | "
                     + (f"{100 * behind:.0f}%" if behind is not None else "never") + " |")
     return "\n".join(rows)
+
+
+TWIN_GROWTH = ROOT / "results" / "twin_growth.json"
+
+
+def fix_table(rep, old: dict) -> str:
+    """The same recipes, seeds and data, measured with the growth whose copies stayed twins
+    (results/twin_growth.json) and now: val loss right after growth → final of seed 1, and the final
+    loss over seeds; then how many copies are still twins at the end of each stage now."""
+    def now_seed1(name, size):
+        ms = members(rep.get(name, [])[:1]).get(size)
+        return f"{growth_losses(ms[0])[0]:.3f} → {ms[0]['ppl']['loss']:.3f}" if ms else "-"
+
+    def then_seed1(name, size):
+        v = old["after_growth_seed1"].get(name, {}).get(size)
+        return f"{v[0]:.3f} → {v[1]:.3f}" if v else "-"
+
+    def now_final(name, size, family="progressive"):
+        ms = members(rep.get(name, []), family).get(size)
+        return mean_spread([m["ppl"]["loss"] for m in ms]) if ms else "-"
+
+    def then_final(name, size, family="progressive"):
+        v = old["final"].get(name, {}).get(family, {}).get(size)
+        return mean_spread(v) if v else "-"
+
+    def left(size):
+        counts = [twins_left(m) for name in ("main_adjusted", "main_fixed", "beyond_wsd")
+                  for m in members(rep.get(name, [])).get(size, [])]
+        counts = [n for n in counts if n is not None]
+        return f"{sum(counts)} in {len(counts)} runs" if counts else "-"
+
+    pairs = [("AKI, seed 1, after growth → final", "main_adjusted", then_seed1, now_seed1),
+             ("FPI, seed 1, after growth → final", "growth_fpi", then_seed1, now_seed1),
+             ("AKI, cosine, adjusted LR, final", "main_adjusted", then_final, now_final),
+             ("AKI, cosine, fixed LR, final", "main_fixed", then_final, now_final),
+             ("AKI, WSD, final", "beyond_wsd", then_final, now_final)]
+    pairs = [p for p in pairs if p[1] in rep]
+    rows = ["| member | " + " | ".join(f"{label}: twins | now" for label, *_ in pairs) + " | twins left now |",
+            "|---|" + "---|---|" * len(pairs) + "---|"]
+    for size in list(members(rep["main_adjusted"]))[1:]:
+        rows.append(f"| {size} | " + " | ".join(f"{then(name, size)} | {now(name, size)}" for _, name, then, now in pairs)
+                    + f" | {left(size)} |")
+    indep = [f"{size} {then_final(name, size, 'independent')} then, {now_final(name, size, 'independent')} now"
+             for name in ("main_adjusted", "beyond_wsd") if name in rep
+             for size in list(members(rep[name], "independent"))[-1:]]
+    return "\n".join(rows) + ("\n\nThe largest independent member, which involves no growth (cosine, then WSD): "
+                              + "; ".join(indep) + "." if indep else "")
 
 
 def _has_independent(rep, name: str) -> bool:
@@ -246,17 +307,6 @@ def plot_recipes(rep, path: Path):
     _save_figure(plt, fig, path)
 
 
-# progressive WSD runs held against beyond_wsd's independent members (trained with WSD too)
-WSD_VARIANTS = {
-    "beyond_wsd_fixed": "The same with the fixed LR for the grown stages (against the same WSD independent members):",
-    "beyond_wsd_stable": "Adjusted LR again, but each member grown from its predecessor's weights at the end of the "
-                         "stable phase, before the decay (`GROW_FROM=stable`; the members themselves still decay):",
-    "beyond_wsd_full_budget": "Adjusted LR again, with each grown stage given the same tokens as its independent "
-                              "counterpart (`BUDGET_SCALE=1.2839`: the family then costs as much as the independent "
-                              "one, no saving):",
-}
-
-
 def wsd_section(rep, largest: str) -> list[str]:
     """The WSD comparisons, where beyond_wsd trained independent members; else nothing."""
     if not _has_independent(rep, "beyond_wsd"):
@@ -265,18 +315,13 @@ def wsd_section(rep, largest: str) -> list[str]:
              "independent member alike, adjusted LR:", "", per_seed_table(rep, "beyond_wsd", "beyond_wsd"), "",
              f"The {largest} curves under WSD (validation during training; both cost the same FLOPs):", "",
              lead_table(rep, "beyond_wsd", largest), ""]
-    for name, caption in WSD_VARIANTS.items():
-        if name in rep:
-            parts += [caption, "", per_seed_table(rep, name, "beyond_wsd"), ""]
     return parts
 
 
 def render(rep, runs: Path) -> str:
     main = rep["main_adjusted"]
     seeds, largest = len(main), list(members(main))[-1]
-    # a recipe with a WSD schedule is held against independent members with the same schedule
-    split_ref = "beyond_wsd" if _has_independent(rep, "beyond_wsd") else "main_adjusted"
-    split_ref_words = "the same WSD schedule" if split_ref == "beyond_wsd" else "a cosine schedule"
+    old = json.loads(TWIN_GROWTH.read_text())
     parts = [
         f"Measured with `bash experiments/reproduce.sh` then `python experiments/summarize.py --runs {runs}` "
         f"on the 2-core CPU machine (byte-level OpenStax, tiny family, 1x Chinchilla, {seeds} seeds for the "
@@ -286,10 +331,19 @@ def render(rep, runs: Path) -> str:
         "",
         "**FLOPs.** " + flops_line(main) + ".",
         "",
-        "### Members", "", main_table(rep), "",
+        "### What breaking the symmetry changed", "",
+        f"Validation loss with the growth of commit {old['commit']}, whose copies stayed exact twins of their "
+        "source (\"twins\"; numbers from `results/twin_growth.json`), and with today's growth (\"now\"), the "
+        "same recipes, seeds and data. Twins left: copies still within 1e-6 of their source after the stage "
+        "(`expand.py --inspect`), summed over the main runs' seeds.", "",
+        fix_table(rep, old), "",
+        "### Members", "",
+        f"The smallest member ({next(iter(members(main)))}) is trained alone in every recipe: its rows are the "
+        "independent ones.", "",
+        main_table(rep), "",
         "![final val loss per recipe and seed](results/recipes.png)", "",
         "Seed by seed, final val loss of each progressive member against the independent member of the "
-        "same seed (the 20k member is the same model in both families). Adjusted LR:", "",
+        "same seed (the smallest member is the same model in both families). Adjusted LR:", "",
         per_seed_table(rep, "main_adjusted"), "",
         *(["Fixed LR:", "", per_seed_table(rep, "main_fixed"), ""] if "main_fixed" in rep else []),
         *wsd_section(rep, largest),
@@ -298,25 +352,15 @@ def render(rep, runs: Path) -> str:
         pairs_table(main), "",
         "### Growth function and expansion ratio (seed 1, same budget)", "",
         "Validation loss of each member right after it was grown → after its stage "
-        "(the independent row: trained from scratch).", "",
-        variants_table(rep, {"main_adjusted": "AKI, depth stack (paper)", "growth_fpi": "FPI, depth stack",
-                             "growth_interpolate": "AKI, depth interpolate",
+        "(the independent row: trained from scratch); twins left: copies of the grown members still "
+        "equal to their source at the end of their stages.", "",
+        variants_table(rep, {"main_adjusted": "AKI, depth stack (paper)", "growth_fpi": "FPI (noisy split), depth stack",
+                             "growth_fpi_twins": "FPI, equal split (noise 0): copies stay twins",
+                             "growth_aki_top_below": "AKI, top block's new rows from the block below",
                              "growth_aki_optstate": "AKI + grown AdamW state",
                              "ratio_4x_jump": "4x jump 50k → 250k (skips 120k), depth stack",
                              "depth_4x_interpolate": "4x jump, depth interpolate (2 → 4 blocks: 0011)",
-                             "depth_4x_zero": "4x jump, depth zero (new blocks start as identity)"}), "",
-        "### Beyond the paper (seed 1)", "",
-        variants_table(rep, {"main_adjusted": "paper recipe (cosine per stage, budget = largest alone)",
-                             "beyond_wsd": "WSD schedule per stage",
-                             "beyond_budget_0.6": "budget 0.6 x largest alone",
-                             "beyond_combo_0.8": "WSD + grown AdamW state, budget 0.8 x largest alone",
-                             "beyond_combo_0.8_split": "the same, 50k and 120k keep 0.78 of their "
-                                                       "independent FLOPs, 250k the rest"}), "",
-        f"The last recipe over {len(rep.get('beyond_combo_0.8_split', []))} seeds, final val loss against the "
-        f"independent member of the same seed trained with {split_ref_words} (the 20k member is trained alone "
-        "in both):", "",
-        per_seed_table(rep, "beyond_combo_0.8_split", split_ref) if "beyond_combo_0.8_split" in rep else "(not run)",
-        "",
+                             "depth_4x_zero": "4x jump, depth zero (new blocks start as identity)"}, old), "",
         "![loss vs FLOPs](results/loss_vs_flops.png)",
     ]
     return "\n".join(parts)

@@ -62,3 +62,20 @@ def test_lead_table_finds_the_lead_and_where_it_is_lost():
     rep = {"wsd": [{"seed": 1, "members": [crossing, indep]}, {"seed": 2, "members": [ahead, indep]}]}
     lines = summarize.lead_table(rep, "wsd", "big").splitlines()
     assert lines[2] == "| 1 | 2.000 (25%) | 75% |" and lines[3] == "| 2 | 0.500 (50%) | never |"
+
+
+def test_fix_table_sets_twin_growth_beside_today():
+    def grown(name, loss, after, left):
+        return {"family": "progressive", "name": name, "ppl": {"loss": loss}, "twins": [{"twins": left, "copies": 9}],
+                "history": [{"flops_total": 1.0, "val_loss": after}, {"flops_total": 2.0, "val_loss": loss}]}
+    small = {"family": "progressive", "name": "s", "ppl": {"loss": 3.0}}
+    indep = [{"family": "independent", "name": n, "ppl": {"loss": v}} for n, v in (("s", 3.0), ("b", 2.5))]
+    rep = {"main_adjusted": [{"seed": 1, "members": [small, grown("b", 2.0, 2.8, 0), *indep]},
+                             {"seed": 2, "members": [small, grown("b", 2.2, 2.9, 1), *indep]}]}
+    old = {"commit": "x", "after_growth_seed1": {"main_adjusted": {"b": [2.7, 2.4]}},
+           "final": {"main_adjusted": {"progressive": {"b": [2.4, 2.6]}, "independent": {"b": [2.5, 2.5]}}}}
+    lines = summarize.fix_table(rep, old).splitlines()
+    assert lines[0] == ("| member | AKI, seed 1, after growth → final: twins | now | AKI, cosine, adjusted LR, final: "
+                        "twins | now | twins left now |")
+    assert lines[2] == "| b | 2.700 → 2.400 | 2.800 → 2.000 | 2.500 ± 0.100 | 2.100 ± 0.100 | 1 in 2 runs |"
+    assert lines[-1].endswith("b 2.500 ± 0.000 then, 2.500 ± 0.000 now.")
