@@ -270,11 +270,10 @@ def split_unevenly(t: torch.Tensor, axis: int, m: IndexMap, noise: float, gen: t
     (sum_k zeta_k = 0), but differ entry by entry. One factor per whole copy would not do: it only
     scales that copy's gradient, and Adam's update ignores the scale."""
     z = torch.randn(t.shape, generator=gen).to(t.dtype)
-    n = int(m.g.max()) + 1
     shape = [1] * t.dim()
     shape[axis] = -1
-    sums = torch.zeros(*t.shape[:axis], n, *t.shape[axis + 1:], dtype=t.dtype).index_add_(axis, m.g, z)
-    mean = (sums / torch.bincount(m.g, minlength=n).to(t.dtype).view(shape)).index_select(axis, m.g)
+    sums = torch.zeros(*t.shape[:axis], int(m.g.max()) + 1, *t.shape[axis + 1:], dtype=t.dtype).index_add_(axis, m.g, z)
+    mean = sums.index_select(axis, m.g) / m.count.to(t.dtype).view(shape)  # count: c(g(i)), the copies' number
     return t * (1 + noise * (z - mean))
 
 
@@ -332,16 +331,16 @@ def grow_tensor(source: Callable[[str], torch.Tensor], name: str, plan: Plan, mo
         return widened(name)
     l = plan.layers[k]
     t = widened(f"blocks.{l}.{local}")
+    # the new output rows of a Linear (its units that did not exist before), broadcast over its columns
+    new = plan.maps[LAYOUT[local][0].dim].new.to(t.device).view(-1, *[1] * (t.dim() - 1))
     donor = aki_donor(plan, l)
     if donor is not None and local.startswith(LINEARS):
-        new = plan.maps[LAYOUT[local][0].dim].new.to(t.device).view(-1, *[1] * (t.dim() - 1))
         t = torch.where(new, widened(f"blocks.{donor}.{local}"), t)
     if is_zero_block(plan, k) and (moment > 0 or local in ZEROED):
         t = torch.zeros_like(t)
     elif is_zero_block(plan, k) and local.startswith(LINEARS) and plan.noise > 0 and not t.is_meta:
         # the block's output projections are zero, so its consumers cannot tell copies apart: perturb
         # the copies' own rows instead (free, since nothing the block computes reaches the residual)
-        new = plan.maps[LAYOUT[local][0].dim].new.view(-1, *[1] * (t.dim() - 1))
         z = torch.randn(t.shape, generator=noise_generator(plan.seed, name)).to(t.dtype)
         t = torch.where(new, t * (1 + plan.noise * z), t)
     return t
@@ -479,10 +478,15 @@ def twins(ckpt: dict, tol: float = 1e-6) -> list[dict]:
             for unit, k in keys]
 
 
+def block_label(row: dict) -> str:
+    """A twins() row's block: its index, or 'embed' for wte, wpe, ln_f and head."""
+    return "embed" if row["block"] is None else str(row["block"])
+
+
 def twins_report(rows: list[dict]) -> str:
     """A table of twins(), and one closing line that says whether any copy is still stuck."""
     lines = [f"{'dimension':<10} {'block':>6} {'copies':>7} {'twins':>6}"]
-    lines += [f"{r['dim']:<10} {'embed' if r['block'] is None else r['block']:>6} {r['copies']:>7} {r['twins']:>6}"
+    lines += [f"{r['dim']:<10} {block_label(r):>6} {r['copies']:>7} {r['twins']:>6}"
               for r in rows]
     stuck = sum(r["twins"] for r in rows)
     lines.append(f"{stuck} of {sum(r['copies'] for r in rows)} copies are still twins of their source"

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import checkpoint
 from data import open_split, val_windows
 from flops import train_flops_per_token
-from expand import twins
+from expand import block_label, twins
 from model import GPT, get_config, group_names, param_groups
 from util import UserError, atomic_write, pick_device, run_cli
 
@@ -525,8 +525,7 @@ class Trainer:
         if not stuck:
             self.log(f"growth check: all {sum(r['copies'] for r in rows)} copied units differ from their source")
             return
-        where = ", ".join(f"{r['dim']} {'embed' if r['block'] is None else 'block ' + str(r['block'])}: "
-                          f"{r['twins']}/{r['copies']}" for r in stuck)
+        where = ", ".join(f"{r['dim']} block {block_label(r)}: {r['twins']}/{r['copies']}" for r in stuck)
         self.log(f"warning: copied units are still exact twins of their source after this stage ({where}); "
                  f"they add no capacity. Grow with expand.py --noise > 0 (details: python expand.py "
                  f"--inspect {self.ckpt_path})")
