@@ -240,6 +240,83 @@ def test_requests_are_left_truncated_to_the_context():
     assert loglik == pytest.approx([expected, expected], abs=1e-4)
 
 
+def test_items_whose_continuation_exceeds_the_context_are_excluded_and_counted(tmp_path):
+    """Uniform model, context 16 bytes: acc picks the shortest ending, acc_norm the longest (first of
+    equals). The third item has a 20-char ending (21 tokens with its space): it is left out of acc and
+    acc_norm alike, though its other endings fit, and counted; the scored items are the denominator."""
+    endings = [["abc", "abcde", "abcdefg", "abcdefghi"],  # acc right, acc_norm wrong
+               ["abcdef", "abcd", "abcdefgh", "abcde"],  # acc wrong, acc_norm right
+               ["xyz", "x" * 20, "xyzw", "xyzwv"],  # too long: would count as right for acc
+               ["abc", "abd", "abe", "abf"]]  # all tie: choice 0 for both, right
+    write_jsonl(tmp_path / ev.LOCAL_FILES["hellaswag"],
+                [{"query": "Act: he", "endings": e, "label": g} for e, g in zip(endings, [0, 2, 0, 0])])
+    items = ev.load_items("hellaswag", tmp_path, None)
+    requests = requests_of(items)
+    assert [len(cont) for _, cont in requests[8:12]] == [4, 21, 5, 6]
+    m = ev.evaluate_task(uniform_lm(block_size=16), "hellaswag", items, requests, batch_size=5)
+    assert m["n"] == 3 and m["n_excluded_too_long"] == 1
+    assert m["acc"] == pytest.approx(2 / 3) and m["acc_norm"] == pytest.approx(2 / 3)
+    assert m["acc_stderr"] == pytest.approx(np.std([1, 0, 1], ddof=1) / math.sqrt(3))
+    assert m["note"] == ("hellaswag: 1 of 4 items not scored: a choice is longer than the model's "
+                         "16-token context (lm-eval refuses such items)")
+    m = ev.evaluate_task(uniform_lm(block_size=64), "hellaswag", items, requests, batch_size=5)
+    assert m["n"] == 4 and m["n_excluded_too_long"] == 0 and "note" not in m
+    # nothing fits: no accuracy at all rather than one over zero items
+    m = ev.evaluate_task(uniform_lm(block_size=3), "hellaswag", items, requests, batch_size=5)
+    assert m == {"acc": None, "acc_stderr": None, "acc_norm": None, "n": 0, "n_excluded_too_long": 4,
+                 "note": m["note"]}
+
+
+def test_lambada_target_longer_than_the_context_is_excluded(tmp_path):
+    write_jsonl(tmp_path / ev.LOCAL_FILES["lambada"], [{"text": "the cat sat on the mat"},
+                                                       {"text": "it was " + "a" * 12}])
+    items = ev.load_items("lambada", tmp_path, None)
+    m = ev.evaluate_task(uniform_lm(block_size=8), "lambada", items, requests_of(items), 4)
+    assert (m["n"], m["n_excluded_too_long"]) == (1, 1)
+    assert m["acc"] == 0.0 and m["ppl"] == pytest.approx(256.0 ** 4, rel=1e-4)  # " mat" alone
+
+
+def test_continuation_of_exactly_the_context_is_scored_one_more_is_not():
+    """The boundary lm-eval draws (len(continuation) <= max_length): a continuation of block_size
+    tokens is scored whole, its first token predicted from the context's last."""
+    ctx = BYTES.encode("some context")
+    requests = [(ctx, BYTES.encode("x" * 16)), (ctx, BYTES.encode("x" * 17))]
+    assert ev.fits(requests, 16).tolist() == [True, False]
+    loglik, greedy = ev.score_requests(uniform_lm(block_size=16), requests, batch_size=2)
+    assert loglik[0] == pytest.approx(-16 * LOG256, rel=1e-6) and np.isnan(loglik[1])
+    assert not greedy.any()
+
+
+def test_context_is_cut_from_the_left_keeping_the_whole_continuation():
+    """Context + continuation longer than the context window, the continuation alone not: a real
+    (attending) model scores it exactly as if given only the context's last tokens that fit, which
+    is what lm-eval does; cutting the context shorter changes the score, so the test would see it."""
+    model = tiny_gpt(block_size=16, seed=0)
+    ctx, cont = BYTES.encode("a context of thirty-two bytes!!!"), BYTES.encode(" ten bytes")
+    keep = 16 + 1 - len(cont)  # window: block_size + 1 tokens, the last only a target
+    requests = [(ctx, cont), (ctx[-keep:], cont), (ctx[-keep + 2:], cont)]
+    loglik, greedy = ev.score_requests(model, requests, batch_size=3)
+    seq = torch.tensor([(ctx + cont)[-17:]])
+    with torch.no_grad():
+        logits, _ = model(seq[:, :-1])
+    logp = torch.log_softmax(logits[0, -len(cont):], dim=-1)
+    expected = logp.gather(-1, torch.tensor(cont)[:, None]).sum().item()
+    assert loglik[0] == pytest.approx(expected, abs=1e-4) and loglik[1] == pytest.approx(expected, abs=1e-4)
+    assert abs(loglik[2] - expected) > 1e-3
+
+
+def test_real_eval_files_too_long_counts_at_256_bytes():
+    """The counts fits' docstring quotes: items with a continuation over 256 bytes."""
+    if not EVAL_DIR.is_dir():
+        pytest.skip(f"no offline eval data at {EVAL_DIR}")
+    for task, (first_200, total) in {"piqa": (15, 139), "hellaswag": (0, 1143)}.items():
+        items = ev.load_items(task, EVAL_DIR, None)
+        starts = np.cumsum([0] + [len(it.requests) for it in items])
+        fit = ev.fits(requests_of(items), 256)
+        excluded = [not fit[a:b].all() for a, b in zip(starts[:-1], starts[1:])]
+        assert (sum(excluded[:200]), sum(excluded)) == (first_200, total), task
+
+
 def test_hellaswag_preprocessing():
     # lm-eval's function exactly: strip first, so a leading marker leaves its space behind
     assert ev.hellaswag_clean(" Act: How to x [title] Do [step] it. ") == "Act: How to x. Do it."
@@ -375,7 +452,7 @@ def test_real_eval_files_smoke_with_a_tiny_gpt():
     for task in ev.ZERO_SHOT:
         items = ev.load_items(task, EVAL_DIR, 3)
         m = ev.evaluate_task(model, task, items, requests_of(items), batch_size=8)
-        assert m["n"] == 3 and 0 <= m["acc"] <= 1
+        assert m["n"] + m["n_excluded_too_long"] == 3 and 0 <= m["acc"] <= 1  # PIQA: 1 over 128 bytes
 
 
 def test_wikitext_from_a_file_or_skipped_with_a_note(tmp_path, monkeypatch):
