@@ -48,12 +48,12 @@ import statistics
 import time
 import traceback
 
+from util import UserError, atomic_write, run_cli, write_json  # first: see util.py
 import torch
 import torch.nn.functional as F
 
 from flops import FAMILY_BATCH, train_flops_per_token
 from model import FAMILIES, GPT, PRESETS, get_config
-from util import UserError, atomic_write, run_cli, write_json
 
 # relative error allowed against float64: float32 rounds at 6e-8 per operation; 16-bit outputs
 # round at 2^-11 (fp16) and 2^-8 (bf16), and attention casts P to 16 bits before P V

@@ -6,10 +6,16 @@ with torch.load(weights_only=True), so that loading one never runs code.
      "config": GPTConfig as dict, "model": state_dict (no torch.compile/DDP prefixes),
      "optimizer": AdamW state_dict or None,
      "train": {step, max_iters, tokens, flops, done, rng, args} or None (stage progress),
-     "meta": {size, flops_total (this stage and every ancestor), lineage: [...], expansion: {...}}}
+     "meta": {size, flops_total (this stage and every ancestor), lineage: [...], expansion: {...}},
+     "checksums": {name: CRC-32 of the tensor's bytes} for every tensor above (written by save)}
+
+torch.load never checks the zip's own CRCs, so bytes overwritten inside a tensor would load silently:
+save() writes a CRC-32 per tensor (about a tenth of the time of the write) and load() checks them,
+and refuses weights that are NaN or Inf. Version 1 files (no checksums) still load.
 """
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -18,7 +24,7 @@ from model import GPT, GPTConfig, PRESETS
 from util import UserError, atomic_write
 
 FORMAT = "progressive-gpt-family"
-VERSION = 1
+VERSION = 2  # 2: per-tensor checksums
 
 
 class CheckpointError(UserError):
@@ -45,13 +51,55 @@ def make_checkpoint(model: GPT, optimizer=None, train=None, meta=None) -> dict:
                 train, meta)
 
 
+def tensors(obj, prefix=""):
+    """(dotted name, tensor) for every tensor in nested dicts and lists: what the checksums cover."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from tensors(v, f"{prefix}.{i}")
+
+
+def crc32(t: torch.Tensor) -> int:
+    return zlib.crc32(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
+
+
 def save(path, ckpt: dict):
-    """Atomic: write a temp file beside `path`, fsync, rename."""
-    atomic_write(path, lambda f: torch.save(ckpt, f))
+    """Atomic: write a temp file beside `path`, fsync, rename. Adds the checksums of its tensors."""
+    body = {k: v for k, v in ckpt.items() if k != "checksums"}
+    body["checksums"] = {name: crc32(t) for name, t in tensors(body)}
+    atomic_write(path, lambda f: torch.save(body, f))
 
 
-def load(path, map_location="cpu", mmap=False) -> dict:
-    """mmap=True maps the tensors instead of reading them: cheap when only config/meta are needed."""
+def recovery(path: Path) -> str:
+    """What a user can do about an unusable checkpoint: the other checkpoints beside it, or how to
+    make it again when there are none."""
+    others = sorted(p.name for p in path.parent.glob("*.pt") if p.is_file() and p.name != path.name)
+    remake = "delete it and re-run the stage that wrote it (train.py without --resume, or expand.py)"
+    if others:
+        return f"other checkpoints beside it: {', '.join(others)}; or {remake}"
+    return f"no other checkpoint is in {path.parent}; {remake}"
+
+
+def check_tensors(path: Path, ckpt: dict, sums: dict | None):
+    """Checksums (when the file has them) over every tensor, then finite weights."""
+    if sums is not None:
+        for name, t in tensors(ckpt):
+            if sums.get(name) != crc32(t):
+                raise CheckpointError(f"{path} is corrupt: tensor {name} does not match its checksum "
+                                      f"(the file changed after it was written); {recovery(path)}")
+    for name, t in (ckpt.get("model") or {}).items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path} holds NaN or Inf in weight {name} (the run that wrote it "
+                                  f"diverged); {recovery(path)}")
+
+
+def load(path, map_location="cpu", mmap=False, verify=True) -> dict:
+    """mmap=True maps the tensors instead of reading them. verify=False skips the checksums and the
+    NaN/Inf test, which read every tensor: for reading only config/meta/history."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -61,8 +109,7 @@ def load(path, map_location="cpu", mmap=False) -> dict:
         raise CheckpointError(f"{path} holds pickled objects beyond tensors and plain values; "
                               "refusing to load it (it could run code)") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}); "
-                              "use an intact checkpoint or the previous one") from e
+        raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}); {recovery(path)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no '{FORMAT}' header)")
     if ckpt.get("version", 0) > VERSION:
@@ -72,6 +119,9 @@ def load(path, map_location="cpu", mmap=False) -> dict:
         ckpt["config"] = GPTConfig.from_dict(ckpt["config"])
     except (TypeError, KeyError) as e:
         raise CheckpointError(f"{path} has an unreadable model config ({e})") from e
+    sums = ckpt.pop("checksums", None)
+    if verify:
+        check_tensors(path, ckpt, sums)
     return ckpt
 
 

@@ -31,6 +31,7 @@ from itertools import islice, zip_longest
 from pathlib import Path
 from typing import Callable
 
+from util import UserError, atomic_write, pick_device, run_cli, write_json  # first: see util.py
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
@@ -45,7 +46,6 @@ from data import open_split, val_windows  # noqa: E402
 from expand import twins  # noqa: E402
 from model import GPTConfig, count_params  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
-from util import UserError, atomic_write, pick_device, run_cli, write_json  # noqa: E402
 
 ZERO_SHOT = ["lambada", "arc_easy", "arc_challenge", "winogrande", "piqa", "openbookqa", "hellaswag"]
 TASKS = ["ppl", *ZERO_SHOT, "kl", "spec"]
@@ -410,7 +410,7 @@ class Member:
 def read_members(paths: list[str], family: str) -> list[Member]:
     members = []
     for p in paths:
-        ckpt = checkpoint.load(p, mmap=True)  # memory-mapped: only what is used is read
+        ckpt = checkpoint.load(p, mmap=True, verify=False)  # mapped, unchecked: only config/meta are read
         members.append(Member(family, Path(p), ckpt["config"], ckpt.get("meta") or {},
                               (ckpt.get("train") or {}).get("history") or []))
     return members

@@ -115,11 +115,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from util import UserError, run_cli  # first: see util.py
 import torch
 
 import checkpoint
 from model import GPT, GPTConfig, PRESETS, get_config, group_names
-from util import UserError, run_cli
 
 METHODS = ("aki", "fpi")
 DEPTHS = ("stack", "interpolate", "zero")

@@ -25,11 +25,24 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from checkpoint import load
-from model import GPTConfig
-from util import UserError, run_cli
+from util import UserError, check_args, run_cli  # first: see util.py
 
 SHARED_GPT2 = Path(__file__).resolve().parent.parent / "shared" / "tokenizer" / "gpt2"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="checkpoint of one member, e.g. out/ckpt_2b.pt")
+    p.add_argument("--out", required=True, help="folder to write (created; files in it are overwritten)")
+    p.add_argument("--tokenizer_dir", default=None,
+                   help="folder with GPT-2's encoder.json and vocab.bpe, for GPT-2-vocab models "
+                        f"(default: {SHARED_GPT2} if present, else download)")
+    return p.parse_args(argv)
+
+
+check_args(__name__, parse_args)  # --help and usage errors before torch loads
+from checkpoint import load  # noqa: E402
+from model import GPTConfig  # noqa: E402
 
 
 def hf_state_dict(sd: dict, cfg: GPTConfig) -> dict:
@@ -128,13 +141,7 @@ def export(ckpt_path, out, tokenizer_dir=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint of one member, e.g. out/ckpt_2b.pt")
-    p.add_argument("--out", required=True, help="folder to write (created; files in it are overwritten)")
-    p.add_argument("--tokenizer_dir", default=None,
-                   help="folder with GPT-2's encoder.json and vocab.bpe, for GPT-2-vocab models "
-                        f"(default: {SHARED_GPT2} if present, else download)")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     cfg = export(args.ckpt, args.out, args.tokenizer_dir)
     print(f"wrote {args.out}: GPT2LMHeadModel, {cfg.n_layer} layers, width {cfg.n_embd}, "
           f"{cfg.tokenizer} tokenizer")

@@ -30,8 +30,8 @@ saving of 1 - 64/85 = 24.7% against training the four members independently.
 """
 import argparse
 
+from util import UserError, run_cli, write_json  # first: see util.py
 from model import FAMILIES, GPTConfig, count_params, get_config
-from util import UserError, run_cli, write_json
 
 TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): compute-optimal tokens ~ 20 x params
 

@@ -12,12 +12,37 @@ import argparse
 import codecs
 from pathlib import Path
 
-import torch
+from util import UserError, check_args, pick_device, run_cli  # first: see util.py
 
-from checkpoint import load_model, size_name
-from model import FAMILIES
-from tokenizer import get_tokenizer
-from util import UserError, pick_device, run_cli
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="checkpoint of one member, e.g. out/ckpt_2b.pt")
+    src.add_argument("--family", help="folder of a family's checkpoints (ckpt_<size>.pt): every member "
+                                      "continues the prompt, smallest first")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+    p.add_argument("--num_samples", type=int, default=1, help="continuations per model")
+    p.add_argument("--max_new_tokens", type=int, default=200, help="tokens to generate per sample")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="divides the logits; <1 sharper, >1 more random, 0 greedy")
+    p.add_argument("--top_k", type=int, default=200, help="sample only among the k most likely tokens "
+                                                          "(0: all)")
+    p.add_argument("--seed", type=int, default=1337, help="sample n uses seed + n")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    args = p.parse_args(argv)
+    for flag, low in (("num_samples", 1), ("max_new_tokens", 0), ("temperature", 0), ("top_k", 0)):
+        if getattr(args, flag) < low:
+            raise UserError(f"--{flag} must be >= {low}")
+    return args
+
+
+check_args(__name__, parse_args)  # --help and usage errors before torch loads
+import torch  # noqa: E402
+
+from checkpoint import load_model, size_name  # noqa: E402
+from model import FAMILIES  # noqa: E402
+from tokenizer import get_tokenizer  # noqa: E402
 
 
 @torch.no_grad()
@@ -92,24 +117,7 @@ def sample(ckpt_path, args, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="checkpoint of one member, e.g. out/ckpt_2b.pt")
-    src.add_argument("--family", help="folder of a family's checkpoints (ckpt_<size>.pt): every member "
-                                      "continues the prompt, smallest first")
-    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
-    p.add_argument("--num_samples", type=int, default=1, help="continuations per model")
-    p.add_argument("--max_new_tokens", type=int, default=200, help="tokens to generate per sample")
-    p.add_argument("--temperature", type=float, default=0.8,
-                   help="divides the logits; <1 sharper, >1 more random, 0 greedy")
-    p.add_argument("--top_k", type=int, default=200, help="sample only among the k most likely tokens "
-                                                          "(0: all)")
-    p.add_argument("--seed", type=int, default=1337, help="sample n uses seed + n")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    args = p.parse_args(argv)
-    for flag, low in (("num_samples", 1), ("max_new_tokens", 0), ("temperature", 0), ("top_k", 0)):
-        if getattr(args, flag) < low:
-            raise UserError(f"--{flag} must be >= {low}")
+    args = parse_args(argv)
     args.top_k = args.top_k or None
     device = pick_device(args.device)
     for path in family_members(args.family) if args.family else [args.ckpt]:

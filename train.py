@@ -23,16 +23,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.distributed as dist
-
-import checkpoint
-from data import open_split, val_windows
-from flops import train_flops_per_token
-from expand import block_label, twins
-from model import GPT, get_config, group_names, param_groups
-from util import UserError, atomic_write, pick_device, run_cli
+from util import UserError, atomic_write, check_args, pick_device, run_cli  # first: see util.py
 
 
 def _opt(default, help, **kw):
@@ -115,6 +106,19 @@ def parse_args(argv=None) -> TrainConfig:
     if cfg.stable_ckpt and cfg.schedule != "wsd":
         raise UserError("--stable_ckpt needs --schedule wsd: only WSD has a stable phase to end")
     return cfg
+
+
+# --help and usage errors are answered above this line, before torch loads (seconds on a busy machine)
+check_args(__name__, parse_args)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+import checkpoint  # noqa: E402
+from data import open_split, val_windows  # noqa: E402
+from flops import train_flops_per_token  # noqa: E402
+from expand import block_label, twins  # noqa: E402
+from model import GPT, get_config, group_names, param_groups  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,8 +7,11 @@ Tokenize a text corpus into train.bin / val.bin (+ meta.json) for train.py and e
 Documents are streamed (bounded memory whatever the input size), encoded on all cores, and each is
 preceded by the tokenizer's end-of-text token, as GPT-2 was trained. The validation split is given
 by the source (files named val*) or else chosen by a hash of each document's text, so the splits
-are disjoint and the same on every run. The token files are written under temp names and renamed;
-meta.json comes last and marks a finished run: re-running with the same inputs does nothing.
+are disjoint and the same on every run. A source of one or a few documents (a book as one .txt)
+that leaves a split empty this way is split inside each document instead: its last --val_fraction
+of characters, cut at a line break, go to validation. The token files are written under temp
+names and renamed (none is left behind by a failed run); meta.json comes last and marks a
+finished run: re-running with the same inputs does nothing.
 """
 import argparse
 import fcntl
@@ -71,6 +74,28 @@ def read_file(path: Path):
             yield from batch.column("text").to_pylist()
 
 
+def split_document(text: str, val_fraction: float) -> tuple[str, str]:
+    """(train part, val part) of one document: its last val_fraction of characters, cut at the last
+    line break (else space) that leaves validation at most twice that share."""
+    if len(text) < 2:
+        return text, ""
+    cut = min(max(round(len(text) * (1 - val_fraction)), 1), len(text) - 1)
+    lowest = max(1, 2 * cut - len(text))
+    for sep in ("\n", " "):
+        if (at := text.rfind(sep, lowest, cut + 1)) > 0:
+            return text[:at], text[at:]
+    return text[:cut], text[cut:]
+
+
+def split_inside(docs, val_fraction: float):
+    """Documents as (split, text) pairs, each split in two by split_document."""
+    for _, text in docs:
+        train, val = split_document(text, val_fraction)
+        yield "train", train
+        if val:
+            yield "val", val
+
+
 def local_documents(files: list[Path]):
     # validation files first, so that a --tokens cap on training text never starves them
     for f in sorted(files, key=lambda f: not f.name.startswith("val")):
@@ -79,17 +104,20 @@ def local_documents(files: list[Path]):
             yield split, text
 
 
-def fineweb_documents():
+def fineweb_documents(tokenizer: str):
+    # run_family.sh takes no --dataset: a local corpus goes through a prepared folder and DATA=
+    local = ("or prepare local .jsonl/.txt/.parquet files: `python data/prepare.py --dataset PATH "
+             f"--tokenizer {tokenizer} --out data/mine`, then `DATA=data/mine bash run_family.sh`")
     try:
         from datasets import load_dataset
         ds = load_dataset(FINEWEB[0], name=FINEWEB[1], split="train", streaming=True)
         for row in ds:
             yield None, row["text"]
     except ImportError as e:
-        raise UserError("--dataset fineweb-edu needs `pip install datasets`") from e
+        raise UserError(f"--dataset fineweb-edu needs `pip install datasets`; {local}") from e
     except (ConnectionError, OSError) as e:
         raise UserError(f"cannot stream {FINEWEB[0]} from the Hugging Face hub ({type(e).__name__}); "
-                        "offline, pass --dataset PATH with local .jsonl/.txt/.parquet files") from e
+                        f"offline, {local}") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,28 +179,19 @@ def prepare(args):
         prepare_unlocked(args, out)
 
 
-def prepare_unlocked(args, out: Path):
-    files = None if args.dataset == "fineweb-edu" else local_files(Path(args.dataset))
-    fp = fingerprint(args, files)
-    if up_to_date(out, fp):
-        print(f"{out} is up to date (same inputs and settings); nothing to do")
-        return
-    tok = get_tokenizer(args.tokenizer)  # fails early, in the main process, if unavailable
-    dtype = token_dtype(tok.vocab_size)
+def encode_splits(docs, args, out: Path, dtype) -> dict:
+    """Encode (split, text) documents into out/.{train,val}.bin.tmp; the token count of each split."""
+    counts = {"train": 0, "val": 0}
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "meta.json").unlink(missing_ok=True)  # the old meta no longer describes the bins
-        tmp = {s: open(out / f".{s}.bin.tmp", "wb") for s in ("train", "val")}
+        tmp = {s: open(out / f".{s}.bin.tmp", "wb") for s in counts}
     except OSError as e:
         raise UserError(f"cannot write to {out}: {e.strerror}") from e
-    counts = {"train": 0, "val": 0}
-    docs = local_documents(files) if files else fineweb_documents()
-    t0 = time.time()
     bar = tqdm(total=args.tokens or None, unit="tok", unit_scale=True, desc="train tokens",
                disable=None)  # no bar when the output is not a terminal (logs, tests)
     full = False
     # whole chunks through pool.map: no task is left in flight when the --tokens cap stops us
-    with Pool(args.workers, initializer=_init_worker, initargs=(args.tokenizer,)) as pool:
+    with Pool(args.workers, initializer=_init_worker, initargs=(args.tokenizer,)) as pool, \
+            tmp["train"], tmp["val"]:
         while not full and (chunk := list(itertools.islice(docs, 1024))):
             for split, h, ids in pool.map(_encode, chunk, chunksize=32):
                 split = split or ("val" if h < args.val_fraction else "train")
@@ -186,17 +205,46 @@ def prepare_unlocked(args, out: Path):
                     if full:
                         break
     bar.close()
-    for f in tmp.values():
-        f.close()
-    if counts["train"] == 0 or counts["val"] == 0:
-        raise UserError(f"no {'training' if counts['train'] == 0 else 'validation'} text in "
-                        f"{args.dataset}; give more documents or raise --val_fraction")
-    for s in tmp:
-        os.replace(out / f".{s}.bin.tmp", out / f"{s}.bin")
+    return counts
+
+
+def prepare_unlocked(args, out: Path):
+    files = None if args.dataset == "fineweb-edu" else local_files(Path(args.dataset))
+    fp = fingerprint(args, files)
+    if up_to_date(out, fp):
+        print(f"{out} is up to date (same inputs and settings); nothing to do")
+        return
+    tok = get_tokenizer(args.tokenizer)  # fails early, in the main process, if unavailable
+    dtype = token_dtype(tok.vocab_size)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "meta.json").unlink(missing_ok=True)  # the old meta no longer describes the bins
+    except OSError as e:
+        raise UserError(f"cannot write to {out}: {e.strerror}") from e
+    documents = (lambda: local_documents(files)) if files else (lambda: fineweb_documents(args.tokenizer))
+    by_hash = args.val_fraction > 0 and not any(f.name.startswith("val") for f in files or [])
+    t0 = time.time()
+    try:
+        counts = encode_splits(documents(), args, out, dtype)
+        inside = by_hash and 0 in counts.values()
+        if inside:
+            print(f"the split by document left {'validation' if counts['val'] == 0 else 'training'} "
+                  f"empty (too few documents in {args.dataset}): splitting inside each document "
+                  f"instead, its last {args.val_fraction:.1%} of characters to validation")
+            counts = encode_splits(split_inside(documents(), args.val_fraction), args, out, dtype)
+        if 0 in counts.values():
+            raise UserError(f"no {'training' if counts['train'] == 0 else 'validation'} text in "
+                            f"{args.dataset}; give more documents or raise --val_fraction")
+        for s in counts:
+            os.replace(out / f".{s}.bin.tmp", out / f"{s}.bin")
+    finally:  # a failed run leaves no temp files behind
+        for s in ("train", "val"):
+            (out / f".{s}.bin.tmp").unlink(missing_ok=True)
     meta = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "eot": tok.eot, "dtype": dtype.name,
             "train_tokens": counts["train"], "val_tokens": counts["val"],
             "source": args.dataset if files is None else [str(f) for f in files],
-            "sha256": {s: sha256(out / f"{s}.bin") for s in tmp}, "fingerprint": fp}
+            "split": "inside documents" if inside else "by document",
+            "sha256": {s: sha256(out / f"{s}.bin") for s in counts}, "fingerprint": fp}
     write_json(out / "meta.json", meta)
     print(f"wrote {counts['train']:,} train and {counts['val']:,} val tokens ({dtype.name}) to {out} "
           f"in {time.time() - t0:.1f}s")

@@ -28,10 +28,14 @@ def test_gpt2_round_trip(monkeypatch):
         assert tok.decode(tok.encode(t)) == t
 
 
-def docs_of(tokens, eot):
-    """Split a token file back into its documents (each was preceded by EOT)."""
+def split_at_eot(tokens, eot) -> list[list[int]]:
+    """Split a token file back into its documents, in order (each was preceded by EOT)."""
     cuts = np.flatnonzero(np.asarray(tokens) == eot).tolist() + [len(tokens)]
-    return {tuple(tokens[a + 1:b].tolist()) for a, b in zip(cuts, cuts[1:])}
+    return [tokens[a + 1:b].tolist() for a, b in zip(cuts, cuts[1:])]
+
+
+def docs_of(tokens, eot):
+    return {tuple(d) for d in split_at_eot(tokens, eot)}
 
 
 def write_corpus(path, n=400):
@@ -108,3 +112,60 @@ def test_two_prepares_of_one_folder_at_once(openstax, tmp_path):
     assert sorted("up to date" in o for o, _ in outs) == [False, True], outs
     meta = json.loads((out / "meta.json").read_text())
     assert (out / "train.bin").stat().st_size == meta["train_tokens"] and not list(out.glob(".*.tmp"))
+
+
+def prepare_small(tmp_path, src, *extra):
+    out = tmp_path / "out"
+    proc = run_script("data/prepare.py", "--dataset", src, "--tokenizer", "bytes", "--out", out,
+                      "--workers", "1", *extra)
+    assert proc.returncode == 0, proc.stderr
+    return proc, out
+
+
+def parts_of(out):
+    """(train documents, val documents) as text, in file order."""
+    tok = get_tokenizer("bytes")
+    (train, meta), (val, _) = open_split(out, "train"), open_split(out, "val")
+    assert meta["split"] == "inside documents"
+    return [tok.decode(d) for d in split_at_eot(train, tok.eot)], [tok.decode(d) for d in split_at_eot(val, tok.eot)]
+
+
+def test_one_book_is_split_inside_for_validation(tmp_path):
+    """A single .txt (one document) gets a validation split: its end, cut at a line break."""
+    book = "\n".join(f"Line {i} of the book, with a few words in it." for i in range(2000))
+    (tmp_path / "book.txt").write_text(book)
+    proc, out = prepare_small(tmp_path, tmp_path / "book.txt")
+    assert "splitting inside each document" in proc.stdout
+    train, val = parts_of(out)
+    assert len(train) == len(val) == 1 and train[0] + val[0] == book
+    assert val[0].startswith("\n") and 0.005 <= len(val[0]) / len(book) <= 0.01  # its share, at most twice
+    again = tmp_path / "again"
+    assert run_script("data/prepare.py", "--dataset", tmp_path / "book.txt", "--tokenizer", "bytes",
+                      "--out", again, "--workers", "1").returncode == 0
+    assert all((out / f).read_bytes() == (again / f).read_bytes() for f in ("train.bin", "val.bin"))
+
+
+def test_three_line_jsonl_is_a_corpus(tmp_path):
+    texts = [f"document {i}: " + " ".join(["word"] * (30 + i)) for i in range(3)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    proc, out = prepare_small(tmp_path, tmp_path / "c.jsonl", "--val_fraction", "0.1")
+    train, val = parts_of(out)
+    assert [a + b for a, b in zip(train, val)] == texts and all(v.startswith(" ") for v in val)
+
+
+def test_failed_prepare_leaves_no_temp_files(tmp_path):
+    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "one document"}) + "\n")
+    proc = run_script("data/prepare.py", "--dataset", tmp_path / "c.jsonl", "--tokenizer", "bytes",
+                      "--out", tmp_path / "o", "--val_fraction", "0", "--workers", "1")
+    assert_user_error(proc, "no validation text")
+    assert not list((tmp_path / "o").glob("*.tmp")) and not list((tmp_path / "o").glob(".*.tmp"))
+
+
+def test_offline_fineweb_names_the_route_through_a_prepared_folder(tmp_path):
+    pytest.importorskip("datasets")
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = run_script("data/prepare.py", "--tokenizer", "bytes", "--out", tmp_path / "o", "--workers", "1",
+                      env=env)
+    assert_user_error(proc, "python data/prepare.py --dataset PATH --tokenizer bytes --out data/mine",
+                      "DATA=data/mine bash run_family.sh")
+    assert not list((tmp_path / "o").glob(".*.tmp"))

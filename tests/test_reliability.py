@@ -1,6 +1,8 @@
 """Faults and mistakes: runs killed at random moments resume bit for bit, checkpoints are never
 half-written nor code-carrying, and every user mistake gets one clear line (exit 2)."""
 import argparse
+import errno
+import io
 import json
 import os
 import random
@@ -16,6 +18,7 @@ import torch
 import checkpoint
 from conftest import ROOT, SHARED, assert_user_error, run_script
 from model import GPT, PRESETS
+from util import UserError, atomic_write
 
 TRAIN = ["train.py", "--size", "20k", "--batch_size", "4", "--seq_len", "64", "--eval_tokens", "1024"]
 
@@ -74,6 +77,111 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
         checkpoint.load(tmp_path / "evil.pt")
 
 
+def overwrite_middle(path, tensor: torch.Tensor):
+    """Overwrite 16 bytes in the middle of `tensor`'s bytes inside the file at `path` with finite
+    floats (1.0), as a bad disk or a stray write would, keeping the zip readable."""
+    raw = bytearray(path.read_bytes())
+    data = tensor.numpy().tobytes()
+    at = raw.find(data)
+    assert at >= 0 and raw.find(data, at + 1) < 0  # the tensor's bytes, found once
+    mid = at + len(data) // 2 // 4 * 4
+    raw[mid:mid + 16] = torch.ones(4).numpy().tobytes()
+    path.write_bytes(bytes(raw))
+
+
+def small_checkpoint(tmp_path, name="ckpt.pt"):
+    torch.manual_seed(0)
+    ck = checkpoint.make_checkpoint(GPT(PRESETS["20k"]))
+    checkpoint.save(tmp_path / name, ck)
+    return ck
+
+
+def test_overwritten_tensor_bytes_are_caught_by_their_checksum(tmp_path):
+    ck = small_checkpoint(tmp_path)
+    name = max(ck["model"], key=lambda k: ck["model"][k].numel())
+    overwrite_middle(tmp_path / "ckpt.pt", ck["model"][name])
+    with pytest.raises(checkpoint.CheckpointError, match=f"corrupt: tensor model.{name} does not match"):
+        checkpoint.load(tmp_path / "ckpt.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+        checkpoint.load(tmp_path / "ckpt.pt", mmap=True)  # mapped tensors are checked too
+    meta_only = checkpoint.load(tmp_path / "ckpt.pt", mmap=True, verify=False)  # config/meta reads skip it
+    assert meta_only["config"] == PRESETS["20k"] and "checksums" not in meta_only
+
+
+def test_nan_weights_are_refused_at_load(tmp_path):
+    model = GPT(PRESETS["20k"])
+    name, w = next(iter(model.state_dict().items()))
+    w.view(-1)[3] = float("inf")
+    checkpoint.save(tmp_path / "inf.pt", checkpoint.make_checkpoint(model))  # checksums are right
+    with pytest.raises(checkpoint.CheckpointError, match=f"NaN or Inf in weight {name}"):
+        checkpoint.load(tmp_path / "inf.pt")
+
+
+def test_version_1_checkpoint_without_checksums_still_loads(tmp_path):
+    model = GPT(PRESETS["20k"])
+    old = {**checkpoint.make_checkpoint(model), "version": 1}
+    torch.save(old, tmp_path / "v1.pt")  # what save() wrote before checksums
+    ck = checkpoint.load(tmp_path / "v1.pt")
+    assert ck["version"] == 1 and all(torch.equal(ck["model"][k], v) for k, v in model.state_dict().items())
+    small_checkpoint(tmp_path, "v2.pt")
+    raw = torch.load(tmp_path / "v2.pt", weights_only=True)  # what save() writes now
+    assert raw["version"] == 2 and set(raw["checksums"]) == {n for n, _ in checkpoint.tensors(raw)}
+
+
+def test_truncated_checkpoint_says_what_else_exists(tmp_path):
+    small_checkpoint(tmp_path)
+    raw = (tmp_path / "ckpt.pt").read_bytes()
+    (tmp_path / "ckpt.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="no other checkpoint is in .*re-run the stage"):
+        checkpoint.load(tmp_path / "ckpt.pt")
+    small_checkpoint(tmp_path, "ckpt_20k.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="other checkpoints beside it: ckpt_20k.pt;"):
+        checkpoint.load(tmp_path / "ckpt.pt")
+
+
+class FullDisk(io.RawIOBase):
+    """A file that takes `room` bytes, then fails as a full disk does."""
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(b)
+        return self.f.write(b)
+
+
+@pytest.mark.parametrize("how", ["oserror", "torch.save"])
+def test_full_disk_says_no_space_left(tmp_path, how):
+    def write(f):
+        if how == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        torch.save({"w": torch.zeros(10_000)}, FullDisk(f, 1000))  # RuntimeError 'unexpected pos'
+
+    (tmp_path / "ckpt.pt").write_bytes(b"previous")
+    with pytest.raises(UserError, match=r"no space left on the device of .* MB free\); free space or "
+                                        r"choose another --out; the previous file, if any, is intact"):
+        atomic_write(tmp_path / "ckpt.pt", write)
+    assert (tmp_path / "ckpt.pt").read_bytes() == b"previous" and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("free", [0, 10**12])
+def test_torch_write_error_without_an_oserror_checks_the_free_space(tmp_path, monkeypatch, free):
+    """A RuntimeError that carries no OSError: a full disk only when no room is left."""
+    def write(f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr("util.shutil.disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - free, free))
+    with pytest.raises(UserError) as e:
+        atomic_write(tmp_path / "ckpt.pt", write)
+    assert ("no space left" in str(e.value)) == (free == 0)
+    assert ("unexpected pos 704 vs 598); the previous file" in str(e.value)) == (free > 0)
+    assert not list(tmp_path.iterdir())
+
+
 def test_write_error_mid_save_keeps_the_previous_checkpoint(byte_data, tmp_path):
     good = subprocess.run(train_cmd(byte_data, tmp_path, "--max_iters", 4, "--stop_at", 2), cwd=ROOT)
     assert good.returncode == 0
@@ -116,6 +224,8 @@ def fx(byte_data, tmp_path_factory):
     raw = good.read_bytes()
     (d / "corrupt.pt").write_bytes(b"\x00garbage" * 100)
     (d / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    (d / "overwritten.pt").write_bytes(raw)
+    overwrite_middle(d / "overwritten.pt", checkpoint.load(good)["model"]["head.weight"])
     torch.save({"state_dict": {"w": torch.zeros(2)}}, d / "foreign.pt")
     checkpoint.save(d / "50k.pt", checkpoint.make_checkpoint(GPT(PRESETS["50k"])))
     torch.save({"format": checkpoint.FORMAT, "obj": argparse.Namespace(payload="code")}, d / "pickled.pt")
@@ -166,6 +276,9 @@ BAD_INPUTS = [
     ("expand-shrink", lambda f: ["expand.py", "--src", f["d"] / "50k.pt", "--size", "20k", "--out", f["d"] / "e.pt"], "shrink"),
     ("expand-other-family", lambda f: ["expand.py", "--src", f["good"], "--size", "1b", "--out", f["d"] / "e.pt"], "across families"),
     ("expand-unknown-method", lambda f: ["expand.py", "--src", f["good"], "--size", "50k", "--method", "magic", "--out", f["d"] / "e.pt"], "unknown method"),
+    ("expand-seed-too-large", lambda f: ["expand.py", "--src", f["good"], "--size", "50k", "--seed", str(2**64), "--out", f["d"] / "e.pt"], "out of range"),
+    ("expand-overwritten-tensor", lambda f: ["expand.py", "--src", f["d"] / "overwritten.pt", "--size", "50k", "--out", f["d"] / "e.pt"], "does not match its checksum"),
+    ("sample-overwritten-tensor", lambda f: ["sample.py", "--ckpt", f["d"] / "overwritten.pt"], "does not match its checksum"),
     ("expand-foreign", lambda f: ["expand.py", "--src", f["d"] / "foreign.pt", "--size", "50k", "--out", f["d"] / "e.pt"], "not a checkpoint"),
     ("evaluate-missing-ckpt", lambda f: ["evaluate.py", "--ckpt", f["d"] / "nope.pt", "--tasks", "ppl", "--val-data", f["data"], "--out", f["d"] / "r"], "does not exist"),
     ("evaluate-unknown-task", lambda f: ["evaluate.py", "--ckpt", f["good"], "--tasks", "mmlu", "--out", f["d"] / "r"], "unknown task"),
