@@ -162,3 +162,27 @@ def test_import_bad_inputs(tmp_path):
     with pytest.raises(UserError, match="--tokenizer_dir is for export"):
         export_hf.main(["--import", "gpt2", "--out", str(tmp_path / "c.pt"), "--tokenizer_dir", "x"])
     assert not (tmp_path / "c.pt").exists()
+
+
+@pytest.mark.slow
+def test_gpt2_small_shape_imports_grows_to_355m_and_trains(openstax, tmp_path):
+    """The README's commands at the real shapes, on a random GPT-2 small (no download): import gives
+    the 124m preset, expand.py grows it to 355m, train.py --init takes a step from it."""
+    data = tmp_path / "data"
+    proc = run_script("data/prepare.py", "--dataset", openstax, "--tokenizer", "gpt2", "--out", data,
+                      "--tokens", 50_000, "--val_tokens", 20_000)
+    assert proc.returncode == 0, proc.stderr
+    random_gpt2(tied=True, n_layer=12, n_head=12, n_embd=768, n_positions=1024).save_pretrained(tmp_path / "hf")
+    steps = [("export_hf.py", "--import", tmp_path / "hf", "--out", tmp_path / "ckpt_124m.pt"),
+             ("expand.py", "--src", tmp_path / "ckpt_124m.pt", "--size", "355m", "--method", "fpi",
+              "--out", tmp_path / "ckpt_124m_expanded.pt"),
+             ("train.py", "--size", "355m", "--init", tmp_path / "ckpt_124m_expanded.pt", "--data", data,
+              "--max_iters", 2, "--batch_size", 1, "--seq_len", 64, "--eval_tokens", 128, "--device", "cpu",
+              "--out", tmp_path / "355m", "--ckpt", tmp_path / "ckpt_355m.pt")]
+    for step in steps:
+        proc = run_script(*step)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert checkpoint.load(tmp_path / "ckpt_124m.pt", mmap=True)["meta"]["size"] == "124m"
+    trained = checkpoint.load(tmp_path / "ckpt_355m.pt", mmap=True)
+    assert trained["config"] == PRESETS["355m"] and trained["meta"]["lineage"] == ["124m"]
+    assert trained["train"]["done"] and trained["train"]["step"] == 2
