@@ -219,8 +219,8 @@ def load_hf(src: str):
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load a transformers GPT-2 from {where}: {reason}") from e
     missing = [k for k in info["missing_keys"] if not (k == "lm_head.weight" and hc.tie_word_embeddings)]
-    if missing or info["mismatched_keys"]:
-        raise UserError(f"{where} lacks weights of GPT2LMHeadModel ({', '.join(missing[:3]) or 'shapes differ'}); "
+    if missing:
+        raise UserError(f"{where} lacks weights of GPT2LMHeadModel ({', '.join(missing[:3])}); "
                         "transformers would initialize them at random")
     return hf, hc
 
@@ -261,8 +261,9 @@ def main(argv=None):
         ckpt = import_hf(args.import_src)
         save(args.out, ckpt)
         cfg, meta = ckpt["config"], ckpt["meta"]
-        print(f"wrote {args.out}: {meta['size']}, {cfg['n_layer']} layers, width {cfg['n_head'] * cfg['head_dim']}, "
-              f"vocab {meta['origin']['tokenizer_vocab']} padded to {cfg['vocab_size']}")
+        print(f"wrote {args.out}: {meta['size']}, {cfg['n_layer']} layers, width "
+              f"{cfg['n_head'] * cfg['head_dim']}, vocab {meta['origin']['tokenizer_vocab']} padded to "
+              f"{cfg['vocab_size']}")
         return
     cfg = export(args.ckpt, args.out, args.tokenizer_dir)
     print(f"wrote {args.out}: GPT2LMHeadModel, {cfg.n_layer} layers, width {cfg.n_embd}, "

@@ -147,15 +147,23 @@ def test_import_bad_inputs(tmp_path):
         export_hf.main(["--import", str(tmp_path / "missing"), "--out", str(tmp_path / "c.pt")])
     with pytest.raises(UserError, match="no config.json"):
         export_hf.main(["--import", str(tmp_path), "--out", str(tmp_path / "c.pt")])
-    transformers.LlamaConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1).save_pretrained(tmp_path / "llama")
+    llama = transformers.LlamaConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1)
+    llama.save_pretrained(tmp_path / "llama")
     with pytest.raises(UserError, match="llama model, not GPT-2"):
         export_hf.main(["--import", str(tmp_path / "llama"), "--out", str(tmp_path / "c.pt")])
-    transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, activation_function="relu").save_pretrained(tmp_path / "relu")
+    relu = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, activation_function="relu")
+    relu.save_pretrained(tmp_path / "relu")
     with pytest.raises(UserError, match="activation_function=relu"):
         export_hf.main(["--import", str(tmp_path / "relu"), "--out", str(tmp_path / "c.pt")])
     transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32).save_pretrained(tmp_path / "no_weights")
     with pytest.raises(UserError, match="cannot load a transformers GPT-2"):
         export_hf.main(["--import", str(tmp_path / "no_weights"), "--out", str(tmp_path / "c.pt")])
+    headless = tmp_path / "untied_without_head"  # a tied model's files under an untied config
+    random_gpt2(tied=True).save_pretrained(headless)
+    (headless / "config.json").write_text((headless / "config.json").read_text().replace(
+        '"tie_word_embeddings": true', '"tie_word_embeddings": false'))
+    with pytest.raises(UserError, match="lacks weights of GPT2LMHeadModel .lm_head.weight"):
+        export_hf.main(["--import", str(headless), "--out", str(tmp_path / "c.pt")])
     random_gpt2(tied=True, vocab_size=1000).save_pretrained(tmp_path / "small_vocab")
     with pytest.raises(UserError, match="neither GPT-2's BPE"):
         export_hf.main(["--import", str(tmp_path / "small_vocab"), "--out", str(tmp_path / "c.pt")])
@@ -172,7 +180,8 @@ def test_gpt2_small_shape_imports_grows_to_355m_and_trains(openstax, tmp_path):
     proc = run_script("data/prepare.py", "--dataset", openstax, "--tokenizer", "gpt2", "--out", data,
                       "--tokens", 50_000, "--val_tokens", 20_000)
     assert proc.returncode == 0, proc.stderr
-    random_gpt2(tied=True, n_layer=12, n_head=12, n_embd=768, n_positions=1024).save_pretrained(tmp_path / "hf")
+    small = random_gpt2(tied=True, n_layer=12, n_head=12, n_embd=768, n_positions=1024)
+    small.save_pretrained(tmp_path / "hf")
     steps = [("export_hf.py", "--import", tmp_path / "hf", "--out", tmp_path / "ckpt_124m.pt"),
              ("expand.py", "--src", tmp_path / "ckpt_124m.pt", "--size", "355m", "--method", "fpi",
               "--out", tmp_path / "ckpt_124m_expanded.pt"),
