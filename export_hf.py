@@ -18,6 +18,12 @@ Tokenizers: GPT-2-vocab members get the GPT-2 BPE (the model's padded vocab rows
 never produced by it). Byte-level members get a byte-level BPE with no merges whose ids are the raw
 UTF-8 bytes, with 0xFF (never in UTF-8) as <|endoftext|> — exactly tokenizer.py's ByteTokenizer.
 
+Import, the other way: a transformers GPT-2 (OpenAI's from the Hub, or a folder) becomes a
+checkpoint of this project, a member of the gpt2 family (124m, 355m, 774m, 1.5b) that expand.py
+grows and train.py --init continues like any other (see import_hf and pad_vocab):
+
+    python export_hf.py --import gpt2 --out ckpt_124m.pt
+
 transformers is imported here only: the rest of the project runs without it.
 """
 import argparse
@@ -32,34 +38,63 @@ SHARED_GPT2 = Path(__file__).resolve().parent.parent / "shared" / "tokenizer" / 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint of one member, e.g. out/ckpt_2b.pt")
-    p.add_argument("--out", required=True, help="folder to write (created; files in it are overwritten)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="export: checkpoint of one member, e.g. out/ckpt_2b.pt")
+    src.add_argument("--import", dest="import_src", metavar="SRC",
+                     help="import instead: a transformers GPT-2 (GPT2LMHeadModel), a Hub name (gpt2, "
+                          "gpt2-medium, ...) or a local folder, into the checkpoint --out")
+    p.add_argument("--out", required=True, help="export: folder to write (created; files in it are "
+                                                 "overwritten); import: checkpoint to write (atomically)")
     p.add_argument("--tokenizer_dir", default=None,
-                   help="folder with GPT-2's encoder.json and vocab.bpe, for GPT-2-vocab models "
-                        f"(default: {SHARED_GPT2} if present, else download)")
-    return p.parse_args(argv)
+                   help="export only: folder with GPT-2's encoder.json and vocab.bpe, for GPT-2-vocab "
+                        f"models (default: {SHARED_GPT2} if present, else download)")
+    args = p.parse_args(argv)
+    if args.import_src is not None and args.tokenizer_dir is not None:
+        raise UserError("--tokenizer_dir is for export; an import reads weights only")
+    return args
 
 
 check_args(__name__, parse_args)  # --help and usage errors before torch loads
-from checkpoint import load  # noqa: E402
+import torch  # noqa: E402
+
+from checkpoint import load, pack, save  # noqa: E402
 from model import GPTConfig  # noqa: E402
+from tokenizer import ByteTokenizer, GPT2Tokenizer  # noqa: E402
+
+# Our parameter names -> GPT2LMHeadModel's: the model's own, then those of each block (a weight
+# and a bias each, under blocks.{i}. and transformer.h.{i}.). Export and import both read them.
+TOP_NAMES = {"wte.weight": "transformer.wte.weight", "wpe.weight": "transformer.wpe.weight",
+             "ln_f.weight": "transformer.ln_f.weight", "ln_f.bias": "transformer.ln_f.bias",
+             "head.weight": "lm_head.weight"}
+BLOCK_NAMES = {"ln1": "ln_1", "ln2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
+               "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
+
+
+def hf_names(n_layer: int) -> dict[str, str]:
+    """Every parameter name of ours -> its name in GPT2LMHeadModel."""
+    names = dict(TOP_NAMES)
+    for i in range(n_layer):
+        for ours, theirs in BLOCK_NAMES.items():
+            for kind in ("weight", "bias"):
+                names[f"blocks.{i}.{ours}.{kind}"] = f"transformer.h.{i}.{theirs}.{kind}"
+    return names
+
+
+def conv1d(ours: str, t):
+    """GPT-2's Conv1D stores a block's matrix as (in, out), the transpose of nn.Linear's (out, in),
+    so this is its own inverse. Contiguous: safetensors wants every tensor in storage of its own."""
+    return (t.t() if ours.startswith("blocks.") and t.dim() == 2 else t).contiguous()
 
 
 def hf_state_dict(sd: dict, cfg: GPTConfig) -> dict:
-    """Our state dict under GPT2LMHeadModel's names. GPT-2's Conv1D stores its weight as (in, out),
-    the transpose of nn.Linear's (out, in)."""
-    out = {"transformer.wte.weight": sd["wte.weight"], "transformer.wpe.weight": sd["wpe.weight"],
-           "transformer.ln_f.weight": sd["ln_f.weight"], "transformer.ln_f.bias": sd["ln_f.bias"],
-           "lm_head.weight": sd["head.weight"]}
-    names = {"ln1": "ln_1", "ln2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
-             "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
-    for i in range(cfg.n_layer):
-        for ours, theirs in names.items():
-            w, b = sd[f"blocks.{i}.{ours}.weight"], sd[f"blocks.{i}.{ours}.bias"]
-            out[f"transformer.h.{i}.{theirs}.weight"] = w if w.dim() == 1 else w.t()
-            out[f"transformer.h.{i}.{theirs}.bias"] = b
-    # safetensors wants every tensor contiguous, in storage of its own
-    return {k: v.contiguous() for k, v in out.items()}
+    """Our state dict under GPT2LMHeadModel's names."""
+    return {theirs: conv1d(ours, sd[ours]) for ours, theirs in hf_names(cfg.n_layer).items()}
+
+
+def from_hf_state_dict(hf_sd: dict, n_layer: int) -> dict:
+    """The inverse of hf_state_dict: GPT2LMHeadModel's tensors under our names and layout (a tied
+    lm_head.weight is wte's tensor; its vocabulary as it is, unpadded)."""
+    return {ours: conv1d(ours, hf_sd[theirs]) for ours, theirs in hf_names(n_layer).items()}
 
 
 def hf_config(cfg: GPTConfig, eot: int):
@@ -108,6 +143,14 @@ def byte_tokenizer(block_size: int):
                                    bos_token="<|endoftext|>", eos_token="<|endoftext|>")
 
 
+def need_transformers():
+    try:
+        import transformers
+    except ImportError as e:
+        raise UserError(f"export and import need Hugging Face transformers ({e}): pip install transformers") from e
+    return transformers
+
+
 def export(ckpt_path, out, tokenizer_dir=None):
     """Write ckpt_path's model and tokenizer to the folder out; returns the model's config."""
     ckpt = load(ckpt_path)
@@ -115,11 +158,7 @@ def export(ckpt_path, out, tokenizer_dir=None):
     if cfg.tokenizer == "bytes" and tokenizer_dir is not None:
         raise UserError(f"{ckpt_path} is a byte-level model: a GPT-2 tokenizer would feed it wrong ids; "
                         "drop --tokenizer_dir (a byte tokenizer is exported with it)")
-    try:
-        import torch
-        from transformers import GenerationConfig, GPT2LMHeadModel
-    except ImportError as e:
-        raise UserError(f"export needs Hugging Face transformers ({e}): pip install transformers") from e
+    transformers = need_transformers()
     if cfg.tokenizer == "gpt2":
         eot = 50256
         tok = gpt2_tokenizer(tokenizer_dir or (SHARED_GPT2 if SHARED_GPT2.is_dir() else None), cfg.block_size)
@@ -128,9 +167,9 @@ def export(ckpt_path, out, tokenizer_dir=None):
         tok = byte_tokenizer(cfg.block_size)
 
     with torch.device("meta"):  # no memory, no random init: the weights come from the checkpoint
-        hf = GPT2LMHeadModel(hf_config(cfg, eot))
+        hf = transformers.GPT2LMHeadModel(hf_config(cfg, eot))
     hf.load_state_dict(hf_state_dict(ckpt["model"], cfg), strict=True, assign=True)
-    hf.generation_config = GenerationConfig(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
+    hf.generation_config = transformers.GenerationConfig(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
         hf.save_pretrained(out)
@@ -140,8 +179,99 @@ def export(ckpt_path, out, tokenizer_dir=None):
     return cfg
 
 
+# ---------------------------------------------------------------------------------------------
+# Import: a transformers GPT-2 (OpenAI's, or any GPT2LMHeadModel) into a checkpoint of this project
+
+def config_from_hf(hc) -> GPTConfig:
+    """Our config of a transformers GPT2Config (vocabulary padded); UserError for a GPT-2 variant
+    that computes another function than our GPT."""
+    checks = {"activation_function": hc.activation_function in ("gelu_new", "gelu_pytorch_tanh"),
+              "scale_attn_weights": hc.scale_attn_weights,  # scores scaled by 1/sqrt(head_dim)
+              "scale_attn_by_inverse_layer_idx": not hc.scale_attn_by_inverse_layer_idx,
+              "add_cross_attention": not hc.add_cross_attention,
+              "n_head": hc.n_embd % hc.n_head == 0}
+    bad = [f"{k}={getattr(hc, k)}" for k, ok in checks.items() if not ok]
+    if bad:
+        raise UserError(f"this GPT-2 variant computes another function than our GPT: {', '.join(bad)}")
+    if hc.vocab_size == ByteTokenizer.vocab_size:  # a byte-level member exported by export()
+        tokenizer, vocab_size = "bytes", hc.vocab_size
+    elif hc.vocab_size >= GPT2Tokenizer.vocab_size:
+        tokenizer, vocab_size = "gpt2", -(-hc.vocab_size // 64) * 64  # padded as the presets are
+    else:
+        raise UserError(f"a vocabulary of {hc.vocab_size} tokens is neither GPT-2's BPE "
+                        f"({GPT2Tokenizer.vocab_size}) nor our bytes ({ByteTokenizer.vocab_size})")
+    return GPTConfig(hc.n_layer, hc.n_head, hc.n_embd // hc.n_head, hc.n_inner or 4 * hc.n_embd,
+                     vocab_size, hc.n_positions, tokenizer, hc.layer_norm_epsilon)
+
+
+def pad_vocab(sd: dict, vocab_size: int) -> dict:
+    """wte and head grown to vocab_size rows, for ids that the tokenizer never produces.
+
+    wte's new rows are zeros: they are never looked up. head's are the mean of its real rows, so a
+    padding id's logit is the mean of the real logits, and as log-sum-exp >= mean + log n (Jensen),
+    its probability is at most 1/n under any input (n real tokens; < 0.1% for all 47 of GPT-2's
+    padding ids together). Zero rows would give logit 0, which a head without bias cannot keep
+    below the real logits. Training only lowers them further, and sample.py never draws them."""
+    wte, head = sd["wte.weight"], sd["head.weight"]
+    extra = vocab_size - wte.shape[0]
+    return {**sd, "wte.weight": torch.cat([wte, wte.new_zeros(extra, wte.shape[1])]),
+            "head.weight": torch.cat([head, head.mean(0, keepdim=True).expand(extra, -1)])}
+
+
+def load_hf(src: str):
+    """(GPT2LMHeadModel, its config) from a local folder or, when no such folder, the Hub."""
+    transformers = need_transformers()
+    folder = Path(src).expanduser()
+    if not folder.exists() and src.startswith(("/", ".", "~")):
+        raise UserError(f"--import {src}: no such folder")
+    if folder.exists() and not (folder / "config.json").is_file():
+        raise UserError(f"--import {src} has no config.json: not a transformers model folder")
+    where = f"folder {folder}" if folder.exists() else f"Hub model {src!r}"
+    src = str(folder) if folder.exists() else src
+    try:
+        hc = transformers.AutoConfig.from_pretrained(src)
+        if hc.model_type != "gpt2":
+            raise UserError(f"{where} holds a {hc.model_type} model, not GPT-2 (GPT2LMHeadModel)")
+        config_from_hf(hc)  # refuse a variant before reading its weights
+        hf, info = transformers.GPT2LMHeadModel.from_pretrained(src, config=hc, dtype=torch.float32,
+                                                                output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:  # offline, no config.json, no or bad weights
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load a transformers GPT-2 from {where}: {reason}") from e
+    missing = [k for k in info["missing_keys"] if not (k == "lm_head.weight" and hc.tie_word_embeddings)]
+    if missing:
+        raise UserError(f"{where} lacks weights of GPT2LMHeadModel ({', '.join(missing[:3])}); "
+                        "transformers would initialize them at random")
+    return hf, hc
+
+
+@torch.no_grad()
+def import_hf(src: str) -> dict:
+    """A checkpoint of this project (checkpoint.pack) of a transformers GPT-2: a Hub name or folder.
+
+    The tied embedding becomes an untied head with the same values, GPT-2's Conv1D weights are
+    transposed to nn.Linear's layout and the vocabulary is padded (pad_vocab). The config is a
+    preset when the shapes are one (OpenAI's GPT-2 -> 124m, ..., 1.5b), else a custom one."""
+    hf, hc = load_hf(src)
+    cfg = config_from_hf(hc)
+    sd = from_hf_state_dict(hf.state_dict(), cfg.n_layer)
+    sd["head.weight"] = sd["head.weight"].clone()  # untied: storage of its own even when GPT-2 ties it
+    origin = {"source": src, "architecture": "GPT2LMHeadModel", "tied_embeddings": hc.tie_word_embeddings,
+              "tokenizer_vocab": hc.vocab_size, "padding": "wte rows 0, head rows the mean of the real rows",
+              "flops": "not counted (trained elsewhere)"}
+    return pack(cfg, pad_vocab(sd, cfg.vocab_size), meta={"origin": origin})
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.import_src is not None:
+        ckpt = import_hf(args.import_src)
+        save(args.out, ckpt)
+        cfg, meta = ckpt["config"], ckpt["meta"]
+        print(f"wrote {args.out}: {meta['size']}, {cfg['n_layer']} layers, width "
+              f"{cfg['n_head'] * cfg['head_dim']}, vocab {meta['origin']['tokenizer_vocab']} padded to "
+              f"{cfg['vocab_size']}")
+        return
     cfg = export(args.ckpt, args.out, args.tokenizer_dir)
     print(f"wrote {args.out}: GPT2LMHeadModel, {cfg.n_layer} layers, width {cfg.n_embd}, "
           f"{cfg.tokenizer} tokenizer")

@@ -39,10 +39,12 @@ TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): compute-optimal toke
 # schedule interpolates between them, "fixed" uses the first for every member.
 # paper: the paper's values. tiny: the best of 1e-3..1.6e-2 for 20k and 250k trained alone
 # (experiments/lr_sweep.sh, README): 20k still improved at 1.6e-2, 250k was best at 8e-3.
-FAMILY_LR = {"paper": (1.5e-3, 3e-4), "tiny": (1.6e-2, 8e-3)}
+# gpt2: GPT-3's (Brown et al. 2020, Table 2.1) for its 125M and 1.3B models, the nearest in shape.
+FAMILY_LR = {"paper": (1.5e-3, 3e-4), "tiny": (1.6e-2, 8e-3), "gpt2": (6e-4, 2e-4)}
 # Sequences per optimizer step; the sequence length is the preset's context (block_size).
-# paper: 1024 x 1024 tokens ~ 1M tokens per step; tiny: 16 x 256 = 4096 tokens.
-FAMILY_BATCH = {"paper": 1024, "tiny": 16}
+# paper: 1024 x 1024 tokens ~ 1M tokens per step; tiny: 16 x 256 = 4096 tokens;
+# gpt2: 512 x 1024 ~ 0.5M tokens, GPT-3's batch for its models up to 760M.
+FAMILY_BATCH = {"paper": 1024, "tiny": 16, "gpt2": 512}
 MIN_LR_RATIO = 0.1  # cosine decay ends at lr / 10
 WARMUP_FRACTION = 0.05  # of each stage's tokens; a grown stage warms up again (fresh optimizer)
 
@@ -125,7 +127,7 @@ def plan(family: str | list[str], chinchilla: float = 1, lr_schedule: str = "fix
          budget_scale: float = 1.0) -> dict:
     """The progressive plan and the independent plan for the same members, under one budget.
 
-    family: a family name ("paper", "tiny") or a list of its sizes; members: a sub-chain of it
+    family: a family name ("paper", "tiny", "gpt2") or a list of its sizes; members: a sub-chain of it
     (e.g. ["50k", "250k"], a 4x jump), default the whole family; stage_fractions: weights of the
     grown stages' shares of the budget (see progressive_flops). Tokens are rounded to whole
     tokens, so the progressive total equals the largest member's independent FLOPs up to half a

@@ -48,6 +48,12 @@ def _paper(n_layer, n_head):
     return GPTConfig(n_layer, n_head, 128, 4 * 128 * n_head, 50304, 1024, "gpt2")
 
 
+def _gpt2(n_layer, n_head):
+    # OpenAI's GPT-2 shapes (head_dim 64, context 1024), vocab padded as _paper's: export_hf.py
+    # --import reads GPT-2's weights into these presets
+    return GPTConfig(n_layer, n_head, 64, 4 * 64 * n_head, 50304, 1024, "gpt2")
+
+
 def _tiny(n_layer, n_head):
     # byte-level: the 256-entry head keeps the output layer small next to the body
     return GPTConfig(n_layer, n_head, 16, 4 * 16 * n_head, 256, 256, "bytes")
@@ -65,8 +71,15 @@ PRESETS = {
     "50k": _tiny(2, 2),  # width 32
     "120k": _tiny(3, 3),  # width 48
     "250k": _tiny(4, 4),  # width 64
+    # gpt2: named after GPT-2's own counts (tied head, 50,257 tokens); untied and padded here
+    # they are 163M, 406M, 838M and 1.64B. 124m -> 355m is 1.33x in width, not integral
+    "124m": _gpt2(12, 12),  # width 768
+    "355m": _gpt2(24, 16),  # width 1024
+    "774m": _gpt2(36, 20),  # width 1280
+    "1.5b": _gpt2(48, 25),  # width 1600
 }
-FAMILIES = {"paper": ["1b", "2b", "4b", "8b"], "tiny": ["20k", "50k", "120k", "250k"]}
+FAMILIES = {"paper": ["1b", "2b", "4b", "8b"], "tiny": ["20k", "50k", "120k", "250k"],
+            "gpt2": ["124m", "355m", "774m", "1.5b"]}
 
 
 def get_config(size: str) -> GPTConfig:
