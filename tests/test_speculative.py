@@ -2,6 +2,8 @@
 greedy speculation reproduces greedy decoding, and the sampler's output follows the target's
 distribution, which the wrong acceptance rules demonstrably miss."""
 import dataclasses
+import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 import checkpoint
 import sample
+from conftest import ROOT
 from model import GPT, GPTConfig, KVCache
 from sample import CachedModel, generate, speculative_acceptance, speculative_generate, verify
 from util import UserError
@@ -256,3 +259,21 @@ def test_cli_samples_speculatively_and_benches(tmp_path, capsys):
     assert "speculative" in out and "acceptance" in out and "tokens/s" in out
     with pytest.raises(UserError, match="--draft"):
         sample.main(["--ckpt", target, "--bench", "--device", "cpu"])
+
+
+def test_family_experiment_measures_every_pair(tmp_path):
+    """experiments/speculative.py on a fake run folder of three members per family."""
+    spec = importlib.util.spec_from_file_location("speculative", ROOT / "experiments" / "speculative.py")
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    for family in ("progressive", "independent"):
+        for i, size in enumerate(["20k", "50k", "120k"]):
+            save(random_gpt(50 + i, n_layer=i + 1, block_size=64), tmp_path / "run" / family / f"ckpt_{size}.pt")
+    experiment.main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--tokens", "5",
+                     "--repeats", "1"])
+    result = json.loads((tmp_path / "out" / "speculative.json").read_text())
+    pairs = {(r["family"], r["draft"], r["target"], r["mode"]) for r in result["rows"]}
+    assert len(result["rows"]) == len(pairs) == 2 * 3 * 2  # families x (2 adjacent + smallest->largest) x modes
+    assert all(0 <= r["acceptance"] <= 1 and r["speculative_tokens_per_s"] > 0 for r in result["rows"])
+    md = (tmp_path / "out" / "speculative.md").read_text()
+    assert result["command"] in md and md.count("\n| progressive |") == 6
