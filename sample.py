@@ -257,8 +257,9 @@ def sample(ckpt_path, args, device):
 def bench(draft, target, prompts, n_tokens: int, k: int, temperature: float, top_k=None, seed=0,
           n_vocab=None, repeats=3) -> dict:
     """Tokens/s generating n_tokens after each prompt: the target alone (KV-cached), the draft alone,
-    and the target drafted for speculatively; each the best of `repeats` timings (the first run
-    also warms up). Same seeds for every way, so the sampled texts are alike in length."""
+    and the target drafted for speculatively. The three take turns `repeats` times, so that a
+    change of the machine's load hits them alike, and each counts its fastest turn. Same seeds for
+    every way. Also the acceptance of the speculative runs."""
     device = next(target.parameters()).device
 
     def plain(model):
@@ -267,21 +268,18 @@ def bench(draft, target, prompts, n_tokens: int, k: int, temperature: float, top
             for _ in generate(model, prompt[None].to(device), n_tokens, temperature, top_k, generator, n_vocab):
                 pass
 
-    def tokens_per_s(run) -> float:
-        seconds = []
-        for _ in range(repeats):
+    ways = {"target": lambda: plain(target), "draft": lambda: plain(draft),
+            "speculative": lambda: speculative_acceptance(draft, target, prompts, n_tokens, k, temperature,
+                                                          seed, top_k, n_vocab)}
+    seconds, returned = {name: float("inf") for name in ways}, {}
+    for _ in range(repeats):
+        for name, run in ways.items():
             t0 = time.perf_counter()
-            run()
-            seconds.append(time.perf_counter() - t0)
-        return len(prompts) * n_tokens / min(seconds)
-
-    spec = speculative_acceptance(draft, target, prompts, n_tokens, k, temperature, seed, top_k, n_vocab)
-    out = {"target_tokens_per_s": tokens_per_s(lambda: plain(target)),
-           "draft_tokens_per_s": tokens_per_s(lambda: plain(draft)),
-           "speculative_tokens_per_s": tokens_per_s(lambda: speculative_acceptance(
-               draft, target, prompts, n_tokens, k, temperature, seed, top_k, n_vocab)), **spec}
+            returned[name] = run()
+            seconds[name] = min(seconds[name], time.perf_counter() - t0)
+    out = {f"{name}_tokens_per_s": len(prompts) * n_tokens / s for name, s in seconds.items()}
     out["speedup"] = out["speculative_tokens_per_s"] / out["target_tokens_per_s"]
-    return out
+    return out | returned["speculative"]  # its acceptance (the same every turn: same seed)
 
 
 def print_bench(ckpt_path, args, device):
