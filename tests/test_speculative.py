@@ -270,7 +270,7 @@ def test_family_experiment_measures_every_pair(tmp_path):
         for i, size in enumerate(["20k", "50k", "120k"]):
             save(random_gpt(50 + i, n_layer=i + 1, block_size=64), tmp_path / "run" / family / f"ckpt_{size}.pt")
     experiment.main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--tokens", "5",
-                     "--repeats", "1"])
+                     "--repeats", "1", "--clock", "wall"])  # cpu would set one thread for the session
     result = json.loads((tmp_path / "out" / "speculative.json").read_text())
     pairs = {(r["family"], r["draft"], r["target"], r["mode"]) for r in result["rows"]}
     assert len(result["rows"]) == len(pairs) == 2 * 3 * 2  # families x (2 adjacent + smallest->largest) x modes
