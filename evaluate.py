@@ -42,6 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import checkpoint  # noqa: E402
+import sample  # noqa: E402
 from data import open_split, val_windows  # noqa: E402
 from expand import twins  # noqa: E402
 from model import GPTConfig, count_params  # noqa: E402
@@ -346,49 +347,12 @@ def pair_kl(small, large, windows: torch.Tensor, batch_size: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Speculative decoding: the smaller member drafts, the larger verifies
 
-def _next_dists(model, seq: torch.Tensor, n: int, greedy: bool) -> torch.Tensor:
-    """Next-token distributions at the last n positions of seq (1, T), cropped to the context.
-    Greedy decoding is rejection sampling with one-hot distributions (temperature -> 0): a draft
-    is accepted iff the argmaxes agree, and the residual max(0, p - q) is the target's argmax."""
-    logits, _ = model(seq[:, -model.cfg.block_size:])
-    probs = F.softmax(logits[0, -n:].float(), dim=-1)
-    return F.one_hot(probs.argmax(-1), probs.size(-1)).float() if greedy else probs
-
-
-def speculative_round(draft, target, seq: torch.Tensor, k: int, greedy: bool,
-                      gen: torch.Generator) -> tuple[torch.Tensor, int]:
-    """One round: draft k tokens from q, keep each with probability min(1, p/q), replace the first
-    rejected one by a sample of norm(max(0, p - q)), or add a bonus token from p if none was.
-    Returns (new tokens, number of drafts accepted). The output is distributed exactly as p."""
-    x, qs = seq, []
-    for _ in range(k):
-        q = _next_dists(draft, x, 1, greedy)[0]
-        qs.append(q)
-        x = torch.cat([x, torch.multinomial(q, 1, generator=gen)[None]], dim=1)
-    ps = _next_dists(target, x, k + 1, greedy)  # p at each draft position, and one more
-    drafts = x[0, seq.size(1):]
-    for i, t in enumerate(drafts):
-        if torch.rand((), generator=gen, device=x.device) >= ps[i, t] / qs[i][t]:
-            residual = (ps[i] - qs[i]).clamp(min=0)
-            fix = torch.multinomial(residual if residual.sum() > 0 else ps[i], 1, generator=gen)
-            return torch.cat([drafts[:i], fix]), i
-    return torch.cat([drafts, torch.multinomial(ps[k], 1, generator=gen)]), k
-
-
 @torch.inference_mode()
 def speculative_acceptance(draft, target, prompts: torch.Tensor, n_tokens: int, k: int,
                            greedy: bool, seed: int) -> dict:
-    device = next(target.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    accepted = rounds = generated = 0
-    for prompt in prompts:
-        seq = prompt[None].to(device)
-        while seq.size(1) - len(prompt) < n_tokens:
-            new, n_accepted = speculative_round(draft, target, seq, k, greedy, gen)
-            seq = torch.cat([seq, new[None]], dim=1)
-            accepted, rounds, generated = accepted + n_accepted, rounds + 1, generated + len(new)
-    return {"acceptance": accepted / (rounds * k), "tokens_per_round": generated / rounds,
-            "rounds": rounds}
+    """Acceptance of sample.py's speculative sampling at temperature 1 (rejection sampling), or
+    greedy (a draft is kept iff it is the target's argmax)."""
+    return sample.speculative_acceptance(draft, target, prompts, n_tokens, k, 0.0 if greedy else 1.0, seed)
 
 
 # ---------------------------------------------------------------------------------------------

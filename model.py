@@ -13,7 +13,7 @@ Design choices that the rest of the project leans on:
 Run `python model.py` to print every preset as a table.
 """
 import math
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 
 import torch
 import torch.nn as nn
@@ -135,10 +135,15 @@ class CausalSelfAttention(nn.Module):
         self.use_kernels = False
         self.kernels_on_cpu = False  # GPT.set_kernels(on, on_cpu=True): tests only
 
-    def forward(self, x):
+    def forward(self, x, cache=None, layer=0):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.use_kernels and (x.is_cuda or self.kernels_on_cpu):
+        if cache is not None:  # generation: the new queries also see every cached position
+            k, v = cache.append(layer, k, v)
+            # new query i sits at position len(cache) + i: it sees the keys up to its own
+            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif self.use_kernels and (x.is_cuda or self.kernels_on_cpu):
             import kernels
             y = kernels.causal_attention(q, k, v)
         else:
@@ -165,9 +170,35 @@ class Block(nn.Module):
         self.ln2 = LayerNorm(cfg.n_embd, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln1(x), cache, layer)
         return x + self.mlp(self.ln2(x))
+
+
+@dataclass
+class KVCache:
+    """The keys and values of the positions run so far, one (B, n_head, T, head_dim) pair per layer:
+    generation then runs only the new positions. Inference only (sample.py)."""
+    k: list[torch.Tensor] = field(default_factory=list)
+    v: list[torch.Tensor] = field(default_factory=list)
+
+    def __len__(self) -> int:  # positions cached
+        return self.k[0].size(2) if self.k else 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Add the new positions' keys and values of one layer; return all of that layer's."""
+        if layer == len(self.k):
+            self.k.append(k)
+            self.v.append(v)
+        else:
+            self.k[layer] = torch.cat([self.k[layer], k], dim=2)
+            self.v[layer] = torch.cat([self.v[layer], v], dim=2)
+        return self.k[layer], self.v[layer]
+
+    def crop(self, n: int):
+        """Keep the first n positions: forget draft tokens the target rejected."""
+        self.k = [k[:, :, :n] for k in self.k]
+        self.v = [v[:, :, :n] for v in self.v]
 
 
 class GPT(nn.Module):
@@ -205,14 +236,17 @@ class GPT(nn.Module):
             else:
                 p.normal_(0.0, 0.02)
 
-    def forward(self, idx, targets=None):
-        """idx (B, T) token ids -> logits (B, T, vocab); with targets also the mean cross-entropy."""
+    def forward(self, idx, targets=None, cache=None):
+        """idx (B, T) token ids -> logits (B, T, vocab); with targets also the mean cross-entropy.
+        With a KVCache (generation), idx continues the tokens cached: only they are run, at positions
+        len(cache) on, and their keys and values join the cache."""
         B, T = idx.shape
-        if T > self.cfg.block_size:
-            raise ValueError(f"sequence length {T} exceeds the model's context {self.cfg.block_size}")
-        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
-        for block in self.blocks:
-            x = block(x)
+        start = len(cache) if cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"sequence length {start + T} exceeds the model's context {self.cfg.block_size}")
+        x = self.wte(idx) + self.wpe(torch.arange(start, start + T, device=idx.device))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
         logits = self.head(self.ln_f(x))
         if targets is None:
             return logits, None
