@@ -624,9 +624,13 @@ def chance_stderr(chance: float, n: int) -> float:
     return math.sqrt(chance * (1 - chance) / n)
 
 
-def near_chance(acc: float, chance: float, stderr: float) -> bool:
-    """Within 2 standard errors of chance: not told apart from guessing."""
-    return abs(acc - chance) <= 2 * stderr
+def versus_chance(acc: float, chance: float, stderr: float) -> str:
+    """"above", "within" or "below": where acc lies against chance ± 2 standard errors of guessing.
+    Within is noise; below is a bias of the scoring (acc's summed log-likelihood favours short
+    choices), not knowledge either."""
+    if acc - chance > 2 * stderr:
+        return "above"
+    return "below" if chance - acc > 2 * stderr else "within"
 
 
 def member_summary(rows: list[dict], chance: dict, flops: list[tuple]) -> dict:
@@ -637,7 +641,7 @@ def member_summary(rows: list[dict], chance: dict, flops: list[tuple]) -> dict:
         acc, noise = spread(m["acc"] for m in ms), chance_stderr(chance[t], sum(m["n"] for m in ms))
         tasks[t] = {"acc": acc, "acc_norm": spread(m.get("acc_norm") for m in ms),
                     "stderr": pooled_stderr([m["acc_stderr"] for m in ms]), "ppl": spread(m.get("ppl") for m in ms),
-                    "chance_stderr": noise, "near_chance": near_chance(acc["mean"], chance[t], noise)}
+                    "chance_stderr": noise, "vs_chance": versus_chance(acc["mean"], chance[t], noise)}
     out = {"params": rows[0]["params"], "loss": spread(r.get("ppl", {}).get("loss") for r in rows),
            "ppl": spread(r.get("ppl", {}).get("ppl") for r in rows),
            "bpb": spread(r.get("ppl", {}).get("bpb") for r in rows),
@@ -649,7 +653,7 @@ def member_summary(rows: list[dict], chance: dict, flops: list[tuple]) -> dict:
     if tasks:  # the mean over tasks: its standard errors pool those of the tasks
         out["average_stderr"] = pooled_stderr([t["stderr"] for t in tasks.values()])
         out["average_chance_stderr"] = pooled_stderr([t["chance_stderr"] for t in tasks.values()])
-        out["average_near_chance"] = near_chance(out["average"]["mean"], float(np.mean(list(chance.values()))),
+        out["average_vs_chance"] = versus_chance(out["average"]["mean"], float(np.mean(list(chance.values()))),
                                                  out["average_chance_stderr"])
     return out
 
@@ -710,6 +714,10 @@ def seeds_text(summary: dict) -> str:
 
 def flops_verdict(summary: dict) -> str:
     f = summary["flops"]
+    sizes = {fam: [m["name"] for m in summary["members"] if m[fam]] for fam in FAMILIES}
+    if sizes["independent"] and sizes["progressive"] != sizes["independent"]:
+        return (f"FLOPs: no saving computed: the families have different members (progressive "
+                f"{', '.join(sizes['progressive'])}; independent {', '.join(sizes['independent'])}).")
     if f["saving"] is None:
         return ("FLOPs: no saving computed (no independent family, or a checkpoint without "
                 "flops_total).")
@@ -747,16 +755,21 @@ def zero_shot_verdict(summary: dict) -> str | None:
                                            if g == f) for f in FAMILIES if any(g == f for g, _, _ in members))
     text = (f"Zero-shot accuracy, mean over {len(chance)} tasks, in % (chance {pct(np.mean(list(chance.values())))}): "
             f"{listed}. ")
-    near = [f"{f} {m['name']}" for f, m, s in members if s["average_near_chance"]]
-    if len(near) == len(members):
-        text += ("Every member is within 2 standard errors of chance: at this model size and item count "
-                 "these accuracies are noise and rank nothing.")
-    elif near:
-        text += f"Within 2 standard errors of chance: {', '.join(near)}."
+    where = {k: [f"{f} {m['name']}" for f, m, s in members if s["average_vs_chance"] == k]
+             for k in ("above", "within", "below")}
+    groups = "; ".join(f"{k} it: " + ("every member" if len(v) == len(members) else ", ".join(v))
+                       for k, v in (("within noise of", where["within"]), ("below", where["below"])) if v)
+    if where["above"]:
+        text += f"Above chance by more than 2 standard errors: {', '.join(where['above'])}" + \
+            (f" ({groups})." if groups else ".")
     else:
-        text += "Every member is more than 2 standard errors from chance."
+        text += (f"No member is above chance by more than 2 standard errors ({groups}): at this model size "
+                 "and item count these accuracies rank nothing.")
+    if where["below"]:
+        text += (" Below chance is a bias of the scoring (acc's summed log-likelihood favours short "
+                 "choices), not knowledge.")
     lambada = [s["tasks"]["lambada"] for _, _, s in members if "lambada" in s["tasks"]]
-    if lambada and all(t["near_chance"] for t in lambada):
+    if lambada and all(t["vs_chance"] != "above" for t in lambada):
         text += (f" LAMBADA (the last word, greedily; chance ~0) is at chance for every member: acc at most "
                  f"{pct(max(t['acc']['mean'] for t in lambada))} %, and its perplexity (at best "
                  f"{min(t['ppl']['mean'] for t in lambada):.3g}: exp of minus the mean log-likelihood of the "
@@ -804,7 +817,7 @@ def members_table(summary: dict) -> str:
         return lambda m: get(m[family]) if m[family] is not None else "–"
 
     def acc(s):
-        return fmt_spread(s["average"], ".1f", 100) + "*" * s["average_near_chance"]
+        return fmt_spread(s["average"], ".1f", 100) + "*" * (s["average_vs_chance"] != "above")
 
     cols = [("member", lambda m: m["name"]), ("params", lambda m: f"{m['params']:,}")]
     if any(s["loss"] for _, _, s in each_member(summary)):
@@ -820,7 +833,7 @@ def members_table(summary: dict) -> str:
               "better. ")
     if summary["chance"]:
         legend += (f"avg acc: mean zero-shot accuracy over the tasks (chance "
-                   f"{pct(np.mean(list(summary['chance'].values())))} %; * within 2 standard errors of it). ")
+                   f"{pct(np.mean(list(summary['chance'].values())))} %; * not above it by more than 2 standard errors). ")
     legend += ("family FLOPs: training FLOPs of the family up to and including this member (progressive: "
                "its lineage of stages; independent: the sum of the members up to it), so the last row is "
                "each family's total.")
@@ -841,8 +854,8 @@ def details_table(summary: dict) -> str:
     for t in chance:
         norm = any(s["tasks"][t]["acc_norm"] for _, _, s in members)
         cols.append((f"{t} acc" + " / acc_norm" * norm, lambda f, m, s, t=t: " / ".join(
-            mean_of(s["tasks"][t][k], ".1f", 100) for k in ("acc", "acc_norm") if s["tasks"][t][k])
-            + "*" * s["tasks"][t]["near_chance"], pct(chance[t])))
+            mean_of(s["tasks"][t][k], ".1f", 100) + "*" * (k == "acc" and s["tasks"][t]["vs_chance"] != "above")
+            for k in ("acc", "acc_norm") if s["tasks"][t][k]), pct(chance[t])))
         if t == "lambada":
             cols.append(("lambada ppl", lambda f, m, s: mean_of(s["tasks"]["lambada"]["ppl"], ".3g"), ""))
     if chance:
@@ -894,7 +907,7 @@ def render_markdown(reports: list[dict], summary: dict, plots: list[str], notes:
     if summary["chance"] or any(m[f] and m[f]["ppl"] for m in summary["members"] for f in FAMILIES):
         parts += ["## Perplexity and zero-shot tasks",
                   "Means over seeds (spreads in report.json). Chance: 1 / number of choices (LAMBADA: ~0). "
-                  "* within 2 standard errors of chance.", details_table(summary)]
+                  "* acc not above chance by more than 2 standard errors of guessing.", details_table(summary)]
     if any(p[f] and "kl_large_small" in p[f] for p in summary["pairs"] for f in FAMILIES):
         parts += ["## KL divergence between adjacent members (lower = more consistent)",
                   "KL(L‖S) = KL(p_larger ‖ p_smaller) = "
@@ -959,7 +972,8 @@ def loss_plot_data(reports: list[dict], summary: dict) -> dict:
         high = max([float(np.percentile(curve_y, 90))] * bool(curve_y) + [p["y"] for p in points])
         pad = 0.05 * (high - low) or 0.05
         ylim = (low - pad, high + pad)
-    return {"curves": curves, "points": points, "growth": growth, "ylim": ylim}
+    return {"curves": curves, "points": points, "growth": growth, "ylim": ylim,
+            "clipped": bool(curve_y) and max(curve_y) > ylim[1]}
 
 
 def plot_loss_vs_flops(reports: list[dict], summary: dict, ax) -> bool:
@@ -981,7 +995,7 @@ def plot_loss_vs_flops(reports: list[dict], summary: dict, ax) -> bool:
         ax.set_ylim(*data["ylim"])
     ax.set(xscale="log", xlabel="training FLOPs of the model (progressive: with its ancestors' stages)",
            ylabel="validation loss (nats/token)",
-           title="Validation loss vs FLOPs (dotted: growth points; top clipped)")
+           title="Validation loss vs FLOPs (dotted: growth points" + "; first steps above the top" * data["clipped"] + ")")
     return bool(data["curves"] or data["points"])
 
 
@@ -998,7 +1012,7 @@ def plot_kl(reports: list[dict], summary: dict, ax) -> bool:
     if pairs:
         ax.set_xticks(range(len(pairs)), [f"{p['small']}→{p['large']}" for p in pairs])
         ax.set_xlim(-0.5, len(pairs) - 0.5)
-    ax.set(ylabel="mean KL per token (nats; lower = more consistent)",
+    ax.set(ylabel="mean KL per token (nats)",
            title="KL divergence between adjacent members (lower = more consistent)")
     return bool(pairs)
 

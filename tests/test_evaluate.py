@@ -572,14 +572,19 @@ def test_random_model_on_a_four_choice_task_is_flagged_at_chance(tmp_path):
         summaries[name] = ev.member_summary([row], chance, [(None, None)])
     noise = math.sqrt(0.25 * 0.75 / 40)  # binomial standard error of guessing on 40 items
     assert summaries["random"]["tasks"]["arc_easy"]["acc"]["mean"] == 0.25
-    assert summaries["random"]["tasks"]["arc_easy"]["near_chance"] and summaries["random"]["average_near_chance"]
+    assert summaries["random"]["tasks"]["arc_easy"]["vs_chance"] == summaries["random"]["average_vs_chance"] == "within"
     assert summaries["random"]["tasks"]["arc_easy"]["chance_stderr"] == pytest.approx(noise)
     assert summaries["oracle"]["tasks"]["arc_easy"]["acc"]["mean"] == 1.0
-    assert not summaries["oracle"]["average_near_chance"]
+    assert summaries["oracle"]["average_vs_chance"] == "above"
     summary = {"chance": chance, "members": [{"name": n, "progressive": s, "independent": None}
                                              for n, s in summaries.items()]}
     verdict = ev.zero_shot_verdict(summary)
-    assert "(chance 25.0)" in verdict and "Within 2 standard errors of chance: progressive random." in verdict
+    assert "(chance 25.0): progressive random 25.0, oracle 100.0." in verdict
+    assert "Above chance by more than 2 standard errors: progressive oracle (within noise of it: progressive random)" \
+        in verdict
+    summary["members"].pop()  # the random model alone
+    assert "No member is above chance by more than 2 standard errors (within noise of it: every member)" \
+        in ev.zero_shot_verdict(summary)
 
 
 def test_loss_plot_data_has_only_positive_flops_and_a_range_from_the_data(family):
