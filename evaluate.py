@@ -391,15 +391,19 @@ class Member:
         return count_params(self.cfg)["total"]
 
 
-def read_members(paths: list[str], family: str, flag: str) -> tuple[list[Member], str | None]:
-    """A family's members smallest to largest by parameter count, whatever order `flag` gave them
-    in (adjacent pairs and the progressive − independent rows rely on it); a note when reordered."""
+def read_members(paths: list[str], family: str) -> list[Member]:
     members = []
     for p in paths:
         ckpt = checkpoint.load(p, mmap=True)  # memory-mapped: only config and meta are read here
         train = ckpt.get("train") or {}
         members.append(Member(family, Path(p), ckpt["config"], ckpt.get("meta") or {},
                               train.get("history") or [], (train.get("args") or {}).get("seed")))
+    return members
+
+
+def size_order(members: list[Member], flag: str) -> tuple[list[Member], str | None]:
+    """A family's members smallest to largest by parameter count, whatever order `flag` gave them
+    in (adjacent pairs and the progressive − independent rows rely on it); a note when reordered."""
     names = [m.name for m in members]
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice:
@@ -619,6 +623,11 @@ def chance_level(task: str, items: list[Item]) -> float:
     return 0.0 if task == "lambada" else float(np.mean([1 / len(it.requests) for it in items]))
 
 
+def mean_chance(chance: dict) -> float:
+    """Chance level of the accuracy averaged over the tasks."""
+    return float(np.mean(list(chance.values())))
+
+
 def chance_stderr(chance: float, n: int) -> float:
     """Standard error of the accuracy of guessing on n items (binomial): the noise around chance."""
     return math.sqrt(chance * (1 - chance) / n)
@@ -653,7 +662,7 @@ def member_summary(rows: list[dict], chance: dict, flops: list[tuple]) -> dict:
     if tasks:  # the mean over tasks: its standard errors pool those of the tasks
         out["average_stderr"] = pooled_stderr([t["stderr"] for t in tasks.values()])
         out["average_chance_stderr"] = pooled_stderr([t["chance_stderr"] for t in tasks.values()])
-        out["average_vs_chance"] = versus_chance(out["average"]["mean"], float(np.mean(list(chance.values()))),
+        out["average_vs_chance"] = versus_chance(out["average"]["mean"], mean_chance(chance),
                                                  out["average_chance_stderr"])
     return out
 
@@ -753,7 +762,7 @@ def zero_shot_verdict(summary: dict) -> str | None:
         return None
     listed = "; ".join(f"{f} " + ", ".join(f"{m['name']} {pct(s['average']['mean'])}" for g, m, s in members
                                            if g == f) for f in FAMILIES if any(g == f for g, _, _ in members))
-    text = (f"Zero-shot accuracy, mean over {len(chance)} tasks, in % (chance {pct(np.mean(list(chance.values())))}): "
+    text = (f"Zero-shot accuracy, mean over {len(chance)} tasks, in % (chance {pct(mean_chance(chance))}): "
             f"{listed}. ")
     where = {k: [f"{f} {m['name']}" for f, m, s in members if s["average_vs_chance"] == k]
              for k in ("above", "within", "below")}
@@ -812,28 +821,26 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def members_table(summary: dict) -> str:
     """One row per size, the two families side by side: what a reader compares."""
-    P, I = FAMILIES  # noqa: E741
-    def col(family, get):  # noqa: E306
-        return lambda m: get(m[family]) if m[family] is not None else "–"
+    def both(label, get):  # the column of each family: "label P", "label I"
+        return [(f"{label} {f[0].upper()}", lambda m, f=f: get(m[f]) if m[f] is not None else "–") for f in FAMILIES]
 
     def acc(s):
         return fmt_spread(s["average"], ".1f", 100) + "*" * (s["average_vs_chance"] != "above")
 
     cols = [("member", lambda m: m["name"]), ("params", lambda m: f"{m['params']:,}")]
     if any(s["loss"] for _, _, s in each_member(summary)):
-        cols += [("val loss P", col(P, lambda s: fmt_spread(s["loss"], ".4f"))),
-                 ("val loss I", col(I, lambda s: fmt_spread(s["loss"], ".4f"))),
-                 ("Δ loss P − I", lambda m: fmt_spread(m.get("delta_loss"), "+.4f"))]
+        cols += both("val loss", lambda s: fmt_spread(s["loss"], ".4f"))
+        cols.append(("Δ loss P − I", lambda m: fmt_spread(m.get("delta_loss"), "+.4f")))
     if summary["chance"]:
-        cols += [("avg acc % P", col(P, acc)), ("avg acc % I", col(I, acc))]
-    cols += [("family FLOPs P", col(P, lambda s: mean_of(s["flops_family"], ".3g"))),
-             ("family FLOPs I", col(I, lambda s: mean_of(s["flops_family"], ".3g")))]
-    legend = ("P = progressive (grown from the member above it), I = independent (trained from scratch). "
+        cols += both("avg acc %", acc)
+    cols += both("family FLOPs", lambda s: mean_of(s["flops_family"], ".3g"))
+    legend = ("P = progressive (each member grown from the next smaller one), I = independent (each "
+              "trained from scratch). "
               "val loss: nats per token on the same validation windows; Δ < 0: the progressive member is "
               "better. ")
     if summary["chance"]:
-        legend += (f"avg acc: mean zero-shot accuracy over the tasks (chance "
-                   f"{pct(np.mean(list(summary['chance'].values())))} %; * not above it by more than 2 standard errors). ")
+        legend += (f"avg acc: mean zero-shot accuracy over the tasks (chance {pct(mean_chance(summary['chance']))} %; "
+                   "* not above it by more than 2 standard errors). ")
     legend += ("family FLOPs: training FLOPs of the family up to and including this member (progressive: "
                "its lineage of stages; independent: the sum of the members up to it), so the last row is "
                "each family's total.")
@@ -859,7 +866,7 @@ def details_table(summary: dict) -> str:
         if t == "lambada":
             cols.append(("lambada ppl", lambda f, m, s: mean_of(s["tasks"]["lambada"]["ppl"], ".3g"), ""))
     if chance:
-        cols.append(("avg acc", lambda f, m, s: mean_of(s["average"], ".1f", 100), pct(np.mean(list(chance.values())))))
+        cols.append(("avg acc", lambda f, m, s: mean_of(s["average"], ".1f", 100), pct(mean_chance(chance))))
     rows = [[get(f, m, s) for _, get, _ in cols] for f, m, s in members]
     return md_table([c[0] for c in cols], ([[c[2] for c in cols]] if chance else []) + rows)
 
@@ -995,7 +1002,8 @@ def plot_loss_vs_flops(reports: list[dict], summary: dict, ax) -> bool:
         ax.set_ylim(*data["ylim"])
     ax.set(xscale="log", xlabel="training FLOPs of the model (progressive: with its ancestors' stages)",
            ylabel="validation loss (nats/token)",
-           title="Validation loss vs FLOPs (dotted: growth points" + "; first steps above the top" * data["clipped"] + ")")
+           title="Validation loss vs FLOPs (dotted: growth points"
+           + "; first steps above the top" * data["clipped"] + ")")
     return bool(data["curves"] or data["points"])
 
 
@@ -1031,7 +1039,7 @@ def plot_accuracy_vs_flops(reports: list[dict], summary: dict, ax) -> bool:
                             color=style["color"])
             drawn = True
     if drawn:  # guessing lands inside the band 19 times in 20
-        chance = 100 * np.mean(list(summary["chance"].values()))
+        chance = 100 * mean_chance(summary["chance"])
         noise = 200 * max(s.get("average_chance_stderr") or 0 for _, _, s in each_member(summary))
         ax.axhline(chance, color="gray", ls="--", lw=1, label="chance (mean over the tasks)")
         ax.axhspan(chance - noise, chance + noise, color="gray", alpha=0.15, lw=0, label="chance ± 2 standard errors")
@@ -1226,11 +1234,9 @@ def main(argv=None):
     if not args.ckpt:
         raise UserError("give --ckpt (the progressive family's checkpoints) or --combine (reports of seeds)")
     tasks = parse_tasks(args.tasks)
-    (prog, prog_note), (indep, indep_note) = read_members(args.ckpt, "progressive", "--ckpt"), \
-        read_members(args.baseline, "independent", "--baseline")
-    families = {"progressive": prog, "independent": indep}
-    notes = [n for n in (prog_note, indep_note) if n]
-    members = prog + indep
+    given = {"progressive": read_members(args.ckpt, "progressive"),
+             "independent": read_members(args.baseline, "independent")}
+    members = given["progressive"] + given["independent"]
     val_tokens, val_meta = None, None
     if NEEDS_VAL & set(tasks):
         if not args.val_data:
@@ -1238,6 +1244,10 @@ def main(argv=None):
                             "data/prepare.py); or leave those out of --tasks")
         val_tokens, val_meta = open_split(args.val_data, "val")
     check_tokenizers(members, val_meta)
+    families, notes = {}, []
+    for (family, fam_members), flag in zip(given.items(), ("--ckpt", "--baseline")):
+        families[family], note = size_order(fam_members, flag)
+        notes += [note] if note else []
     plan = read_plan(args.plan)
     inp = build_inputs(args, tasks, get_tokenizer(members[0].cfg.tokenizer), members, val_tokens, notes)
     device = pick_device(args.device)

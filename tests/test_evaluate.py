@@ -1,6 +1,7 @@
 """evaluate.py: scoring conventions, KL, speculative acceptance and the report, on known answers."""
 import json
 import math
+import statistics
 from types import SimpleNamespace
 
 import numpy as np
@@ -608,7 +609,6 @@ def test_loss_plot_data_has_only_positive_flops_and_a_range_from_the_data(family
 
 
 def test_combine_seeds_mean_and_std(family, tmp_path):
-    import statistics
     report = small_report(family)
     rng = np.random.default_rng()
     paths, reports = [], []
@@ -640,7 +640,8 @@ def test_combine_seeds_mean_and_std(family, tmp_path):
                      ("independent", name)) for r in reports]
         assert got["independent"]["tasks"]["arc_easy"]["acc"]["mean"] == pytest.approx(statistics.mean(accs))
     kl = [r["pairs"][1]["kl"]["kl_large_small"] for r in reports]
-    assert combined["summary"]["pairs"][0]["independent"]["kl_large_small"]["std"] == pytest.approx(statistics.stdev(kl))
+    pair = combined["summary"]["pairs"][0]
+    assert pair["independent"]["kl_large_small"]["std"] == pytest.approx(statistics.stdev(kl))
     assert "3 seeds (1, 2, 3)" in combined["verdict"] and "saved 40.0 %" in combined["verdict"]
     md = (tmp_path / "combined" / "report.md").read_text()
     d16 = by_name["custom(L1,d16)"]["progressive"]["loss"]
