@@ -749,6 +749,8 @@ def loss_verdict(summary: dict) -> str:
         else:
             better = "equal" if d["mean"] == 0 else "progressive better" if d["mean"] < 0 else "independent better"
             parts.append(f"{m['name']} {d['mean']:+.3f} ({better})")
+    if not any(s["loss"] for _, _, s in each_member(summary)):
+        return f"Validation loss: not evaluated (ppl is not in --tasks). {seeds_text(summary)}"
     if not parts:
         return f"Validation loss: no member has both a progressive and an independent result. {seeds_text(summary)}"
     return ("Validation loss, progressive − independent (nats/token; negative: progressive better): "
@@ -766,8 +768,10 @@ def zero_shot_verdict(summary: dict) -> str | None:
             f"{listed}. ")
     where = {k: [f"{f} {m['name']}" for f, m, s in members if s["average_vs_chance"] == k]
              for k in ("above", "within", "below")}
-    groups = "; ".join(f"{k} it: " + ("every member" if len(v) == len(members) else ", ".join(v))
-                       for k, v in (("within noise of", where["within"]), ("below", where["below"])) if v)
+    def who(v):  # names while they are few
+        return "every member" if len(v) == len(members) else ", ".join(v) if len(v) <= 3 else f"{len(v)} members"
+    groups = "; ".join(f"{k} it: {who(v)}" for k, v in (("within noise of", where["within"]),
+                                                        ("below", where["below"])) if v)
     if where["above"]:
         text += f"Above chance by more than 2 standard errors: {', '.join(where['above'])}" + \
             (f" ({groups})." if groups else ".")
@@ -779,10 +783,10 @@ def zero_shot_verdict(summary: dict) -> str | None:
                  "choices), not knowledge.")
     lambada = [s["tasks"]["lambada"] for _, _, s in members if "lambada" in s["tasks"]]
     if lambada and all(t["vs_chance"] != "above" for t in lambada):
-        text += (f" LAMBADA (the last word, greedily; chance ~0) is at chance for every member: acc at most "
-                 f"{pct(max(t['acc']['mean'] for t in lambada))} %, and its perplexity (at best "
-                 f"{min(t['ppl']['mean'] for t in lambada):.3g}: exp of minus the mean log-likelihood of the "
-                 "whole word) is huge while a model cannot yet complete words.")
+        best_acc, best_ppl = max(t["acc"]["mean"] for t in lambada), min(t["ppl"]["mean"] for t in lambada)
+        text += (f" LAMBADA (the last word, greedily; chance ~0): acc at most {pct(best_acc)} %; its perplexity "
+                 f"({best_ppl:.3g} at best) is exp(−mean "
+                 "log-likelihood of the whole word), huge until a model can complete words.")
     return text
 
 
@@ -814,6 +818,11 @@ def mean_of(s: dict | None, spec: str = ".3f", scale: float = 1.0) -> str:
     return "–" if s is None else format(scale * s["mean"], spec)
 
 
+def starred(text: str, vs_chance: str) -> str:
+    """An accuracy marked * when it is not above chance (noise, or a bias of the scoring)."""
+    return text + "*" * (vs_chance != "above")
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -825,7 +834,7 @@ def members_table(summary: dict) -> str:
         return [(f"{label} {f[0].upper()}", lambda m, f=f: get(m[f]) if m[f] is not None else "–") for f in FAMILIES]
 
     def acc(s):
-        return fmt_spread(s["average"], ".1f", 100) + "*" * (s["average_vs_chance"] != "above")
+        return starred(fmt_spread(s["average"], ".1f", 100), s["average_vs_chance"])
 
     cols = [("member", lambda m: m["name"]), ("params", lambda m: f"{m['params']:,}")]
     if any(s["loss"] for _, _, s in each_member(summary)):
@@ -861,12 +870,13 @@ def details_table(summary: dict) -> str:
     for t in chance:
         norm = any(s["tasks"][t]["acc_norm"] for _, _, s in members)
         cols.append((f"{t} acc" + " / acc_norm" * norm, lambda f, m, s, t=t: " / ".join(
-            mean_of(s["tasks"][t][k], ".1f", 100) + "*" * (k == "acc" and s["tasks"][t]["vs_chance"] != "above")
+            starred(mean_of(s["tasks"][t][k], ".1f", 100), s["tasks"][t]["vs_chance"] if k == "acc" else "above")
             for k in ("acc", "acc_norm") if s["tasks"][t][k]), pct(chance[t])))
         if t == "lambada":
             cols.append(("lambada ppl", lambda f, m, s: mean_of(s["tasks"]["lambada"]["ppl"], ".3g"), ""))
     if chance:
-        cols.append(("avg acc", lambda f, m, s: mean_of(s["average"], ".1f", 100), pct(mean_chance(chance))))
+        cols.append(("avg acc", lambda f, m, s: starred(mean_of(s["average"], ".1f", 100), s["average_vs_chance"]),
+                     pct(mean_chance(chance))))
     rows = [[get(f, m, s) for _, get, _ in cols] for f, m, s in members]
     return md_table([c[0] for c in cols], ([[c[2] for c in cols]] if chance else []) + rows)
 
@@ -913,7 +923,8 @@ def render_markdown(reports: list[dict], summary: dict, plots: list[str], notes:
              "## Members", members_table(summary)]
     if summary["chance"] or any(m[f] and m[f]["ppl"] for m in summary["members"] for f in FAMILIES):
         parts += ["## Perplexity and zero-shot tasks",
-                  "Means over seeds (spreads in report.json). Chance: 1 / number of choices (LAMBADA: ~0). "
+                  "Means over the seeds (spreads in report.json). " * (summary["seeds"] > 1)
+                  + "Chance: 1 / number of choices (LAMBADA: ~0). "
                   "* acc not above chance by more than 2 standard errors of guessing.", details_table(summary)]
     if any(p[f] and "kl_large_small" in p[f] for p in summary["pairs"] for f in FAMILIES):
         parts += ["## KL divergence between adjacent members (lower = more consistent)",
