@@ -1,6 +1,7 @@
 """evaluate.py: scoring conventions, KL, speculative acceptance and the report, on known answers."""
 import json
 import math
+import statistics
 from types import SimpleNamespace
 
 import numpy as np
@@ -121,6 +122,7 @@ def write_task_files(folder, rng, n=6):
 
 def cli_error(capsys, argv) -> str:
     """A user mistake: exit code 2 and exactly one `error:` line."""
+    capsys.readouterr()  # what ran before is not part of this error
     with pytest.raises(SystemExit) as e:
         run_cli(lambda: ev.main(argv))
     assert e.value.code == 2
@@ -523,21 +525,30 @@ def test_report_renders_for_two_tiny_families(family):
     assert abs(report["pairs"][0]["kl"]["kl_large_small"]) < 1e-6 and report["pairs"][1]["kl"]["kl_large_small"] > 0
     assert report["flops"] == {"progressive": 3e9, "independent": 5e9, "saving": pytest.approx(0.4),
                                "planned": {"progressive": 2.5e9, "independent": 5e9, "saving": 0.5}}
-    assert [m["flops_planned"] for m in report["members"]] == [1e9, 2.5e9, 1e9, 4e9]
+    assert [m["flops_planned"] for m in report["members"]] == [1e9, 2.5e9, 1e9, 5e9]  # family up to it
     twins = report["members"][1]["twins"]
     assert "twins" not in report["members"][0] and all(r["twins"] == r["copies"] > 0 for r in twins), twins
     md = (family.out / "report.md").read_text()
+    assert md.startswith("# Family evaluation\n\n## Verdict\n\nFLOPs: ") and report["verdict"].startswith("FLOPs: ")
     copied = sum(r["copies"] for r in twins)
     for heading in ["## Members", "## KL divergence", "## Speculative decoding", "## FLOPs", "## Growth check",
-                    f"| progressive custom(L1,d16) | {copied} | {copied} |",
-                    "40.0 % (planned: 50.0 %)", "| progressive | custom(L1,d16) | 3e+09 | 2.5e+09 | 1.200 |"]:
+                    f"| progressive custom(L1,d16) | {copied} | {copied} |", "saved 40.0 % (planned 50.0 %)",
+                    "| progressive | custom(L1,d16) | 2e+09 | 3e+09 | 2.5e+09 | 1.200 |",
+                    "| independent | custom(L1,d16) | 4e+09 | 5e+09 | 5e+09 | 1.000 |"]:
         assert heading in md
-    members = md.split("## Members")[1].split("\n## ")[0]  # same size side by side
-    rows = [line.split(" | ")[:2] for line in members.splitlines() if "custom(L1" in line]
-    assert rows == [["| progressive", "custom(L1,d8)"], ["| independent", "custom(L1,d8)"],
-                    ["| progressive", "custom(L1,d16)"], ["| independent", "custom(L1,d16)"]]
+    members = md.split("## Members")[1].split("\n## ")[0]  # one row per size, both families in it
+    loss = {(m["family"], m["name"]): m["ppl"]["loss"] for m in report["members"]}
+    expected = []
+    for m in report["members"][:2]:
+        p, i = loss["progressive", m["name"]], loss["independent", m["name"]]
+        expected.append(["| " + m["name"], f"{m['params']:,}", f"{p:.4f}", f"{i:.4f}", f"{p - i:+.4f}"])
+    assert [line.split(" | ")[:5] for line in members.splitlines() if "custom(L1" in line] == expected
     for png in ["loss_vs_flops.png", "kl_pairs.png", "accuracy_vs_flops.png"]:
         assert (family.out / png).read_bytes()[:4] == b"\x89PNG"
+    # progress on stderr as each step starts; the end says where the report is and the verdict
+    assert "progressive custom(L1,d16): hellaswag, 3 items" in proc.stderr
+    assert "independent custom(L1,d8) -> custom(L1,d16): KL divergence" in proc.stderr
+    assert f"report: {family.out / 'report.md'}" in proc.stdout and "saved 40.0 %" in proc.stdout
 
 
 def test_missing_checkpoint(family, capsys, tmp_path):
@@ -574,3 +585,154 @@ def test_tokenizer_mismatch_with_data(family, capsys, tmp_path):
 def test_val_data_required_for_ppl(family, capsys):
     err = cli_error(capsys, ["--ckpt", str(family.prog[0]), "--out", str(family.out), "--tasks", "kl"])
     assert "--val-data" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdict, chance levels, plot data, seeds combined, member order
+
+def small_report(family, *extra) -> dict:
+    """evaluate.py in process on the tiny families: ppl, two tasks and KL (a few seconds)."""
+    ev.main(["--ckpt", *map(str, family.prog), "--baseline", *map(str, family.base), "--val-data", str(family.val),
+             "--data-dir", str(family.tasks), "--out", str(family.out), "--tasks", "ppl,lambada,arc_easy,kl",
+             "--limit", "4", "--val-tokens", "512", "--plan", str(family.plan), "--device", "cpu", *extra])
+    return json.loads((family.out / "report.json").read_text())
+
+
+def test_verdict_names_the_saving_each_delta_and_one_seed(family):
+    report = small_report(family)
+    loss = {(m["family"], m["name"]): m["ppl"]["loss"] for m in report["members"]}
+    verdict = report["verdict"]
+    assert "the progressive family saved 40.0 % (planned 50.0 %)" in verdict
+    for name in ("custom(L1,d8)", "custom(L1,d16)"):
+        delta = loss["progressive", name] - loss["independent", name]
+        better = "progressive better" if delta < 0 else "independent better"
+        assert f"{name} {delta:+.3f} ({better})" in verdict
+    assert "1 seed" in verdict and "chance" in verdict
+    assert "LAMBADA" in verdict  # an untrained model never completes a word: at chance, said so
+    md = (family.out / "report.md").read_text()
+    assert md.index("## Verdict") < md.index("## Members") and verdict.split(". ")[0] in md
+
+
+def test_random_model_on_a_four_choice_task_is_flagged_at_chance(tmp_path):
+    """Each question four times, the gold answer once in each position: whatever a model picks, a
+    model that does not know the answers is right exactly once in four."""
+    rng = np.random.default_rng()
+    questions = [("Question: " + random_text(rng, 4), [random_text(rng, 3) for _ in range(4)]) for _ in range(10)]
+    write_jsonl(tmp_path / ev.LOCAL_FILES["arc_easy"], [{"query": q, "choices": c, "gold": g}
+                                                        for q, c in questions for g in range(4)])
+    items = ev.load_items("arc_easy", tmp_path, None)
+    assert ev.chance_level("arc_easy", items) == 0.25 and ev.chance_level("lambada", items) == 0.0
+    chance = {"arc_easy": 0.25}
+    known = ev.load_items("arc_easy", write_task_files(tmp_path / "known", rng, n=40), None)
+    summaries = {}
+    for name, model, items in [("random", tiny_gpt(), items), ("oracle", scripted_lm(items_with_gold(known)), known)]:
+        metrics = ev.evaluate_task(model, "arc_easy", items, requests_of(items), batch_size=8)
+        row = {"params": 1, "tasks": {"arc_easy": metrics}, "average": metrics["acc"], "flops_total": None}
+        summaries[name] = ev.member_summary([row], chance, [(None, None)])
+    noise = math.sqrt(0.25 * 0.75 / 40)  # binomial standard error of guessing on 40 items
+    assert summaries["random"]["tasks"]["arc_easy"]["acc"]["mean"] == 0.25
+    assert summaries["random"]["tasks"]["arc_easy"]["vs_chance"] == summaries["random"]["average_vs_chance"] == "within"
+    assert summaries["random"]["tasks"]["arc_easy"]["chance_stderr"] == pytest.approx(noise)
+    assert summaries["oracle"]["tasks"]["arc_easy"]["acc"]["mean"] == 1.0
+    assert summaries["oracle"]["average_vs_chance"] == "above"
+    summary = {"chance": chance, "members": [{"name": n, "progressive": s, "independent": None}
+                                             for n, s in summaries.items()]}
+    verdict = ev.zero_shot_verdict(summary)
+    assert "(chance 25.0): progressive random 25.0, oracle 100.0." in verdict
+    assert "Above chance by more than 2 standard errors: progressive oracle (within noise of it: progressive random)" \
+        in verdict
+    summary["members"].pop()  # the random model alone
+    assert "No member is above chance by more than 2 standard errors (within noise of it: every member)" \
+        in ev.zero_shot_verdict(summary)
+
+
+def test_loss_plot_data_has_only_positive_flops_and_a_range_from_the_data(family):
+    report = small_report(family, "--tasks", "ppl")
+    for m in report["members"]:  # training logs as train.py writes them: step 0 first, at the stage's start
+        start = 1e9 if (m["family"], m["name"]) == ("progressive", "custom(L1,d16)") else 0.0
+        steps = np.linspace(start, m["flops_total"], 11)
+        m["history"] = [{"step": 0, "flops_total": start, "val_loss": 5.55 if start == 0 else 3.4}] + \
+            [{"step": i, "flops_total": f, "val_loss": 4.0 - i / 10} for i, f in enumerate(steps[1:], 1)]
+        m["history_source"] = f"{m['family']}/{m['name']}/metrics.jsonl"
+        m["ppl"]["loss"] = 3.0 + np.random.default_rng().uniform(-0.05, 0.05)
+    data = ev.loss_plot_data([report], ev.summarize([report]))
+    xs = [x for c in data["curves"] for x in c["x"]] + [p["x"] for p in data["points"]]
+    assert len(xs) == 4 * 10 + 1 + 4 and min(xs) > 0  # step 0 at FLOPs 0 left out: a log axis cannot place it
+    assert [(c["family"], c["label"]) for c in data["curves"]] == \
+        [(f, n) for f in ev.FAMILIES for n in ("custom(L1,d8)", "custom(L1,d16)")]  # named curves
+    low, high = data["ylim"]
+    assert all(low < p["y"] < high for p in data["points"])
+    assert high < 5.55  # the first steps' loss does not stretch the axis
+    assert data["growth"] == [1e9]  # the progressive member grown into the next
+
+
+def test_combine_seeds_mean_and_std(family, tmp_path):
+    report = small_report(family)
+    rng = np.random.default_rng()
+    paths, reports = [], []
+    for seed in (1, 2, 3):  # the same run with other numbers, as other seeds would give
+        r = json.loads(json.dumps(report))
+        r["settings"]["train_seed"] = seed
+        for m in r["members"]:
+            m["ppl"]["loss"] = float(rng.uniform(2, 3))
+            m["tasks"]["arc_easy"]["acc"] = float(rng.choice([0.0, 0.25, 0.5, 0.75]))
+        for p in r["pairs"]:
+            p["kl"]["kl_large_small"] = float(rng.uniform(0, 1))
+        paths.append(tmp_path / f"seed_{seed}" / "report.json")
+        paths[-1].parent.mkdir()
+        paths[-1].write_text(json.dumps(r))
+        reports.append(r)
+    ev.main(["--combine", *map(str, paths), "--out", str(tmp_path / "combined")])
+    combined = json.loads((tmp_path / "combined" / "report.json").read_text())
+    by_name = {m["name"]: m for m in combined["summary"]["members"]}
+    for name in ("custom(L1,d8)", "custom(L1,d16)"):
+        values = {f: [next(m["ppl"]["loss"] for m in r["members"] if (m["family"], m["name"]) == (f, name))
+                      for r in reports] for f in ev.FAMILIES}
+        got = by_name[name]
+        assert got["progressive"]["loss"]["mean"] == pytest.approx(statistics.mean(values["progressive"]))
+        assert got["independent"]["loss"]["std"] == pytest.approx(statistics.stdev(values["independent"]))
+        deltas = [p - i for p, i in zip(values["progressive"], values["independent"])]  # seed by seed
+        assert got["delta_loss"]["mean"] == pytest.approx(statistics.mean(deltas))
+        assert got["delta_loss"]["std"] == pytest.approx(statistics.stdev(deltas))
+        accs = [next(m["tasks"]["arc_easy"]["acc"] for m in r["members"] if (m["family"], m["name"]) ==
+                     ("independent", name)) for r in reports]
+        assert got["independent"]["tasks"]["arc_easy"]["acc"]["mean"] == pytest.approx(statistics.mean(accs))
+    kl = [r["pairs"][1]["kl"]["kl_large_small"] for r in reports]
+    pair = combined["summary"]["pairs"][0]
+    assert pair["independent"]["kl_large_small"]["std"] == pytest.approx(statistics.stdev(kl))
+    assert "3 seeds (1, 2, 3)" in combined["verdict"] and "saved 40.0 %" in combined["verdict"]
+    md = (tmp_path / "combined" / "report.md").read_text()
+    d16 = by_name["custom(L1,d16)"]["progressive"]["loss"]
+    assert f"{d16['mean']:.4f} ± {d16['std']:.4f}" in md.split("## Members")[1].split("\n## ")[0]
+
+
+def test_combine_refuses_reports_of_other_runs(family, tmp_path, capsys):
+    report = small_report(family)
+    other_plan = json.loads(json.dumps(report))
+    other_plan["flops"]["planned"]["saving"] = 0.3
+    other_members = json.loads(json.dumps(report))
+    other_members["members"][0]["name"] = "20k"
+    paths = []
+    for i, r in enumerate([report, other_plan, other_members]):
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    out = ["--out", str(tmp_path / "combined")]
+    assert "planned FLOPs differ" in cli_error(capsys, ["--combine", str(paths[0]), str(paths[1]), *out])
+    err = cli_error(capsys, ["--combine", str(paths[0]), str(paths[2]), *out])
+    assert "not seeds of one family and plan" in err and "members differ" in err
+    assert "twice" in cli_error(capsys, ["--combine", str(paths[0]), str(paths[0]), *out])
+    assert "--combine takes" in cli_error(capsys, ["--combine", str(paths[0]), "--ckpt", str(family.prog[0]), *out])
+    assert not (tmp_path / "combined").exists()
+
+
+def test_members_given_largest_first_are_evaluated_smallest_first(family, capsys):
+    ev.main(["--ckpt", *map(str, family.prog[::-1]), "--baseline", *map(str, family.base[::-1]),
+             "--val-data", str(family.val), "--out", str(family.out), "--tasks", "ppl,kl", "--val-tokens", "256"])
+    report = json.loads((family.out / "report.json").read_text())
+    assert [m["name"] for m in report["members"]] == ["custom(L1,d8)", "custom(L1,d16)"] * 2
+    assert [(p["small"], p["large"]) for p in report["pairs"]] == [("custom(L1,d8)", "custom(L1,d16)")] * 2
+    assert abs(report["pairs"][0]["kl"]["kl_large_small"]) < 1e-6  # the grown member beside its own source
+    assert any("--ckpt did not list the members smallest to largest" in n for n in report["notes"])
+    err = cli_error(capsys, ["--ckpt", str(family.prog[0]), str(family.prog[0]), "--out", str(family.out),
+                             "--tasks", "ppl", "--val-data", str(family.val)])
+    assert "two checkpoints of size custom(L1,d8)" in err
