@@ -40,8 +40,59 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable
 
-from util import UserError, atomic_write, pick_device, run_cli, write_json  # first: see util.py
-import matplotlib
+from util import UserError, atomic_write, check_args, pick_device, run_cli, write_json  # first: see util.py
+
+ZERO_SHOT = ["lambada", "arc_easy", "arc_challenge", "winogrande", "piqa", "openbookqa", "hellaswag"]
+TASKS = ["ppl", *ZERO_SHOT, "kl", "spec"]
+DEFAULT_EVAL_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "eval"
+
+
+def positive_int(s: str) -> int:
+    if not s.isdigit() or int(s) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return int(s)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", nargs="+", default=[],
+                   help="progressive family members (evaluated smallest to largest, whatever the order)")
+    p.add_argument("--baseline", nargs="*", default=[],
+                   help="independently trained members, the comparison family (smallest to largest)")
+    p.add_argument("--combine", nargs="+", metavar="REPORT_JSON",
+                   help="instead of evaluating: combine the report.json of each seed of one family and plan "
+                        "into one report (mean ± standard deviation over seeds) in --out")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    p.add_argument("--out", required=True, help="folder for report.md, report.json and the plots")
+    p.add_argument("--data-dir", default=str(DEFAULT_EVAL_DIR) if DEFAULT_EVAL_DIR.is_dir() else None,
+                   help="folder of local zero-shot task files in the formats of ../shared/data/eval "
+                        "(default: that folder if it exists, else download with `datasets`; "
+                        "'' forces the download)")
+    p.add_argument("--val-data", help="prepared data folder (data/prepare.py) whose val split ppl, kl "
+                                      "and spec use; required for those tasks")
+    p.add_argument("--val-tokens", type=positive_int, default=65536,
+                   help="validation tokens to evaluate (evenly spaced windows of the context length)")
+    p.add_argument("--wikitext", help="also WikiText-2 perplexity: a raw text file (wiki.test.raw), or "
+                                      "'hf' to download it with `datasets`")
+    p.add_argument("--plan", help="the family plan of flops.py --json: planned FLOPs are shown next to "
+                                  "those spent")
+    p.add_argument("--limit", type=positive_int, help="only the first N items of each zero-shot task")
+    p.add_argument("--batch_size", type=positive_int, default=16, help="sequences per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast with TF32 matmuls on CUDA, fp32 on CPU; losses and KL are "
+                        "always taken in fp32 from the logits")
+    p.add_argument("--spec-k", type=positive_int, default=4,
+                   help="tokens the smaller member drafts per round")
+    p.add_argument("--spec-prompts", type=positive_int, default=8,
+                   help="prompts (starts of validation windows) for the speculative-decoding check")
+    p.add_argument("--spec-tokens", type=positive_int, default=64, help="new tokens generated per prompt")
+    p.add_argument("--seed", type=int, default=0, help="seed of the speculative sampling")
+    return p.parse_args(argv)
+
+
+check_args(__name__, parse_args)  # --help and usage errors before torch loads
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -57,12 +108,9 @@ from expand import twins  # noqa: E402
 from model import GPTConfig, count_params  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 
-ZERO_SHOT = ["lambada", "arc_easy", "arc_challenge", "winogrande", "piqa", "openbookqa", "hellaswag"]
-TASKS = ["ppl", *ZERO_SHOT, "kl", "spec"]
 NEEDS_VAL = {"ppl", "kl", "spec"}
 FAMILIES = ("progressive", "independent")
 SPEC_PROMPT_TOKENS = 64  # prompt length for speculative decoding, cut from the validation windows
-DEFAULT_EVAL_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "eval"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1175,50 +1223,6 @@ def build_inputs(args, tasks: list[str], tok, members: list[Member], val_tokens,
     requests = {t: [encode_pair(tok, c, x) for it in its for c, x in it.requests] for t, its in items.items()}
     return EvalInputs(set(tasks), args.batch_size, windows, token_byte_lengths(tok), wikitext, items,
                       requests, args.spec_k, args.spec_prompts, args.spec_tokens, args.seed)
-
-
-def positive_int(s: str) -> int:
-    if not s.isdigit() or int(s) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return int(s)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", nargs="+", default=[],
-                   help="progressive family members (evaluated smallest to largest, whatever the order)")
-    p.add_argument("--baseline", nargs="*", default=[],
-                   help="independently trained members, the comparison family (smallest to largest)")
-    p.add_argument("--combine", nargs="+", metavar="REPORT_JSON",
-                   help="instead of evaluating: combine the report.json of each seed of one family and plan "
-                        "into one report (mean ± standard deviation over seeds) in --out")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
-    p.add_argument("--out", required=True, help="folder for report.md, report.json and the plots")
-    p.add_argument("--data-dir", default=str(DEFAULT_EVAL_DIR) if DEFAULT_EVAL_DIR.is_dir() else None,
-                   help="folder of local zero-shot task files in the formats of ../shared/data/eval "
-                        "(default: that folder if it exists, else download with `datasets`; "
-                        "'' forces the download)")
-    p.add_argument("--val-data", help="prepared data folder (data/prepare.py) whose val split ppl, kl "
-                                      "and spec use; required for those tasks")
-    p.add_argument("--val-tokens", type=positive_int, default=65536,
-                   help="validation tokens to evaluate (evenly spaced windows of the context length)")
-    p.add_argument("--wikitext", help="also WikiText-2 perplexity: a raw text file (wiki.test.raw), or "
-                                      "'hf' to download it with `datasets`")
-    p.add_argument("--plan", help="the family plan of flops.py --json: planned FLOPs are shown next to "
-                                  "those spent")
-    p.add_argument("--limit", type=positive_int, help="only the first N items of each zero-shot task")
-    p.add_argument("--batch_size", type=positive_int, default=16, help="sequences per forward pass")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast with TF32 matmuls on CUDA, fp32 on CPU; losses and KL are "
-                        "always taken in fp32 from the logits")
-    p.add_argument("--spec-k", type=positive_int, default=4,
-                   help="tokens the smaller member drafts per round")
-    p.add_argument("--spec-prompts", type=positive_int, default=8,
-                   help="prompts (starts of validation windows) for the speculative-decoding check")
-    p.add_argument("--spec-tokens", type=positive_int, default=64, help="new tokens generated per prompt")
-    p.add_argument("--seed", type=int, default=0, help="seed of the speculative sampling")
-    return p.parse_args(argv)
 
 
 def settings(args, tasks: list[str], inp: EvalInputs, device, precision: str, members: list[Member]) -> dict:
