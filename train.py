@@ -81,8 +81,13 @@ class TrainConfig:
                                "or skip the step (stops after 10 in a row)", choices=["stop", "skip"])
     peak_flops: float = _opt(0, "device peak FLOP/s for MFU (default: known GPUs; none on CPU)")
     fsdp: str = _opt("auto", "under torchrun, shard parameters, gradients and optimizer state with "
-                             "FSDP2 (auto: when DDP would not fit the GPU's memory, see flops.py "
+                             "FSDP2 (auto: on CUDA when DDP would not fit the GPU's memory, see flops.py "
                              "--memory)", choices=["auto", "on", "off"])
+    activation_checkpointing: str = _opt("auto", "recompute each block's activations in backward instead of "
+                                                 "keeping them (auto: when the memory plan needs it)",
+                                         choices=["auto", "on", "off"])
+    memory_check: bool = _opt(True, "refuse a run whose memory plan (flops.py) does not fit the GPU, or "
+                                    "the available host RAM on CPU (--no-memory_check: start anyway)")
 
 
 # Settings that must not change when a run is resumed: the data order and the schedule depend on them.
@@ -208,6 +213,24 @@ def shard(model: GPT, dtype: torch.dtype):
     fully_shard(model, mp_policy=mp)
 
 
+def checkpoint_activations(model: GPT):
+    """Each block keeps only its input for backward and recomputes the rest (torch.utils.checkpoint).
+    The forward is replaced on the instance, so parameter names (checkpoints, FSDP) do not change."""
+    from functools import partial
+    from torch.utils.checkpoint import checkpoint
+    for block in model.blocks:
+        block.forward = partial(checkpoint, type(block).forward, block, use_reentrant=False)
+
+
+def available_ram() -> float:
+    """Bytes of host memory available to new allocations (Linux: MemAvailable; else the total)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def decay_start(cfg: TrainConfig, max_iters: int) -> int:
     """wsd: the first step of the decay, i.e. the number of steps before it."""
     return int(max_iters * (1 - cfg.decay_frac))
@@ -240,6 +263,9 @@ class Trainer:
         if self.seq_len > self.model_cfg.block_size:
             raise UserError(f"--seq_len {self.seq_len} exceeds the {cfg.size} context "
                             f"({self.model_cfg.block_size})")
+        self.dtype, self.compile = compute_choices(cfg, self.device)
+        self.layout = self._memory_layout()  # before anything big is read or built
+        self.fsdp = self.layout["strategy"] == "fsdp"
         self.train_tokens, meta = open_split(cfg.data, "train")
         self.val_tokens, _ = open_split(cfg.data, "val")
         check_data(meta, self.model_cfg, cfg.data)
@@ -262,7 +288,6 @@ class Trainer:
         self.eval_interval = cfg.eval_interval or max(1, self.max_iters // 10)
         self.log_interval = cfg.log_interval or max(1, self.max_iters // 50)
         self.ckpt_interval = cfg.ckpt_interval or self.eval_interval
-        self.dtype, self.compile = compute_choices(cfg, self.device)
         self.peak = cfg.peak_flops or (next((v for k, v in PEAK_FLOPS.items()
                                               if k in torch.cuda.get_device_name(self.device)), 0)
                                        if self.device.type == "cuda" else 0)
@@ -290,7 +315,8 @@ class Trainer:
         if resume is not None:
             self._check_resumable(resume)
         self.model = model.to(self.device)
-        self.fsdp = self._use_fsdp()
+        if self.layout["checkpointing"]:
+            checkpoint_activations(self.model)
         if self.fsdp:  # shard before the optimizer is built: it must see the sharded parameters
             shard(self.model, self.dtype)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
@@ -305,22 +331,37 @@ class Trainer:
         # the family's stage (ancestors of this model): each stage draws its own data stream
         self.stage = len(self.meta["lineage"])
 
-    def _use_fsdp(self) -> bool:
-        """FSDP when asked, or (auto) when DDP's full copy per GPU does not fit its memory."""
-        if self.dist.world == 1 or self.cfg.fsdp == "off":
-            return False
-        if self.cfg.fsdp == "on":
-            return True
-        if self.device.type != "cuda":
-            return False
-        from flops import choose_strategy
-        mem = torch.cuda.get_device_properties(self.device).total_memory / 2**30
-        return choose_strategy(self.model_cfg, self.dist.world, self.cfg.batch_size, self.seq_len, mem) == "fsdp"
+    def _memory_layout(self) -> dict:
+        """Strategy (single, ddp, fsdp) and activation checkpointing from flops.py's memory plan of
+        this run on this device (auto: the first that fits); refuses a run that does not fit. On CPU
+        the ranks of a host share its available RAM, and --fsdp auto stays DDP."""
+        from flops import GB, choose_strategy
+        cfg = self.cfg
+        if self.device.type == "cuda":
+            mem, where = torch.cuda.get_device_properties(self.device).total_memory / GB, "GPU memory"
+            strategy = cfg.fsdp
+        else:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world))
+            mem, where = available_ram() / GB / local, "available host RAM per process"
+            strategy = "fsdp" if cfg.fsdp == "on" else "ddp"
+        if self.dist.world == 1 or cfg.fsdp == "off":
+            strategy = "ddp"
+        c = choose_strategy(self.model_cfg, self.dist.world, cfg.batch_size, self.seq_len, mem, strategy,
+                            cfg.activation_checkpointing, mixed_precision=self.dtype != torch.float32)
+        if cfg.memory_check and not c["fits"]:
+            raise UserError(f"--size {cfg.size} does not fit: planned {c['bytes'] / GB:.1f} GB per process "
+                            f"({c['strategy']}, micro-batch {cfg.batch_size}, activation checkpointing "
+                            f"{'on' if c['checkpointing'] else 'off'}) > {c['usable_bytes'] / GB:.1f} GB usable "
+                            f"of {mem:.1f} GB {where}; lower --batch_size and raise --grad_accum, use "
+                            f"--activation_checkpointing on or --fsdp on, or more GPUs (python flops.py --check)")
+        return c
 
     def _wrap(self, model):
         if self.dist.world > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
-            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # buckets as views of the gradients: no second gradient copy (flops.memory_plan)
+            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                        gradient_as_bucket_view=True)
         if self.compile:
             model = torch.compile(model)
         return model
@@ -464,7 +505,9 @@ class Trainer:
             log(f"stage {cfg.size}: {n:,} params, {self.max_iters} steps of {self.step_tokens:,} tokens "
                 f"({self.max_iters * self.step_tokens:,} tokens, "
                 f"{self.stage_flops:.3g} FLOPs), "
-                f"world {self.dist.world}, {self.device}, {str(self.dtype).split('.')[-1]}"
+                f"world {self.dist.world} ({self.layout['strategy']}, activation checkpointing "
+                f"{'on' if self.layout['checkpointing'] else 'off'}, planned {self.layout['bytes'] / 1e9:.2f} GB "
+                f"per process), {self.device}, {str(self.dtype).split('.')[-1]}"
                 + (f", from {cfg.init}" if cfg.init else ""))
         for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: checkpoint, then exit
             signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
