@@ -51,16 +51,13 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from flops import FAMILY_BATCH, train_flops_per_token
+from flops import FAMILY_BATCH, GB, device_peak, train_flops_per_token
 from model import FAMILIES, GPT, PRESETS, get_config
 from util import UserError, atomic_write, run_cli, write_json
 
 # relative error allowed against float64: float32 rounds at 6e-8 per operation; 16-bit outputs
 # round at 2^-11 (fp16) and 2^-8 (bf16), and attention casts P to 16 bits before P V
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
-
-# dense bf16 peak FLOP/s by device name (datasheets); the first substring that matches wins
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,10 +532,6 @@ def _random_batches(n: int, batch: int, T: int, vocab: int, device) -> list:
     return [tuple(torch.randint(vocab, (batch, T), device=device) for _ in range(2)) for _ in range(n)]
 
 
-def device_peak(name: str) -> float | None:
-    return next((peak for key, peak in PEAK_BF16 if key in name), None)
-
-
 def gpu_model_speed(size: str, batch: int, steps: int, warmup: int, compiled: bool, deadline: float,
                     device="cuda") -> dict:
     """Section 4: the same initial weights and batches for every mode; one mode in memory at a time;
@@ -678,7 +671,7 @@ def machine() -> dict:
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         m.update(gpu=torch.cuda.get_device_name(), sms=p.multi_processor_count, cuda=torch.version.cuda,
-                 gpu_memory_gb=p.total_memory / 2**30, peak_bf16_flops=device_peak(torch.cuda.get_device_name()))
+                 gpu_memory_gb=p.total_memory / GB, peak_bf16_flops=device_peak(torch.cuda.get_device_name()))
     return m
 
 

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 import checkpoint
 from data import open_split, val_windows
-from flops import train_flops_per_token
+from flops import device_peak, train_flops_per_token
 from expand import block_label, twins
 from model import GPT, get_config, group_names, param_groups
 from util import UserError, atomic_write, pick_device, run_cli
@@ -94,9 +94,6 @@ class TrainConfig:
 # The batch is compared across all processes (batch_size x world size), so any world size may resume.
 RESUME_KEYS = ("size", "data", "init", "tokens", "max_iters", "grad_accum", "seq_len",
                "lr", "min_lr", "warmup", "schedule", "decay_frac", "seed", "global_batch")
-
-# Dense bf16 peak by device name, datasheet values: MFU is only printed where the peak is known.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -288,8 +285,8 @@ class Trainer:
         self.eval_interval = cfg.eval_interval or max(1, self.max_iters // 10)
         self.log_interval = cfg.log_interval or max(1, self.max_iters // 50)
         self.ckpt_interval = cfg.ckpt_interval or self.eval_interval
-        self.peak = cfg.peak_flops or (next((v for k, v in PEAK_FLOPS.items()
-                                              if k in torch.cuda.get_device_name(self.device)), 0)
+        # MFU is only printed where the peak is known
+        self.peak = cfg.peak_flops or (device_peak(torch.cuda.get_device_name(self.device)) or 0
                                        if self.device.type == "cuda" else 0)
         self.stop_requested = False
         self._build()
@@ -511,8 +508,10 @@ class Trainer:
                 + (f", from {cfg.init}" if cfg.init else ""))
         for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: checkpoint, then exit
             signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
-        # tok/s counts training steps only (not evaluations or checkpoint writes)
-        t_start, window_time, bad_steps, self.start_step = time.time(), 0.0, 0, self.step
+        # tok/s and MFU count the steps timed in the window: training steps only (not evaluations,
+        # checkpoint writes or skipped steps), and not a run's first step (torch.compile, warm-up)
+        t_start, window_time, window_steps, bad_steps = time.time(), 0.0, 0, 0
+        self.start_step = self.step
         self.model.train()
         if self.step == 0 and not self.history:
             self.record_eval()
@@ -538,14 +537,15 @@ class Trainer:
             bad_steps = 0
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            window_time += time.time() - t0
+            if self.step > self.start_step:
+                window_time += time.time() - t0
+                window_steps += 1
             self.step += 1
             self.tokens_seen += self.step_tokens
             self.flops += self.step_tokens * self.flops_per_token
             if self.step % self.log_interval == 0 or self.step == self.max_iters:
-                steps = self.step % self.log_interval or self.log_interval
-                self.log_step(loss, lr, gnorm, steps * self.step_tokens / window_time, time.time() - t_start)
-                window_time = 0.0
+                self.log_step(loss, lr, gnorm, window_steps, window_time, time.time() - t_start)
+                window_time, window_steps = 0.0, 0
             done = self.step == self.max_iters
             if self.step % self.eval_interval == 0 or done:
                 self.record_eval()
@@ -594,15 +594,18 @@ class Trainer:
             with open(Path(self.cfg.out) / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def log_step(self, loss, lr, gnorm, tps, elapsed):
-        mfu = tps * self.flops_per_token / self.dist.world / self.peak if self.peak else None
+    def log_step(self, loss, lr, gnorm, timed_steps, timed_s, elapsed):
+        """One log line and metrics row; tok/s and MFU over the window's timed steps (none: n/a)."""
+        tps = timed_steps * self.step_tokens / timed_s if timed_steps else None
+        mfu = tps * self.flops_per_token / self.dist.world / self.peak if self.peak and tps else None
         eta = elapsed / (self.step - self.start_step) * (self.max_iters - self.step)
+        speed = f"{tps / 1e3:8.1f}k tok/s" if tps else "tok/s n/a (first step of the run: compile, warm-up)"
         self.log(f"step {self.step:6d}/{self.max_iters} | loss {loss:.4f} | lr {lr:.2e} | gnorm {gnorm:.2f} | "
-                 f"{tps / 1e3:8.1f}k tok/s" + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
+                 f"{speed}" + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
                  + f" | ETA {eta / 60:.1f} min")
         self.metrics({"step": self.step, "tokens": self.tokens_seen, "flops": self.flops,
                       "flops_total": self.flops_total, "loss": loss, "lr": lr, "grad_norm": gnorm,
-                      "tok_per_s": tps, "mfu": mfu})
+                      "tok_per_s": tps, "timed_steps": timed_steps, "mfu": mfu})
 
     def record_eval(self):
         val = self.evaluate()
