@@ -219,6 +219,16 @@ def checkpoint_activations(model: GPT):
         block.forward = partial(checkpoint, type(block).forward, block, use_reentrant=False)
 
 
+def load_weights(model: GPT, weights: dict):
+    """A full state dict into a model built on the meta device: its tensors become the parameters
+    (memory-mapped ones stay mapped until moved to the device)."""
+    try:
+        model.load_state_dict(weights, assign=True)
+    except RuntimeError as e:
+        raise checkpoint.CheckpointError(f"checkpoint weights do not match the model: "
+                                         f"{str(e).splitlines()[0]}") from e
+
+
 def available_ram() -> float:
     """Bytes of host memory available to new allocations (Linux: MemAvailable; else the total)."""
     try:
@@ -294,15 +304,13 @@ class Trainer:
     # -- model, optimizer, state ----------------------------------------------------------------
     def _build(self):
         cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        self.meta, self.flops_base, opt_state = {"lineage": []}, 0.0, None
-        model = GPT(self.model_cfg, use_kernels=cfg.kernels)
+        self.meta, self.flops_base, opt_state, weights = {"lineage": []}, 0.0, None, None
         if cfg.init:
-            init = checkpoint.load(cfg.init, mmap=True)
+            init = checkpoint.load(cfg.init, mmap=True)  # mapped: each process reads only what it keeps
             if init["config"] != self.model_cfg:
                 raise UserError(f"--init {cfg.init} is a {checkpoint.size_name(init['config'])} checkpoint "
                                 f"but --size is {cfg.size}; grow it first with expand.py --size {cfg.size}")
-            model = checkpoint.build_model(init, use_kernels=cfg.kernels)
+            weights = init["model"]
             self.meta = {"lineage": init["meta"].get("lineage", []), "init": str(cfg.init),
                          "expansion": init["meta"].get("expansion")}
             self.flops_base = init["meta"].get("flops_total", 0.0)  # FLOPs of the ancestors
@@ -311,22 +319,55 @@ class Trainer:
         resume = checkpoint.load(self.ckpt_path, mmap=True) if cfg.resume and self.ckpt_path.exists() else None
         if resume is not None:
             self._check_resumable(resume)
-        self.model = model.to(self.device)
-        if self.layout["checkpointing"]:
-            checkpoint_activations(self.model)
-        if self.fsdp:  # shard before the optimizer is built: it must see the sharded parameters
-            shard(self.model, self.dtype)
+            weights = resume["model"]
+        self.model = self._new_model(weights)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=not self.fsdp)
         if resume is not None:
             self._resume(resume)
         elif opt_state is not None:
-            self.load_state(None, opt_state)
+            self.load_optimizer(opt_state)
             for g, wd in zip(self.optimizer.param_groups, (cfg.weight_decay, 0.0)):  # this stage's settings,
                 g.update(betas=(cfg.beta1, cfg.beta2), weight_decay=wd)  # not the source stage's
         self.train_model = self._wrap(self.model)
         # the family's stage (ancestors of this model): each stage draws its own data stream
         self.stage = len(self.meta["lineage"])
+
+    def _new_model(self, weights: dict | None) -> GPT:
+        """The model on its device, its blocks checkpointed, sharded under FSDP (before the optimizer
+        is built: it must see the sharded parameters), with `weights` (a full state dict, memory-mapped)
+        or else the seeded initialisation. Under FSDP it is built on the meta device and sharded first;
+        each process then reads its shard of `weights`, or rank 0 alone initialises the full model, as
+        one process does, and broadcasts it. No process builds a full copy it does not need."""
+        cfg = self.cfg
+        if weights is None and not self.fsdp:
+            torch.manual_seed(cfg.seed)
+            with self.device:  # on CUDA, drawn there: a billion normal draws on the host take minutes
+                model = GPT(self.model_cfg, use_kernels=cfg.kernels)
+        else:
+            with torch.device("meta"):
+                model = GPT(self.model_cfg, use_kernels=cfg.kernels)
+        if self.layout["checkpointing"]:
+            checkpoint_activations(model)
+        if not self.fsdp:
+            if weights is not None:
+                load_weights(model, weights)
+            return model.to(self.device)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        shard(model, self.dtype)
+        model.to_empty(device=self.device)
+        broadcast = weights is None
+        if broadcast:
+            weights = {}
+            if self.dist.master:
+                torch.manual_seed(cfg.seed)
+                with self.device:
+                    weights = GPT(self.model_cfg, use_kernels=False).state_dict()
+        # the model's and the optimizer's setters apart: set_state_dict with empty dicts on the other
+        # ranks hangs (../shared/docs/cpu-distributed.md)
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True,
+                                                                      broadcast_from_rank0=broadcast))
+        return model
 
     def _memory_layout(self) -> dict:
         """Strategy (single, ddp, fsdp) and activation checkpointing from flops.py's memory plan of
@@ -376,7 +417,7 @@ class Trainer:
 
     def _resume(self, ck):
         saved = ck["train"]
-        self.load_state(ck["model"], ck["optimizer"])
+        self.load_optimizer(ck["optimizer"])  # the weights are loaded where the model is built
         self.step, self.tokens_seen, self.flops = saved["step"], saved["tokens"], saved["flops"]
         self.flops_base, self.history, self.meta = saved["flops_base"], saved["history"], ck["meta"]
         torch.set_rng_state(saved["rng"])
@@ -384,19 +425,14 @@ class Trainer:
             write_jsonl(Path(self.cfg.out) / "metrics.jsonl", self.history)
             print(f"resumed {self.ckpt_path} at step {self.step}/{self.max_iters}")
 
-    def load_state(self, model_sd, optim_sd):
-        """Load full (unsharded) state, as the checkpoint file holds it, whatever the world size."""
+    def load_optimizer(self, optim_sd):
+        """Load the full (unsharded) AdamW state, as checkpoint files hold it, whatever the world size."""
         if not self.fsdp:
-            if model_sd is not None:
-                self.model.load_state_dict(model_sd)
             self.optimizer.load_state_dict(optim_sd)
             return
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
-        opts = StateDictOptions(full_state_dict=True)
-        if model_sd is not None:
-            set_model_state_dict(self.model, model_sd, options=opts)
-        set_optimizer_state_dict(self.model, self.optimizer, optim_by_name(optim_sd, self.model), options=opts)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(self.model, self.optimizer, optim_by_name(optim_sd, self.model),
+                                 options=StateDictOptions(full_state_dict=True))
 
     def full_state(self):
         """(model, optimizer) state dicts, unsharded; under FSDP every rank must call this."""
