@@ -7,6 +7,10 @@ with torch.load(weights_only=True), so that loading one never runs code.
      "optimizer": AdamW state_dict or None,
      "train": {step, max_iters, tokens, flops, done, rng, args} or None (stage progress),
      "meta": {size, flops_total (this stage and every ancestor), lineage: [...], expansion: {...}}}
+
+A training run sharded with FSDP writes a folder instead (load_sharded): each rank's shards of the
+model and AdamW state (torch.distributed.checkpoint), and the rest of that dict in SHARDED_META.
+load() reads either in one process and returns the same dict.
 """
 import pickle
 import zipfile
@@ -19,6 +23,7 @@ from util import UserError, atomic_write
 
 FORMAT = "progressive-gpt-family"
 VERSION = 1
+SHARDED_META = "meta.pt"  # in a sharded checkpoint's folder: the checkpoint dict without its tensors
 
 
 class CheckpointError(UserError):
@@ -53,6 +58,8 @@ def save(path, ckpt: dict):
 def load(path, map_location="cpu", mmap=False) -> dict:
     """mmap=True maps the tensors instead of reading them: cheap when only config/meta are needed."""
     path = Path(path)
+    if path.is_dir():
+        return load_sharded(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -73,6 +80,36 @@ def load(path, map_location="cpu", mmap=False) -> dict:
     except (TypeError, KeyError) as e:
         raise CheckpointError(f"{path} has an unreadable model config ({e})") from e
     return ckpt
+
+
+def load_sharded(path, tensors=True) -> dict:
+    """A sharded checkpoint folder (train.py under FSDP) in one process, as load() returns a file:
+    the full model state and AdamW's index-keyed state. tensors=False: config, train and meta only
+    (the model and optimizer stay None), e.g. to check a run before every rank loads its shards."""
+    path = Path(path)
+    ckpt = load(path / SHARDED_META)
+    ckpt["model"] = ckpt["optimizer"] = None
+    if not tensors:
+        return ckpt
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+    state = {}
+    try:  # what torch.distributed.checkpoint.format_utils.dcp_to_torch_save does, in memory
+        _load_state_dict(state, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(),
+                         no_dist=True)
+    except Exception as e:  # torch raises CheckpointException and others for missing or broken shards
+        raise CheckpointError(f"{path}: its shards are missing or corrupt ({type(e).__name__}); "
+                              "use an intact checkpoint or the previous one") from e
+    ckpt["model"], ckpt["optimizer"] = state["model"], optim_by_index(state["optim"])
+    return ckpt
+
+
+def optim_by_index(osd: dict) -> dict:
+    """torch.distributed's name-keyed optimizer state -> AdamW's own index-keyed layout."""
+    index = {n: i for i, n in enumerate(n for g in osd["param_groups"] for n in g["params"])}
+    return {"state": {index[n]: v for n, v in osd["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
 
 
 def build_model(ckpt: dict, device="cpu", use_kernels=True) -> GPT:

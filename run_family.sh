@@ -162,8 +162,9 @@ for seed in $SEEDS; do
       if [ "$size $tokens $lr $min_lr $warmup $batch $seq" = "$first" ]; then
         # the smallest member is trained exactly as the first progressive stage: reuse it
         log "member $size: the same run as progressive stage $size, reused"
-        mkdir -p "$indep" && step cp -p "$prog/ckpt_$size.pt" "$indep/ckpt_$size.pt.tmp"
-        step mv "$indep/ckpt_$size.pt.tmp" "$indep/ckpt_$size.pt"
+        # a file, or a folder when the stage ran sharded (FSDP)
+        mkdir -p "$indep" && step rm -rf "$indep/ckpt_$size.pt.tmp" && step cp -pr "$prog/ckpt_$size.pt" "$indep/ckpt_$size.pt.tmp"
+        step rm -rf "$indep/ckpt_$size.pt" && step mv "$indep/ckpt_$size.pt.tmp" "$indep/ckpt_$size.pt"
       else
         log "member $size: $tokens tokens from scratch, max LR $lr"
         train "$indep" "$size" "$tokens" "$lr" "$min_lr" "$warmup" "$batch" "$seq" "$seed"

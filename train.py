@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -176,15 +177,8 @@ def check_data(meta: dict, model_cfg, data_dir: str):
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule
 
-def optim_by_index(osd: dict) -> dict:
-    """torch.distributed's name-keyed optimizer state -> AdamW's own index-keyed layout."""
-    index = {n: i for i, n in enumerate(n for g in osd["param_groups"] for n in g["params"])}
-    return {"state": {index[n]: v for n, v in osd["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
-
-
 def optim_by_name(osd: dict, model) -> dict:
-    """The inverse of optim_by_index, for a model laid out as group_names() says."""
+    """The inverse of checkpoint.optim_by_index, for a model laid out as group_names() says."""
     names = [n for group in group_names(model) for n in group]
     return {"state": {names[i]: v for i, v in osd["state"].items()},
             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
@@ -227,6 +221,19 @@ def load_weights(model: GPT, weights: dict):
     except RuntimeError as e:
         raise checkpoint.CheckpointError(f"checkpoint weights do not match the model: "
                                          f"{str(e).splitlines()[0]}") from e
+
+
+def replace_path(tmp: Path, path: Path):
+    """Put `tmp` at `path`, either of them a file or a folder (a run resumed on another world size may
+    switch between one-file and sharded checkpoints); a run killed in between keeps PATH.old."""
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink(missing_ok=True)
 
 
 def available_ram() -> float:
@@ -316,11 +323,13 @@ class Trainer:
             self.flops_base = init["meta"].get("flops_total", 0.0)  # FLOPs of the ancestors
             opt_state = init.get("optimizer")  # expand.py --optimizer-state: grown AdamW moments
         self.step, self.tokens_seen, self.flops, self.history = 0, 0, 0.0, []
-        resume = checkpoint.load(self.ckpt_path, mmap=True) if cfg.resume and self.ckpt_path.exists() else None
-        if resume is not None:
+        resume = None
+        if cfg.resume and self.ckpt_path.exists():  # a sharded one: its shards are read once the model is built
+            resume = (checkpoint.load_sharded(self.ckpt_path, tensors=False) if self.ckpt_path.is_dir()
+                      else checkpoint.load(self.ckpt_path, mmap=True))
             self._check_resumable(resume)
             weights = resume["model"]
-        self.model = self._new_model(weights)
+        self.model = self._new_model(weights, initialise=resume is None)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=not self.fsdp)
         if resume is not None:
@@ -333,14 +342,16 @@ class Trainer:
         # the family's stage (ancestors of this model): each stage draws its own data stream
         self.stage = len(self.meta["lineage"])
 
-    def _new_model(self, weights: dict | None) -> GPT:
+    def _new_model(self, weights: dict | None, initialise: bool = True) -> GPT:
         """The model on its device, its blocks checkpointed, sharded under FSDP (before the optimizer
         is built: it must see the sharded parameters), with `weights` (a full state dict, memory-mapped)
-        or else the seeded initialisation. Under FSDP it is built on the meta device and sharded first;
-        each process then reads its shard of `weights`, or rank 0 alone initialises the full model, as
-        one process does, and broadcasts it. No process builds a full copy it does not need."""
+        or else the seeded initialisation (initialise=False: neither, a sharded checkpoint fills it).
+        Under FSDP it is built on the meta device and sharded first; each process then reads its
+        shard of `weights`, or rank 0 alone initialises the full model, as one process does, and
+        broadcasts it. No process builds a full copy it does not need."""
         cfg = self.cfg
-        if weights is None and not self.fsdp:
+        seeded = weights is None and initialise and not self.fsdp
+        if seeded:
             torch.manual_seed(cfg.seed)
             with self.device:  # on CUDA, drawn there: a billion normal draws on the host take minutes
                 model = GPT(self.model_cfg, use_kernels=cfg.kernels)
@@ -352,10 +363,14 @@ class Trainer:
         if not self.fsdp:
             if weights is not None:
                 load_weights(model, weights)
+            elif not seeded:
+                model.to_empty(device=self.device)
             return model.to(self.device)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         shard(model, self.dtype)
         model.to_empty(device=self.device)
+        if not initialise:
+            return model
         broadcast = weights is None
         if broadcast:
             weights = {}
@@ -417,7 +432,10 @@ class Trainer:
 
     def _resume(self, ck):
         saved = ck["train"]
-        self.load_optimizer(ck["optimizer"])  # the weights are loaded where the model is built
+        if self.ckpt_path.is_dir():
+            self._load_sharded(self.ckpt_path)
+        else:
+            self.load_optimizer(ck["optimizer"])  # the weights were loaded where the model was built
         self.step, self.tokens_seen, self.flops = saved["step"], saved["tokens"], saved["flops"]
         self.flops_base, self.history, self.meta = saved["flops_base"], saved["history"], ck["meta"]
         torch.set_rng_state(saved["rng"])
@@ -434,20 +452,37 @@ class Trainer:
         set_optimizer_state_dict(self.model, self.optimizer, optim_by_name(optim_sd, self.model),
                                  options=StateDictOptions(full_state_dict=True))
 
-    def full_state(self):
-        """(model, optimizer) state dicts, unsharded; under FSDP every rank must call this."""
-        if not self.fsdp:
-            return self.model.state_dict(), self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-        msd, osd = get_state_dict(self.model, self.optimizer,
-                                  options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return msd, optim_by_index(osd) if self.dist.master else osd  # only rank 0 gets the full state
+    def _load_sharded(self, path: Path):
+        """Model and AdamW state from a sharded checkpoint, whatever world size and wrapper wrote or
+        reads it: each rank reads what it keeps (torch.distributed.checkpoint reshards)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        msd, osd = get_state_dict(self.model, self.optimizer)  # templates; also creates AdamW's state
+        state = {"model": msd, "optim": osd}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+    def _save_sharded(self, path: Path, head: dict):
+        """FSDP: every rank writes its shards and rank 0 the rest (checkpoint.SHARDED_META) into a
+        folder beside `path`, which then replaces it: nothing is gathered, and a run killed while
+        writing keeps the previous checkpoint."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        tmp = path.with_name(path.name + ".tmp")
+        if self.dist.master:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        msd, osd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
+        if self.dist.master:
+            checkpoint.save(tmp / checkpoint.SHARDED_META, head)
+            replace_path(tmp, path)
+        dist.barrier()
 
     def save(self, done=False, path=None):
-        """The training checkpoint; with `path`, the stable-phase one (--stable_ckpt) there."""
-        model_sd, optim_sd = self.full_state() if (self.fsdp or self.dist.master) else (None, None)
-        if not self.dist.master:
-            return
+        """The training checkpoint; with `path`, the stable-phase one (--stable_ckpt) there. Under FSDP
+        a sharded folder (resumable on any world size; checkpoint.load reads it), else one file."""
+        stable, path = path is not None, Path(path or self.ckpt_path)
         train = {"step": self.step, "max_iters": self.max_iters, "tokens": self.tokens_seen,
                  "flops": self.flops, "flops_base": self.flops_base, "done": done,
                  "rng": torch.get_rng_state(),
@@ -456,12 +491,20 @@ class Trainer:
                  "data_position": {"seed": self.cfg.seed, "stage": self.stage, "next_step": self.step}}
         meta = {**self.meta, "flops_total": self.flops_total,
                 "metrics": str(Path(self.cfg.out) / "metrics.jsonl")}
-        if path is not None:
+        if stable:
             # the next member grows from here, but this member still finishes its decay: the family
             # pays for the whole stage, so its descendants count all of it among their ancestors' FLOPs
             meta.update(flops_total=self.flops_base + self.stage_flops,
                         stable_phase_end={"step": self.step, "of": self.max_iters})
-        checkpoint.save(path or self.ckpt_path, checkpoint.pack(self.model_cfg, model_sd, optim_sd, train, meta))
+        if self.fsdp:
+            self._save_sharded(path, checkpoint.pack(self.model_cfg, {}, None, train, meta))
+        elif self.dist.master:
+            ckpt = checkpoint.pack(self.model_cfg, self.model.state_dict(), self.optimizer.state_dict(), train, meta)
+            if path.is_dir():  # resumed from a sharded checkpoint on one process or under DDP
+                checkpoint.save(path.with_name(path.name + ".tmp"), ckpt)
+                replace_path(path.with_name(path.name + ".tmp"), path)
+            else:
+                checkpoint.save(path, ckpt)
 
     @property
     def stage_flops(self) -> float:
