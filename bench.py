@@ -548,7 +548,8 @@ def gpu_model_speed(size: str, batch: int, steps: int, warmup: int, compiled: bo
     tokens = batch * cfg.block_size
     peak = device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     # compiled first: it is what train.py runs on CUDA, and the budget may end before the rest
-    specs = (["compile+bf16+fused", "compile+bf16+fused+kernels"] if compiled else []) + ["bf16+fused", "bf16+fused+kernels"]
+    specs = ((["compile+bf16+fused", "compile+bf16+fused+kernels"] if compiled else [])
+             + ["bf16+fused", "bf16+fused+kernels"])
     out = {"size": size, "batch": batch, "seq_len": cfg.block_size, "peak_flops": peak, "modes": {},
            "skipped": []}
     for spec in specs:

@@ -82,26 +82,30 @@ def load(path, map_location="cpu", mmap=False) -> dict:
     return ckpt
 
 
-def load_sharded(path, tensors=True) -> dict:
+def load_sharded(path, model=True, optimizer=True) -> dict:
     """A sharded checkpoint folder (train.py under FSDP) in one process, as load() returns a file:
-    the full model state and AdamW's index-keyed state. tensors=False: config, train and meta only
-    (the model and optimizer stay None), e.g. to check a run before every rank loads its shards."""
+    the full model state and AdamW's index-keyed state. model/optimizer=False leaves that part None
+    and unread (e.g. to check a run before every rank loads its own shards)."""
     path = Path(path)
     ckpt = load(path / SHARDED_META)
     ckpt["model"] = ckpt["optimizer"] = None
-    if not tensors:
+    keys = {key for key, wanted in (("model", model), ("optim", optimizer)) if wanted}
+    if not keys:
         return ckpt
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
     state = {}
     try:  # what torch.distributed.checkpoint.format_utils.dcp_to_torch_save does, in memory
-        _load_state_dict(state, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(),
-                         no_dist=True)
+        _load_state_dict(state, storage_reader=FileSystemReader(path),
+                         planner=_EmptyStateDictLoadPlanner(keys=keys), no_dist=True)
     except Exception as e:  # torch raises CheckpointException and others for missing or broken shards
         raise CheckpointError(f"{path}: its shards are missing or corrupt ({type(e).__name__}); "
                               "use an intact checkpoint or the previous one") from e
-    ckpt["model"], ckpt["optimizer"] = state["model"], optim_by_index(state["optim"])
+    if model:
+        ckpt["model"] = state["model"]
+    if optimizer:
+        ckpt["optimizer"] = optim_by_index(state["optim"])
     return ckpt
 
 

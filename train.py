@@ -325,8 +325,9 @@ class Trainer:
         self.step, self.tokens_seen, self.flops, self.history = 0, 0, 0.0, []
         resume = None
         if cfg.resume and self.ckpt_path.exists():  # a sharded one: its shards are read once the model is built
-            resume = (checkpoint.load_sharded(self.ckpt_path, tensors=False) if self.ckpt_path.is_dir()
-                      else checkpoint.load(self.ckpt_path, mmap=True))
+            path = self.ckpt_path
+            resume = (checkpoint.load_sharded(path, model=False, optimizer=False) if path.is_dir()
+                      else checkpoint.load(path, mmap=True))
             self._check_resumable(resume)
             weights = resume["model"]
         self.model = self._new_model(weights, initialise=resume is None)
@@ -642,7 +643,9 @@ class Trainer:
     def check_growth(self):
         """After a grown stage every copied unit should have learned apart from its source; a copy
         that is still its twin never will (equal gradients and updates), so its width is wasted."""
-        rows = twins(checkpoint.load(self.ckpt_path, mmap=True))
+        path = self.ckpt_path  # the weights only: a sharded checkpoint would read AdamW's state too
+        rows = twins(checkpoint.load_sharded(path, optimizer=False) if path.is_dir()
+                     else checkpoint.load(path, mmap=True))
         stuck = [r for r in rows if r["twins"]]
         if not stuck:
             self.log(f"growth check: all {sum(r['copies'] for r in rows)} copied units differ from their source")

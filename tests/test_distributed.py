@@ -61,6 +61,9 @@ def test_fsdp_checkpoint_resumes_on_one_and_two_ranks(byte_data, tmp_path, refer
     assert saved["train"]["step"] == 3 and not saved["train"]["done"]
     assert set(saved["model"]) == set(reference["model"]) and set(saved["optimizer"]["state"]) == \
         set(reference["optimizer"]["state"])
+    weights_only = checkpoint.load_sharded(sharded, optimizer=False)
+    assert weights_only["optimizer"] is None and all(torch.equal(weights_only["model"][k], v)
+                                                     for k, v in saved["model"].items())
     for nproc, extra in ((1, ()), (2, ("--fsdp", "off")), (2, ("--fsdp", "on"))):
         out = tmp_path / f"resume{nproc}{''.join(extra)}"
         out.mkdir()

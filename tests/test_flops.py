@@ -189,7 +189,8 @@ def test_layout_small_gpus_checkpoint_or_refuse():
     assert all(r["fits"] for r in small) and small[-1]["checkpointing"]
     assert not choose_layout(get_config("8b"), 8, 1024, gpu_mem_gb=4)["fits"]
     tiny = choose_layout(get_config("20k"), 1, 16)  # the CPU family: one micro-step of 16, as before
-    assert (tiny["micro_batch"], tiny["grad_accum"], tiny["strategy"], tiny["checkpointing"]) == (16, 1, "single", False)
+    assert (tiny["micro_batch"], tiny["grad_accum"], tiny["strategy"], tiny["checkpointing"]) == \
+        (16, 1, "single", False)
     for nproc in (0, 3, 2048):
         with pytest.raises(UserError, match="divide"):
             choose_layout(get_config("1b"), nproc, 1024)

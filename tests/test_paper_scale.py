@@ -60,7 +60,7 @@ def test_start_up_weights_as_before(byte_data, tmp_path):
     """From scratch: the seeded initialisation of one process, as GPT(cfg) after manual_seed gave it
     before the meta-device start-up; with --init: the file's weights, trainable, nothing else drawn."""
     import train
-    from model import GPT, get_config
+    from model import GPT
     args = ["--size", "20k", "--data", str(byte_data), "--max_iters", "2", "--seed", "7"]
     torch.manual_seed(7)
     expected = GPT(get_config("20k")).state_dict()
