@@ -1,21 +1,24 @@
 """
 Benchmarks of the Triton kernels (kernels.py) against PyTorch's own ops, and of the training step.
 
-On a CUDA GPU, one prepared run (about 5 minutes on an H100, most of it Triton autotuning and
-torch.compile; no section or model mode starts after --budget_s seconds):
+On a CUDA GPU, one prepared run, the sections that matter first (most of the time is Triton
+autotuning and torch.compile; no section or model mode starts after --budget_s seconds, 8 minutes
+by default, so that a 10-minute slot keeps what ran; results are saved after every section):
 
     python bench.py --gpu-all --out bench/
 
   1. correctness first: the compiled kernels, float32 and bfloat16, forward and backward, against
      float64 PyTorch on fresh random inputs, every output buffer poisoned with NaN beforehand (the
      same comparison tests/test_kernels.py runs on CPU through Triton's interpreter);
-  2. LayerNorm fwd+bwd at widths 2048 and 4096 (8 x 1024 rows, bf16): kernel vs F.layer_norm eager
+  2. a training step of the 1b preset (8 x 1024 tokens, bf16 autocast, fused AdamW) with kernels
+     off and on, compiled first, then eager, from one initialisation on the same batches: tokens/s,
+     MFU against the device's bf16 peak (flops.device_peak), peak memory allocated, and each step's
+     loss (on and off should agree to bf16 noise);
+  3. LayerNorm fwd+bwd at widths 2048 and 4096 (8 x 1024 rows, bf16): kernel vs F.layer_norm eager
      and torch.compile'd, in GB/s of the minimum traffic, against a measured device copy;
-  3. causal attention fwd+bwd (8 x 1024 tokens, 16 and 32 heads of 128, bf16): kernel vs
-     F.scaled_dot_product_attention (flash backend) eager and compiled, in TFLOP/s;
-  4. a training step of the 1b preset (8 x 1024 tokens, bf16 autocast, fused AdamW) with kernels
-     on and off, eager and compiled, from one initialisation on the same batches: tokens/s, MFU
-     against the device's bf16 peak, and each step's loss (on and off should agree to bf16 noise).
+  4. causal attention fwd+bwd (8 x 1024 tokens, 16 and 32 heads of 128, bf16): kernel vs
+     F.scaled_dot_product_attention (flash backend) eager and compiled, in TFLOP/s.
+  Every section also records torch.cuda.max_memory_allocated.
 
 On CPU, the training step of each tiny member (model.FAMILIES["tiny"], flops.FAMILY_BATCH tokens):
 
@@ -52,15 +55,12 @@ from util import UserError, atomic_write, run_cli, write_json  # first: see util
 import torch
 import torch.nn.functional as F
 
-from flops import FAMILY_BATCH, train_flops_per_token
+from flops import FAMILY_BATCH, GB, device_peak, train_flops_per_token
 from model import FAMILIES, GPT, PRESETS, get_config
 
 # relative error allowed against float64: float32 rounds at 6e-8 per operation; 16-bit outputs
 # round at 2^-11 (fp16) and 2^-8 (bf16), and attention casts P to 16 bits before P V
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
-
-# dense bf16 peak FLOP/s by device name (datasheets); the first substring that matches wins
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,10 +535,6 @@ def _random_batches(n: int, batch: int, T: int, vocab: int, device) -> list:
     return [tuple(torch.randint(vocab, (batch, T), device=device) for _ in range(2)) for _ in range(n)]
 
 
-def device_peak(name: str) -> float | None:
-    return next((peak for key, peak in PEAK_BF16 if key in name), None)
-
-
 def gpu_model_speed(size: str, batch: int, steps: int, warmup: int, compiled: bool, deadline: float,
                     device="cuda") -> dict:
     """Section 4: the same initial weights and batches for every mode; one mode in memory at a time;
@@ -551,7 +547,9 @@ def gpu_model_speed(size: str, batch: int, steps: int, warmup: int, compiled: bo
     batches = _random_batches(warmup + steps, batch, cfg.block_size, cfg.vocab_size, device)
     tokens = batch * cfg.block_size
     peak = device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    specs = ["bf16+fused", "bf16+fused+kernels"] + (["compile+bf16+fused", "compile+bf16+fused+kernels"] if compiled else [])
+    # compiled first: it is what train.py runs on CUDA, and the budget may end before the rest
+    specs = ((["compile+bf16+fused", "compile+bf16+fused+kernels"] if compiled else [])
+             + ["bf16+fused", "bf16+fused+kernels"])
     out = {"size": size, "batch": batch, "seq_len": cfg.block_size, "peak_flops": peak, "modes": {},
            "skipped": []}
     for spec in specs:
@@ -559,8 +557,10 @@ def gpu_model_speed(size: str, batch: int, steps: int, warmup: int, compiled: bo
             out["skipped"].append(spec)
             continue
         model.load_state_dict(init)
+        reset_peak_memory(device)
         step = TrainStep(model, StepMode.parse(spec, device), device)
         r = time_steps({spec: step}, batches, warmup)[spec]
+        r["max_memory_allocated_gb"] = max_memory_gb(device)
         del step
         torch._dynamo.reset()
         torch.cuda.empty_cache()
@@ -574,6 +574,16 @@ def gpu_model_speed(size: str, batch: int, steps: int, warmup: int, compiled: bo
         print(f"  {size} {spec:28s} {r['tokens_per_s']:10.0f} tok/s  MFU {mfu}  losses "
               f"{', '.join(f'{x:.4f}' for x in r['losses'][:4])}", flush=True)
     return out
+
+
+def reset_peak_memory(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def max_memory_gb(device) -> float | None:
+    """torch.cuda.max_memory_allocated since the last reset_peak_memory, in GB (None off CUDA)."""
+    return torch.cuda.max_memory_allocated(device) / GB if torch.device(device).type == "cuda" else None
 
 
 def op_shares(step: TrainStep, batches, top: int = 6) -> dict[str, float]:
@@ -678,7 +688,7 @@ def machine() -> dict:
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         m.update(gpu=torch.cuda.get_device_name(), sms=p.multi_processor_count, cuda=torch.version.cuda,
-                 gpu_memory_gb=p.total_memory / 2**30, peak_bf16_flops=device_peak(torch.cuda.get_device_name()))
+                 gpu_memory_gb=p.total_memory / GB, peak_bf16_flops=device_peak(torch.cuda.get_device_name()))
     return m
 
 
@@ -759,12 +769,18 @@ def _md_gpu(res: dict) -> str:
     if "model" in res:
         m = res["model"]
         lines += [f"{m['size']}, batch {m['batch']} x {m['seq_len']}, median of the timed steps:\n",
-                  "| mode | tok/s | MFU | first losses | max loss diff vs first mode |", "|---|---|---|---|---|"]
+                  "| mode | tok/s | MFU | peak GB | first losses | max loss diff vs first mode |",
+                  "|---|---|---|---|---|---|"]
         for spec, r in m["modes"].items():
             mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
-            lines.append(f"| {spec} | {r['tokens_per_s']:.0f} | {mfu} | "
+            peak = "n/a" if r["max_memory_allocated_gb"] is None else f"{r['max_memory_allocated_gb']:.1f}"
+            lines.append(f"| {spec} | {r['tokens_per_s']:.0f} | {mfu} | {peak} | "
                          f"{', '.join(f'{x:.4f}' for x in r['losses'][:3])} | {r['max_loss_diff_vs_first_mode']:.2e} |")
         lines += [""] + [f"- skipped (time): {spec}" for spec in m["skipped"]]
+    peaks = res.get("max_memory_allocated_gb") or {}
+    if peaks:
+        lines += ["", "Peak memory allocated per section (GB): "
+                  + ", ".join(f"{name} {gb:.1f}" for name, gb in peaks.items())]
     lines += [""] + [f"- skipped: {note}" for note in res.get("skipped", [])]
     return "\n".join(lines) + "\n"
 
@@ -802,10 +818,10 @@ def run_gpu_all(args) -> None:
     if not torch.cuda.is_available():
         raise UserError("--gpu-all needs a CUDA GPU; on CPU use --cpu")
     deadline = time.perf_counter() + args.budget_s
-    run_sections([("correctness", gpu_correctness), ("layer_norm", gpu_layer_norm_speed),
-                  ("attention", gpu_attention_speed),
+    run_sections([("correctness", gpu_correctness),
                   ("model", lambda: gpu_model_speed(args.size, args.batch, args.steps, args.warmup,
-                                                    args.model_compile, deadline))],
+                                                    args.model_compile, deadline)),
+                  ("layer_norm", gpu_layer_norm_speed), ("attention", gpu_attention_speed)],
                  args.out, deadline)
 
 
@@ -814,18 +830,23 @@ def run_sections(sections, out_dir: str, deadline: float) -> dict:
     raises is reported and the next one runs (one run on a lent GPU must not lose the rest); none
     starts after `deadline` (time.perf_counter)."""
     t0 = time.perf_counter()
-    res = {"machine": machine(), "skipped": []}
+    res = {"machine": machine(), "skipped": [], "max_memory_allocated_gb": {}}
     print(f"machine: {res['machine']}", flush=True)
+    cuda = torch.cuda.is_available()
     for name, run in sections:
         if time.perf_counter() > deadline:
             res["skipped"].append(f"{name} (past the time budget, --budget_s)")
             continue
         print(f"[{name}] at {time.perf_counter() - t0:.0f} s", flush=True)
+        if cuda:
+            reset_peak_memory("cuda")
         try:
             res[name] = run()
         except Exception as e:
             traceback.print_exc()
             res["skipped"].append(f"{name} failed: {type(e).__name__}: {e}")
+        if cuda:
+            res["max_memory_allocated_gb"][name] = max_memory_gb("cuda")
         _save(out_dir, "results_gpu", res, _md_gpu)  # after every section: a timeout keeps the rest
     print(_md_gpu(res))
     if not all(r["ok"] for r in res.get("correctness", [])) or any("failed" in s for s in res["skipped"]):
@@ -879,8 +900,9 @@ def main():
     p.add_argument("--batch", type=int, default=8, help="GPU: sequences per training step")
     p.add_argument("--model_compile", action=argparse.BooleanOptionalAction, default=True,
                    help="GPU: also time the torch.compile'd model (about a minute of compilation each)")
-    p.add_argument("--budget_s", type=float, default=240,
-                   help="GPU: start no new section after this many seconds")
+    p.add_argument("--budget_s", type=float, default=480,
+                   help="GPU: start no new section or model mode after this many seconds (default 480: "
+                        "correctness and the 1b step come first)")
     p.add_argument("--sm", default="90,80", help="--aot: comma-separated compute capabilities (90: H100/H200, 80: A100)")
     p.add_argument("--quick", action="store_true", help="--aot: LayerNorm 4096 and head_dim 128 only (bf16; attention also float32)")
     args = p.parse_args()

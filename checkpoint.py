@@ -12,6 +12,10 @@ with torch.load(weights_only=True), so that loading one never runs code.
 torch.load never checks the zip's own CRCs, so bytes overwritten inside a tensor would load silently:
 save() writes a CRC-32 per tensor (about a tenth of the time of the write) and load() checks them,
 and refuses weights that are NaN or Inf. Version 1 files (no checksums) still load.
+
+A training run sharded with FSDP writes a folder instead (load_sharded): each rank's shards of the
+model and AdamW state (torch.distributed.checkpoint), and the rest of that dict in SHARDED_META.
+load() reads either in one process and returns the same dict.
 """
 import pickle
 import zipfile
@@ -25,6 +29,7 @@ from util import UserError, atomic_write
 
 FORMAT = "progressive-gpt-family"
 VERSION = 2  # 2: per-tensor checksums
+SHARDED_META = "meta.pt"  # in a sharded checkpoint's folder: the checkpoint dict without its tensors
 
 
 class CheckpointError(UserError):
@@ -101,6 +106,8 @@ def load(path, map_location="cpu", mmap=False, verify=True) -> dict:
     """mmap=True maps the tensors instead of reading them. verify=False skips the checksums and the
     NaN/Inf test, which read every tensor: for reading only config/meta/history."""
     path = Path(path)
+    if path.is_dir():
+        return load_sharded(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -123,6 +130,40 @@ def load(path, map_location="cpu", mmap=False, verify=True) -> dict:
     if verify:
         check_tensors(path, ckpt, sums)
     return ckpt
+
+
+def load_sharded(path, model=True, optimizer=True) -> dict:
+    """A sharded checkpoint folder (train.py under FSDP) in one process, as load() returns a file:
+    the full model state and AdamW's index-keyed state. model/optimizer=False leaves that part None
+    and unread (e.g. to check a run before every rank loads its own shards)."""
+    path = Path(path)
+    ckpt = load(path / SHARDED_META)
+    ckpt["model"] = ckpt["optimizer"] = None
+    keys = {key for key, wanted in (("model", model), ("optim", optimizer)) if wanted}
+    if not keys:
+        return ckpt
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+    state = {}
+    try:  # what torch.distributed.checkpoint.format_utils.dcp_to_torch_save does, in memory
+        _load_state_dict(state, storage_reader=FileSystemReader(path),
+                         planner=_EmptyStateDictLoadPlanner(keys=keys), no_dist=True)
+    except Exception as e:  # torch raises CheckpointException and others for missing or broken shards
+        raise CheckpointError(f"{path}: its shards are missing or corrupt ({type(e).__name__}); "
+                              "use an intact checkpoint or the previous one") from e
+    if model:
+        ckpt["model"] = state["model"]
+    if optimizer:
+        ckpt["optimizer"] = optim_by_index(state["optim"])
+    return ckpt
+
+
+def optim_by_index(osd: dict) -> dict:
+    """torch.distributed's name-keyed optimizer state -> AdamW's own index-keyed layout."""
+    index = {n: i for i, n in enumerate(n for g in osd["param_groups"] for n in g["params"])}
+    return {"state": {index[n]: v for n, v in osd["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
 
 
 def build_model(ckpt: dict, device="cpu", use_kernels=True) -> GPT:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -72,17 +73,19 @@ class TrainConfig:
                                "or skip the step (stops after 10 in a row)", choices=["stop", "skip"])
     peak_flops: float = _opt(0, "device peak FLOP/s for MFU (default: known GPUs; none on CPU)")
     fsdp: str = _opt("auto", "under torchrun, shard parameters, gradients and optimizer state with "
-                             "FSDP2 (auto: when DDP would not fit the GPU's memory, see flops.py "
+                             "FSDP2 (auto: on CUDA when DDP would not fit the GPU's memory, see flops.py "
                              "--memory)", choices=["auto", "on", "off"])
+    activation_checkpointing: str = _opt("auto", "recompute each block's activations in backward instead of "
+                                                 "keeping them (auto: when the memory plan needs it)",
+                                         choices=["auto", "on", "off"])
+    memory_check: bool = _opt(True, "refuse a run whose memory plan (flops.py) does not fit the GPU, or "
+                                    "the available host RAM on CPU (--no-memory_check: start anyway)")
 
 
 # Settings that must not change when a run is resumed: the data order and the schedule depend on them.
 # The batch is compared across all processes (batch_size x world size), so any world size may resume.
 RESUME_KEYS = ("size", "data", "init", "tokens", "max_iters", "grad_accum", "seq_len",
                "lr", "min_lr", "warmup", "schedule", "decay_frac", "seed", "global_batch")
-
-# Dense bf16 peak by device name, datasheet values: MFU is only printed where the peak is known.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -116,7 +119,7 @@ import torch.distributed as dist  # noqa: E402
 
 import checkpoint  # noqa: E402
 from data import open_split, val_windows  # noqa: E402
-from flops import train_flops_per_token  # noqa: E402
+from flops import device_peak, train_flops_per_token  # noqa: E402
 from expand import block_label, twins  # noqa: E402
 from model import GPT, get_config, group_names, param_groups  # noqa: E402
 
@@ -178,15 +181,8 @@ def check_data(meta: dict, model_cfg, data_dir: str):
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule
 
-def optim_by_index(osd: dict) -> dict:
-    """torch.distributed's name-keyed optimizer state -> AdamW's own index-keyed layout."""
-    index = {n: i for i, n in enumerate(n for g in osd["param_groups"] for n in g["params"])}
-    return {"state": {index[n]: v for n, v in osd["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
-
-
 def optim_by_name(osd: dict, model) -> dict:
-    """The inverse of optim_by_index, for a model laid out as group_names() says."""
+    """The inverse of checkpoint.optim_by_index, for a model laid out as group_names() says."""
     names = [n for group in group_names(model) for n in group]
     return {"state": {names[i]: v for i, v in osd["state"].items()},
             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
@@ -210,6 +206,47 @@ def shard(model: GPT, dtype: torch.dtype):
     for block in model.blocks:
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
+
+
+def checkpoint_activations(model: GPT):
+    """Each block keeps only its input for backward and recomputes the rest (torch.utils.checkpoint).
+    The forward is replaced on the instance, so parameter names (checkpoints, FSDP) do not change."""
+    from functools import partial
+    from torch.utils.checkpoint import checkpoint
+    for block in model.blocks:
+        block.forward = partial(checkpoint, type(block).forward, block, use_reentrant=False)
+
+
+def load_weights(model: GPT, weights: dict):
+    """A full state dict into a model built on the meta device: its tensors become the parameters
+    (memory-mapped ones stay mapped until moved to the device)."""
+    try:
+        model.load_state_dict(weights, assign=True)
+    except RuntimeError as e:
+        raise checkpoint.CheckpointError(f"checkpoint weights do not match the model: "
+                                         f"{str(e).splitlines()[0]}") from e
+
+
+def replace_path(tmp: Path, path: Path):
+    """Put `tmp` at `path`, either of them a file or a folder (a run resumed on another world size may
+    switch between one-file and sharded checkpoints); a run killed in between keeps PATH.old."""
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink(missing_ok=True)
+
+
+def available_ram() -> float:
+    """Bytes of host memory available to new allocations (Linux: MemAvailable; else the total)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def decay_start(cfg: TrainConfig, max_iters: int) -> int:
@@ -244,6 +281,9 @@ class Trainer:
         if self.seq_len > self.model_cfg.block_size:
             raise UserError(f"--seq_len {self.seq_len} exceeds the {cfg.size} context "
                             f"({self.model_cfg.block_size})")
+        self.dtype, self.compile = compute_choices(cfg, self.device)
+        self.layout = self._memory_layout()  # before anything big is read or built
+        self.fsdp = self.layout["strategy"] == "fsdp"
         self.train_tokens, meta = open_split(cfg.data, "train")
         self.val_tokens, _ = open_split(cfg.data, "val")
         check_data(meta, self.model_cfg, cfg.data)
@@ -266,9 +306,8 @@ class Trainer:
         self.eval_interval = cfg.eval_interval or max(1, self.max_iters // 10)
         self.log_interval = cfg.log_interval or max(1, self.max_iters // 50)
         self.ckpt_interval = cfg.ckpt_interval or self.eval_interval
-        self.dtype, self.compile = compute_choices(cfg, self.device)
-        self.peak = cfg.peak_flops or (next((v for k, v in PEAK_FLOPS.items()
-                                              if k in torch.cuda.get_device_name(self.device)), 0)
+        # MFU is only printed where the peak is known
+        self.peak = cfg.peak_flops or (device_peak(torch.cuda.get_device_name(self.device)) or 0
                                        if self.device.type == "cuda" else 0)
         self.stop_requested = False
         self._build()
@@ -276,55 +315,111 @@ class Trainer:
     # -- model, optimizer, state ----------------------------------------------------------------
     def _build(self):
         cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        self.meta, self.flops_base, opt_state = {"lineage": []}, 0.0, None
-        model = GPT(self.model_cfg, use_kernels=cfg.kernels)
+        self.meta, self.flops_base, opt_state, weights = {"lineage": []}, 0.0, None, None
         if cfg.init:
-            init = checkpoint.load(cfg.init, mmap=True)
+            init = checkpoint.load(cfg.init, mmap=True)  # mapped: each process reads only what it keeps
             if init["config"] != self.model_cfg:
                 raise UserError(f"--init {cfg.init} is a {checkpoint.size_name(init['config'])} checkpoint "
                                 f"but --size is {cfg.size}; grow it first with expand.py --size {cfg.size}")
-            model = checkpoint.build_model(init, use_kernels=cfg.kernels)
+            weights = init["model"]
             self.meta = {"lineage": init["meta"].get("lineage", []), "init": str(cfg.init),
                          "expansion": init["meta"].get("expansion")}
             self.flops_base = init["meta"].get("flops_total", 0.0)  # FLOPs of the ancestors
             opt_state = init.get("optimizer")  # expand.py --optimizer-state: grown AdamW moments
         self.step, self.tokens_seen, self.flops, self.history = 0, 0, 0.0, []
-        resume = checkpoint.load(self.ckpt_path, mmap=True) if cfg.resume and self.ckpt_path.exists() else None
-        if resume is not None:
+        resume = None
+        if cfg.resume and self.ckpt_path.exists():  # a sharded one: its shards are read once the model is built
+            path = self.ckpt_path
+            resume = (checkpoint.load_sharded(path, model=False, optimizer=False) if path.is_dir()
+                      else checkpoint.load(path, mmap=True))
             self._check_resumable(resume)
-        self.model = model.to(self.device)
-        self.fsdp = self._use_fsdp()
-        if self.fsdp:  # shard before the optimizer is built: it must see the sharded parameters
-            shard(self.model, self.dtype)
+            weights = resume["model"]
+        self.model = self._new_model(weights, initialise=resume is None)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=not self.fsdp)
         if resume is not None:
             self._resume(resume)
         elif opt_state is not None:
-            self.load_state(None, opt_state)
+            self.load_optimizer(opt_state)
             for g, wd in zip(self.optimizer.param_groups, (cfg.weight_decay, 0.0)):  # this stage's settings,
                 g.update(betas=(cfg.beta1, cfg.beta2), weight_decay=wd)  # not the source stage's
         self.train_model = self._wrap(self.model)
         # the family's stage (ancestors of this model): each stage draws its own data stream
         self.stage = len(self.meta["lineage"])
 
-    def _use_fsdp(self) -> bool:
-        """FSDP when asked, or (auto) when DDP's full copy per GPU does not fit its memory."""
-        if self.dist.world == 1 or self.cfg.fsdp == "off":
-            return False
-        if self.cfg.fsdp == "on":
-            return True
-        if self.device.type != "cuda":
-            return False
-        from flops import choose_strategy
-        mem = torch.cuda.get_device_properties(self.device).total_memory / 2**30
-        return choose_strategy(self.model_cfg, self.dist.world, self.cfg.batch_size, self.seq_len, mem) == "fsdp"
+    def _new_model(self, weights: dict | None, initialise: bool = True) -> GPT:
+        """The model on its device, its blocks checkpointed, sharded under FSDP (before the optimizer
+        is built: it must see the sharded parameters), with `weights` (a full state dict, memory-mapped)
+        or else the seeded initialisation (initialise=False: neither, a sharded checkpoint fills it).
+        Under FSDP it is built on the meta device and sharded first; each process then reads its
+        shard of `weights`, or rank 0 alone initialises the full model, as one process does, and
+        broadcasts it. No process builds a full copy it does not need."""
+        cfg = self.cfg
+        seeded = weights is None and initialise and not self.fsdp
+        if seeded:
+            torch.manual_seed(cfg.seed)
+            with self.device:  # on CUDA, drawn there: a billion normal draws on the host take minutes
+                model = GPT(self.model_cfg, use_kernels=cfg.kernels)
+        else:
+            with torch.device("meta"):
+                model = GPT(self.model_cfg, use_kernels=cfg.kernels)
+        if self.layout["checkpointing"]:
+            checkpoint_activations(model)
+        if not self.fsdp:
+            if weights is not None:
+                load_weights(model, weights)
+            elif not seeded:
+                model.to_empty(device=self.device)
+            return model.to(self.device)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        shard(model, self.dtype)
+        model.to_empty(device=self.device)
+        if not initialise:
+            return model
+        broadcast = weights is None
+        if broadcast:
+            weights = {}
+            if self.dist.master:
+                torch.manual_seed(cfg.seed)
+                with self.device:
+                    weights = GPT(self.model_cfg, use_kernels=False).state_dict()
+        # the model's and the optimizer's setters apart: set_state_dict with empty dicts on the other
+        # ranks hangs (../shared/docs/cpu-distributed.md)
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True,
+                                                                      broadcast_from_rank0=broadcast))
+        return model
+
+    def _memory_layout(self) -> dict:
+        """Strategy (single, ddp, fsdp) and activation checkpointing from flops.py's memory plan of
+        this run on this device (auto: the first that fits); refuses a run that does not fit. On CPU
+        the ranks of a host share its available RAM, and --fsdp auto stays DDP."""
+        from flops import GB, choose_strategy
+        cfg = self.cfg
+        if self.device.type == "cuda":
+            mem, where = torch.cuda.get_device_properties(self.device).total_memory / GB, "GPU memory"
+            strategy = cfg.fsdp
+        else:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world))
+            mem, where = available_ram() / GB / local, "available host RAM per process"
+            strategy = "fsdp" if cfg.fsdp == "on" else "ddp"
+        if self.dist.world == 1 or cfg.fsdp == "off":
+            strategy = "ddp"
+        c = choose_strategy(self.model_cfg, self.dist.world, cfg.batch_size, self.seq_len, mem, strategy,
+                            cfg.activation_checkpointing, mixed_precision=self.dtype != torch.float32)
+        if cfg.memory_check and not c["fits"]:
+            raise UserError(f"--size {cfg.size} does not fit: planned {c['bytes'] / GB:.1f} GB per process "
+                            f"({c['strategy']}, micro-batch {cfg.batch_size}, activation checkpointing "
+                            f"{'on' if c['checkpointing'] else 'off'}) > {c['usable_bytes'] / GB:.1f} GB usable "
+                            f"of {mem:.1f} GB {where}; lower --batch_size and raise --grad_accum, use "
+                            f"--activation_checkpointing on or --fsdp on, or more GPUs (python flops.py --check)")
+        return c
 
     def _wrap(self, model):
         if self.dist.world > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
-            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # buckets as views of the gradients: no second gradient copy (flops.memory_plan)
+            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                        gradient_as_bucket_view=True)
         if self.compile:
             model = torch.compile(model)
         return model
@@ -342,7 +437,10 @@ class Trainer:
 
     def _resume(self, ck):
         saved = ck["train"]
-        self.load_state(ck["model"], ck["optimizer"])
+        if self.ckpt_path.is_dir():
+            self._load_sharded(self.ckpt_path)
+        else:
+            self.load_optimizer(ck["optimizer"])  # the weights were loaded where the model was built
         self.step, self.tokens_seen, self.flops = saved["step"], saved["tokens"], saved["flops"]
         self.flops_base, self.history, self.meta = saved["flops_base"], saved["history"], ck["meta"]
         torch.set_rng_state(saved["rng"])
@@ -350,34 +448,46 @@ class Trainer:
             write_jsonl(Path(self.cfg.out) / "metrics.jsonl", self.history)
             print(f"resumed {self.ckpt_path} at step {self.step}/{self.max_iters}")
 
-    def load_state(self, model_sd, optim_sd):
-        """Load full (unsharded) state, as the checkpoint file holds it, whatever the world size."""
+    def load_optimizer(self, optim_sd):
+        """Load the full (unsharded) AdamW state, as checkpoint files hold it, whatever the world size."""
         if not self.fsdp:
-            if model_sd is not None:
-                self.model.load_state_dict(model_sd)
             self.optimizer.load_state_dict(optim_sd)
             return
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
-        opts = StateDictOptions(full_state_dict=True)
-        if model_sd is not None:
-            set_model_state_dict(self.model, model_sd, options=opts)
-        set_optimizer_state_dict(self.model, self.optimizer, optim_by_name(optim_sd, self.model), options=opts)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(self.model, self.optimizer, optim_by_name(optim_sd, self.model),
+                                 options=StateDictOptions(full_state_dict=True))
 
-    def full_state(self):
-        """(model, optimizer) state dicts, unsharded; under FSDP every rank must call this."""
-        if not self.fsdp:
-            return self.model.state_dict(), self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-        msd, osd = get_state_dict(self.model, self.optimizer,
-                                  options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return msd, optim_by_index(osd) if self.dist.master else osd  # only rank 0 gets the full state
+    def _load_sharded(self, path: Path):
+        """Model and AdamW state from a sharded checkpoint, whatever world size and wrapper wrote or
+        reads it: each rank reads what it keeps (torch.distributed.checkpoint reshards)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        msd, osd = get_state_dict(self.model, self.optimizer)  # templates; also creates AdamW's state
+        state = {"model": msd, "optim": osd}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+    def _save_sharded(self, path: Path, head: dict):
+        """FSDP: every rank writes its shards and rank 0 the rest (checkpoint.SHARDED_META) into a
+        folder beside `path`, which then replaces it: nothing is gathered, and a run killed while
+        writing keeps the previous checkpoint."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        tmp = path.with_name(path.name + ".tmp")
+        if self.dist.master:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        msd, osd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
+        if self.dist.master:
+            checkpoint.save(tmp / checkpoint.SHARDED_META, head)
+            replace_path(tmp, path)
+        dist.barrier()
 
     def save(self, done=False, path=None):
-        """The training checkpoint; with `path`, the stable-phase one (--stable_ckpt) there."""
-        model_sd, optim_sd = self.full_state() if (self.fsdp or self.dist.master) else (None, None)
-        if not self.dist.master:
-            return
+        """The training checkpoint; with `path`, the stable-phase one (--stable_ckpt) there. Under FSDP
+        a sharded folder (resumable on any world size; checkpoint.load reads it), else one file."""
+        stable, path = path is not None, Path(path or self.ckpt_path)
         train = {"step": self.step, "max_iters": self.max_iters, "tokens": self.tokens_seen,
                  "flops": self.flops, "flops_base": self.flops_base, "done": done,
                  "rng": torch.get_rng_state(),
@@ -386,12 +496,20 @@ class Trainer:
                  "data_position": {"seed": self.cfg.seed, "stage": self.stage, "next_step": self.step}}
         meta = {**self.meta, "flops_total": self.flops_total,
                 "metrics": str(Path(self.cfg.out) / "metrics.jsonl")}
-        if path is not None:
+        if stable:
             # the next member grows from here, but this member still finishes its decay: the family
             # pays for the whole stage, so its descendants count all of it among their ancestors' FLOPs
             meta.update(flops_total=self.flops_base + self.stage_flops,
                         stable_phase_end={"step": self.step, "of": self.max_iters})
-        checkpoint.save(path or self.ckpt_path, checkpoint.pack(self.model_cfg, model_sd, optim_sd, train, meta))
+        if self.fsdp:
+            self._save_sharded(path, checkpoint.pack(self.model_cfg, {}, None, train, meta))
+        elif self.dist.master:
+            ckpt = checkpoint.pack(self.model_cfg, self.model.state_dict(), self.optimizer.state_dict(), train, meta)
+            if path.is_dir():  # resumed from a sharded checkpoint on one process or under DDP
+                checkpoint.save(path.with_name(path.name + ".tmp"), ckpt)
+                replace_path(path.with_name(path.name + ".tmp"), path)
+            else:
+                checkpoint.save(path, ckpt)
 
     @property
     def stage_flops(self) -> float:
@@ -468,12 +586,16 @@ class Trainer:
             log(f"stage {cfg.size}: {n:,} params, {self.max_iters} steps of {self.step_tokens:,} tokens "
                 f"({self.max_iters * self.step_tokens:,} tokens, "
                 f"{self.stage_flops:.3g} FLOPs), "
-                f"world {self.dist.world}, {self.device}, {str(self.dtype).split('.')[-1]}"
+                f"world {self.dist.world} ({self.layout['strategy']}, activation checkpointing "
+                f"{'on' if self.layout['checkpointing'] else 'off'}, planned {self.layout['bytes'] / 1e9:.2f} GB "
+                f"per process), {self.device}, {str(self.dtype).split('.')[-1]}"
                 + (f", from {cfg.init}" if cfg.init else ""))
         for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: checkpoint, then exit
             signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
-        # tok/s counts training steps only (not evaluations or checkpoint writes)
-        t_start, window_time, bad_steps, self.start_step = time.time(), 0.0, 0, self.step
+        # tok/s and MFU count the steps timed in the window: training steps only (not evaluations,
+        # checkpoint writes or skipped steps), and not a run's first step (torch.compile, warm-up)
+        t_start, window_time, window_steps, bad_steps = time.time(), 0.0, 0, 0
+        self.start_step = self.step
         self.model.train()
         if self.step == 0 and not self.history:
             self.record_eval()
@@ -499,14 +621,15 @@ class Trainer:
             bad_steps = 0
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            window_time += time.time() - t0
+            if self.step > self.start_step:
+                window_time += time.time() - t0
+                window_steps += 1
             self.step += 1
             self.tokens_seen += self.step_tokens
             self.flops += self.step_tokens * self.flops_per_token
             if self.step % self.log_interval == 0 or self.step == self.max_iters:
-                steps = self.step % self.log_interval or self.log_interval
-                self.log_step(loss, lr, gnorm, steps * self.step_tokens / window_time, time.time() - t_start)
-                window_time = 0.0
+                self.log_step(loss, lr, gnorm, window_steps, window_time, time.time() - t_start)
+                window_time, window_steps = 0.0, 0
             done = self.step == self.max_iters
             if self.step % self.eval_interval == 0 or done:
                 self.record_eval()
@@ -524,7 +647,9 @@ class Trainer:
     def check_growth(self):
         """After a grown stage every copied unit should have learned apart from its source; a copy
         that is still its twin never will (equal gradients and updates), so its width is wasted."""
-        rows = twins(checkpoint.load(self.ckpt_path, mmap=True))
+        path = self.ckpt_path  # the weights only: a sharded checkpoint would read AdamW's state too
+        rows = twins(checkpoint.load_sharded(path, optimizer=False) if path.is_dir()
+                     else checkpoint.load(path, mmap=True))
         stuck = [r for r in rows if r["twins"]]
         if not stuck:
             self.log(f"growth check: all {sum(r['copies'] for r in rows)} copied units differ from their source")
@@ -555,15 +680,18 @@ class Trainer:
             with open(Path(self.cfg.out) / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def log_step(self, loss, lr, gnorm, tps, elapsed):
-        mfu = tps * self.flops_per_token / self.dist.world / self.peak if self.peak else None
+    def log_step(self, loss, lr, gnorm, timed_steps, timed_s, elapsed):
+        """One log line and metrics row; tok/s and MFU over the window's timed steps (none: n/a)."""
+        tps = timed_steps * self.step_tokens / timed_s if timed_steps else None
+        mfu = tps * self.flops_per_token / self.dist.world / self.peak if self.peak and tps else None
         eta = elapsed / (self.step - self.start_step) * (self.max_iters - self.step)
+        speed = f"{tps / 1e3:8.1f}k tok/s" if tps else "tok/s n/a (first step of the run: compile, warm-up)"
         self.log(f"step {self.step:6d}/{self.max_iters} | loss {loss:.4f} | lr {lr:.2e} | gnorm {gnorm:.2f} | "
-                 f"{tps / 1e3:8.1f}k tok/s" + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
+                 f"{speed}" + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
                  + f" | ETA {eta / 60:.1f} min")
         self.metrics({"step": self.step, "tokens": self.tokens_seen, "flops": self.flops,
                       "flops_total": self.flops_total, "loss": loss, "lr": lr, "grad_norm": gnorm,
-                      "tok_per_s": tps, "mfu": mfu})
+                      "tok_per_s": tps, "timed_steps": timed_steps, "mfu": mfu})
 
     def record_eval(self):
         val = self.evaluate()

@@ -1,5 +1,6 @@
 """torchrun on CPU with gloo: DDP and FSDP2 give the 1-process losses; checkpoints move across world sizes."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import torch
 
 import checkpoint
 from conftest import ROOT
+from model import get_config
 
 GLOBAL_BATCH = 8
 
@@ -50,14 +52,28 @@ def test_two_ranks_match_one(byte_data, tmp_path, reference, mode):
 
 
 def test_fsdp_checkpoint_resumes_on_one_and_two_ranks(byte_data, tmp_path, reference):
+    """FSDP writes a sharded folder (no gather); it resumes bit for bit on 1 process, on 2 under DDP
+    and on 2 under FSDP, and one process reads it whole (checkpoint.load, expand.py)."""
     train(byte_data, tmp_path / "two", 2, "--fsdp", "on", "--stop_at", 3)
-    saved = checkpoint.load(tmp_path / "two" / "ckpt.pt")
+    sharded = tmp_path / "two" / "ckpt.pt"
+    assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2
+    saved = checkpoint.load(sharded)
     assert saved["train"]["step"] == 3 and not saved["train"]["done"]
-    for nproc, extra in ((1, ()), (2, ("--fsdp", "off"))):
-        out = tmp_path / f"resume{nproc}"
+    assert set(saved["model"]) == set(reference["model"]) and set(saved["optimizer"]["state"]) == \
+        set(reference["optimizer"]["state"])
+    weights_only = checkpoint.load_sharded(sharded, optimizer=False)
+    assert weights_only["optimizer"] is None and all(torch.equal(weights_only["model"][k], v)
+                                                     for k, v in saved["model"].items())
+    for nproc, extra in ((1, ()), (2, ("--fsdp", "off")), (2, ("--fsdp", "on"))):
+        out = tmp_path / f"resume{nproc}{''.join(extra)}"
         out.mkdir()
-        (out / "ckpt.pt").write_bytes((tmp_path / "two" / "ckpt.pt").read_bytes())
+        shutil.copytree(sharded, out / "ckpt.pt")
         assert_same_run(train(byte_data, out, nproc, "--resume", *extra), reference)
+    grown = tmp_path / "grown.pt"
+    r = subprocess.run([sys.executable, "expand.py", "--src", str(sharded), "--size", "50k", "--out", str(grown)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert checkpoint.load(grown)["config"] == get_config("50k")
 
 
 def test_dead_rank_fails_loudly(byte_data, tmp_path):

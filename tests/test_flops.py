@@ -9,9 +9,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import flops
 from conftest import assert_user_error, run_script
-from flops import (FAMILY_LR, activation_bytes, choose_strategy, memory_plan, plan,
-                   progressive_flops, train_flops_per_token)
+from flops import (FAMILY_LR, MAX_MICRO_BATCH, activation_bytes, activation_parts, choose_layout,
+                   choose_strategy, memory_plan, plan, progressive_flops, train_flops_per_token)
 from model import FAMILIES, GPT, GPTConfig, count_params, get_config
+from train import checkpoint_activations
 from util import UserError
 
 
@@ -157,19 +158,75 @@ def test_memory_strategy_paper_sizes():
         m = memory_plan(get_config(size), nproc=8, micro_batch=8)
         n = count_params(get_config(size))["total"]
         assert m["ddp"]["state"] == 16 * n and m["fsdp"]["state"] == pytest.approx(16 * n / 8)
+        assert m["ddp"]["working_set"] == 2 * n  # autocast's bf16 weight copies; buckets are views
     assert memory_plan(get_config("8b"), 8, 8)["ddp"]["state"] > 80e9  # 8b's replica alone: 129 GB
-    assert [choose_strategy(get_config(s), 8, 8, gpu_mem_gb=80) for s in FAMILIES["paper"]] == \
-        ["ddp", "ddp", "fsdp", "fsdp"]
-    assert memory_plan(get_config("8b"), 8, 8)["fsdp"]["fits"]
+    # micro-batch 16 (the issue's numbers): 2b no longer fits under DDP, 8b only with checkpointing
+    chosen = [choose_strategy(get_config(s), 8, 16, gpu_mem_gb=80) for s in FAMILIES["paper"]]
+    assert [(c["strategy"], c["checkpointing"]) for c in chosen] == \
+        [("ddp", False), ("fsdp", False), ("fsdp", False), ("fsdp", True)]
+    assert memory_plan(get_config("8b"), 8, 16)["fsdp"]["total"] > 0.9 * 80e9
+    pinned = choose_strategy(get_config("8b"), 8, 16, gpu_mem_gb=80, checkpointing="off")
+    assert not pinned["fits"] and pinned["strategy"] == "fsdp"
+    assert choose_strategy(get_config("20k"), 1, 16)["strategy"] == "single"
     with pytest.raises(UserError):
         memory_plan(get_config("1b"), nproc=0, micro_batch=8)
 
 
-def test_activation_estimate_matches_saved_tensors():
-    """activation_bytes against what autograd really keeps, for a bf16 model on the CPU flash path."""
+@pytest.mark.parametrize("nproc", [8, 16, 64])
+def test_paper_layouts_fit_80gb(nproc):
+    """micro x accumulation x nproc = 1024 for every member, each fits, and 1024/nproc per GPU at
+    micro-batch <= 16 (the OOM of issue 16: 128 sequences per GPU in one micro-step)."""
+    for size in FAMILIES["paper"]:
+        r = choose_layout(get_config(size), nproc, 1024, gpu_mem_gb=80)
+        assert r["micro_batch"] * r["grad_accum"] * nproc == 1024 and r["micro_batch"] <= MAX_MICRO_BATCH
+        assert r["fits"] and r["bytes"] <= r["usable_bytes"]
+        assert memory_plan(get_config(size), nproc, r["micro_batch"], gpu_mem_gb=80,
+                           checkpointing=r["checkpointing"])[r["strategy"]]["total"] == r["bytes"]
+
+
+def test_layout_small_gpus_checkpoint_or_refuse():
+    small = [choose_layout(get_config(s), 8, 1024, gpu_mem_gb=24) for s in FAMILIES["paper"]]
+    assert all(r["fits"] for r in small) and small[-1]["checkpointing"]
+    assert not choose_layout(get_config("8b"), 8, 1024, gpu_mem_gb=4)["fits"]
+    tiny = choose_layout(get_config("20k"), 1, 16)  # the CPU family: one micro-step of 16, as before
+    assert (tiny["micro_batch"], tiny["grad_accum"], tiny["strategy"], tiny["checkpointing"]) == \
+        (16, 1, "single", False)
+    for nproc in (0, 3, 2048):
+        with pytest.raises(UserError, match="divide"):
+            choose_layout(get_config("1b"), nproc, 1024)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_estimate_matches_saved_tensors(checkpointing):
+    """activation_bytes against what autograd really keeps, for a bf16 model on the CPU flash path.
+    With activation checkpointing a block keeps its input; the block recomputed during backward
+    (activation_parts' "block") is the rest of the plan's peak."""
     torch.manual_seed(random.randrange(2**31))
     cfg, batch, seq_len = GPTConfig(2, 4, 32, 512, 512, 256, "bytes"), 2, 256
     model = GPT(cfg, use_kernels=False).to(torch.bfloat16)
+    if checkpointing:
+        checkpoint_activations(model)
+    kept = saved_bytes(model, torch.randint(0, cfg.vocab_size, (batch, seq_len)))
+    recompute = activation_parts(cfg, batch, seq_len)["block"] if checkpointing else 0
+    assert kept == pytest.approx(activation_bytes(cfg, batch, seq_len, checkpointing) - recompute, rel=0.03)
+    if checkpointing:  # per block, the input (2 bytes x s x b x h) instead of 32 bytes x s x b x h + lse
+        assert kept < 0.4 * activation_bytes(cfg, batch, seq_len)
+
+
+def test_autocast_plan_is_an_upper_bound():
+    """DDP's autocast over fp32 weights: activations with an fp32 residual stream, plus the bf16 copy
+    of each weight that autocast saves; the plan covers what autograd keeps, within 10%."""
+    torch.manual_seed(random.randrange(2**31))
+    cfg, batch, seq_len = GPTConfig(2, 4, 32, 512, 512, 256, "bytes"), 2, 256
+    model = GPT(cfg, use_kernels=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kept = saved_bytes(model, torch.randint(0, cfg.vocab_size, (batch, seq_len)))
+    planned = activation_bytes(cfg, batch, seq_len, residual=4) + 2 * count_params(cfg)["total"]
+    assert 0.9 * planned <= kept <= planned
+
+
+def saved_bytes(model, idx) -> int:
+    """Bytes of the storages autograd saves in a forward (parameters excluded) plus the logits."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = {}
 
@@ -179,11 +236,9 @@ def test_activation_estimate_matches_saved_tensors():
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
-    idx = torch.randint(0, cfg.vocab_size, (batch, seq_len))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         logits, _ = model(idx, idx)
-    kept = sum(saved.values()) + logits.untyped_storage().nbytes()  # + the logits forward returns
-    assert kept == pytest.approx(activation_bytes(cfg, batch, seq_len), rel=0.03)
+    return sum(saved.values()) + logits.untyped_storage().nbytes()  # + the logits forward returns
 
 
 # --- CLI -------------------------------------------------------------------------------------
@@ -195,9 +250,18 @@ def test_cli_table_and_json(tmp_path):
     assert "saving" in r.stdout and "progressive" in r.stdout
     assert json.loads(out.read_text()) == json.loads(json.dumps(plan("tiny", 1, "adjusted")))
 
-    r = run_script("flops.py", "--memory", "--nproc", "8", "--family", "paper", "--gpu-mem", "80")
+    r = run_script("flops.py", "--memory", "--nproc", "8", "--family", "paper", "--gpu-mem", "80",
+                   "--micro-batch", "16")
     assert r.returncode == 0, r.stderr
-    assert [line.split()[-1] for line in r.stdout.splitlines()[-4:]] == ["ddp", "ddp", "fsdp", "fsdp"]
+    assert [line.split()[-3:-1] for line in r.stdout.splitlines()[-4:]] == \
+        [["ddp", "off"], ["fsdp", "off"], ["fsdp", "off"], ["fsdp", "on"]]
+
+    r = run_script("flops.py", "--check", "--nproc", "8", "--family", "paper")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 4 and "DOES NOT FIT" not in r.stdout
+    r = run_script("flops.py", "--check", "--nproc", "8", "--family", "paper", "--gpu-mem", "4")
+    assert_user_error(r, "8b", "do not fit")
+    assert "8b: micro-batch 1 x accumulation 128" in r.stdout and "DOES NOT FIT" in r.stdout
 
 
 @pytest.mark.parametrize("args, word", [(["--family", "huge"], "huge"), (["--chinchilla", "0"], "chinchilla"),
