@@ -633,6 +633,15 @@ def main(argv=None):
         signal.signal(signal.SIGINT, previous)
         if dist.is_initialized():
             dist.destroy_process_group()
+    if trainer.dist.world > 1:
+        # DDP and FSDP keep the process group alive after destroy_process_group, and with it gloo's
+        # worker threads. Were the interpreter torn down under them, a worker that still drops a
+        # finished collective's tensors needs the GIL and Python ends it with pthread_exit, which
+        # aborts the finished rank ("terminate called without an active exception", exit -6) on a
+        # busy machine. Every rank is past the final barrier and the checkpoint is written: leave.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
