@@ -18,7 +18,7 @@
 # Re-running continues: finished stages (checkpoint marked done) are skipped, a killed one resumes.
 # Every option is checked before anything runs; a second run on the same OUT is refused (a lock).
 # Before each stage a line gives the overall progress: stage k of all seeds' training stages, and the
-# ETA of the rest from the plan's FLOPs and the FLOPs/s measured so far (evaluations not counted).
+# ETA of the whole run from the plan's FLOPs still to train and the FLOPs per wall-clock second so far.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -76,7 +76,8 @@ one_of DEPTH "$DEPTH" stack interpolate zero
 one_of SCHEDULE "$SCHEDULE" cosine wsd
 one_of LR_SCHEDULE "$LR_SCHEDULE" adjusted fixed
 one_of GROW_FROM "$GROW_FROM" final stable
-[ "$GROW_FROM/$SCHEDULE" = stable/cosine ] && die "GROW_FROM=stable needs SCHEDULE=wsd: only WSD has a stable phase to grow from"
+[ "$GROW_FROM/$SCHEDULE" = stable/cosine ] &&
+  die "GROW_FROM=stable needs SCHEDULE=wsd: only WSD has a stable phase to grow from"
 one_of AKI_TOP "$AKI_TOP" noise below
 one_of OPT_STATE "$OPT_STATE" 0 1
 one_of QUICK "$QUICK" 0 1
@@ -90,13 +91,16 @@ matches BUDGET_SCALE "${BUDGET_SCALE:-1}" "$NUM" "a number > 0"
 matches STAGE_FRACTIONS "${STAGE_FRACTIONS:-1}" "$NUM(,$NUM)*" "comma-separated numbers"
 [ -n "${SEEDS// }" ] || die "SEEDS is empty: give one or more seeds, e.g. SEEDS=\"1 2 3\""
 for seed in $SEEDS; do matches SEEDS "$seed" '[0-9]{1,18}' "integers >= 0 of at most 18 digits"; done
-[ -z "${DATA:-}" ] || [ -f "$DATA/meta.json" ] || die "DATA=$DATA is not a folder made by data/prepare.py (no meta.json)"
+[ -z "${DATA:-}" ] || [ -f "$DATA/meta.json" ] ||
+  die "DATA=$DATA is not a folder made by data/prepare.py (no meta.json)"
 
 # One run per OUT: a second one would train the same stages at once and interleave their metrics.
 # The lock is held until this script and the trainings it started have exited.
+command -v flock > /dev/null || die "flock (util-linux) is needed: it keeps two runs off the same OUT"
 mkdir -p "$OUT"
 exec 9<>"$OUT/.lock"
-flock -n 9 || die "another run_family.sh (PID $(cat "$OUT/.lock")) is running on $OUT; wait for it or choose another OUT"
+flock -n 9 || die "another run_family.sh (PID $(cat "$OUT/.lock")), or a training it started, is running" \
+  "on $OUT; wait for it to end or choose another OUT"
 echo $$ > "$OUT/.lock"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/run_family.log"; }
 
@@ -121,7 +125,8 @@ batch=$(cut -d' ' -f6 <<< "$PROGRESSIVE" | head -n 1)
 (( batch % NPROC == 0 )) || die "NPROC=$NPROC does not divide the batch of $batch sequences"
 
 # --- data -------------------------------------------------------------------------------------
-TOKENIZER=$($PY -c "from model import FAMILIES, PRESETS; import sys; print(PRESETS[FAMILIES[sys.argv[1]][0]].tokenizer)" "$FAMILY")
+TOKENIZER=$($PY -c "from model import FAMILIES, PRESETS; import sys
+print(PRESETS[FAMILIES[sys.argv[1]][0]].tokenizer)" "$FAMILY")
 if [ -z "${DATA:-}" ]; then
   if [ -d "$SHARED/data/corpus/openstax" ]; then
     DATA=data/openstax_$TOKENIZER
@@ -152,9 +157,10 @@ progress() {  # progress [LABEL]
   $PY -c "import json, sys, time
 out, seeds, kinds, started, flops_before, label = sys.argv[1:]
 plan = json.load(open(out + '/plan.json'))
-def trained(seed, kind, size):
+def trained(seed, kind, size):  # FLOPs a stage has trained so far
     try:
-        return max([r.get('flops', 0) for r in map(json.loads, open(f'{out}/seed_{seed}/{kind}/{size}/metrics.jsonl'))] + [0])
+        rows = map(json.loads, open(f'{out}/seed_{seed}/{kind}/{size}/metrics.jsonl'))
+        return max([r.get('flops', 0) for r in rows] + [0])
     except FileNotFoundError:
         return 0
 stages = [(seed, kind, s) for seed in seeds.split() for kind in kinds.split() for s in plan[kind]]
@@ -164,7 +170,7 @@ if not label:
     sys.exit()
 todo = sum(s['flops'] for _, kind, s in stages if not (kind == 'independent' and s == plan['progressive'][0])) - done
 elapsed = time.time() - float(started)
-rate = (done - float(flops_before)) / elapsed
+rate = (done - float(flops_before)) / max(elapsed, 1)
 eta = f'~{todo / rate / 60:.1f} min' if rate > 0 else 'known after the first stage'
 print(f'{label} | elapsed {elapsed / 60:.1f} min | ETA of the whole run {eta}')" \
     "$OUT" "$SEEDS" "$KINDS" "$STARTED" "$FLOPS_BEFORE" "${1:-}"
@@ -256,5 +262,6 @@ fi
 log "done: $OUT"
 # the last lines: where the reports are and what the last one (over all seeds) found
 for r in "${reports[@]}"; do log "report: $r/report.md"; done
-verdict=$($PY -c "import json, sys; print(json.load(open(sys.argv[1])).get('verdict', ''))" "${reports[-1]}/report.json")
+verdict=$($PY -c "import json, sys; print(json.load(open(sys.argv[1])).get('verdict', ''))" \
+  "${reports[-1]}/report.json")
 [ -z "$verdict" ] || log "verdict: $verdict"

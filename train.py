@@ -560,7 +560,7 @@ class Trainer:
         if self.saved_step is None:
             return "no checkpoint was written yet: running the same command again starts over"
         return (f"the last checkpoint is {self.ckpt_path} (step {self.saved_step}/{self.max_iters}); the "
-                f"same command with --resume continues from it (run_family.sh resumes by itself)")
+                f"same command with --resume continues from it (run_family.sh passes --resume itself)")
 
     def check_growth(self):
         """After a grown stage every copied unit should have learned apart from its source; a copy
