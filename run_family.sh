@@ -157,12 +157,12 @@ progress() {  # progress [LABEL]
   $PY -c "import json, sys, time
 out, seeds, kinds, started, flops_before, label = sys.argv[1:]
 plan = json.load(open(out + '/plan.json'))
-def trained(seed, kind, size):  # FLOPs a stage has trained so far
+def trained(seed, kind, size):  # FLOPs a stage has trained so far; a killed run may leave half a line
     try:
-        rows = map(json.loads, open(f'{out}/seed_{seed}/{kind}/{size}/metrics.jsonl'))
-        return max([r.get('flops', 0) for r in rows] + [0])
+        lines = open(f'{out}/seed_{seed}/{kind}/{size}/metrics.jsonl').read().splitlines()
     except FileNotFoundError:
         return 0
+    return max([json.loads(line).get('flops', 0) for line in lines if line.endswith('}')] + [0])
 stages = [(seed, kind, s) for seed in seeds.split() for kind in kinds.split() for s in plan[kind]]
 done = sum(trained(seed, kind, s['size']) for seed, kind, s in stages)
 if not label:
