@@ -17,12 +17,15 @@
 #   DATA=folder from data/prepare.py   OUT=runs/<family>
 #   SKIP_INDEPENDENT=1 (progressive only)   QUICK=1 (a short run, for CI)   EVAL_LIMIT=items per task
 # Re-running continues: finished stages (checkpoint marked done) are skipped, a killed one resumes.
+# Every option is checked before anything runs; a second run on the same OUT is refused (a lock).
+# Before each stage a line gives the overall progress: stage k of all seeds' training stages, and the
+# ETA of the whole run from the plan's FLOPs still to train and the FLOPs per wall-clock second so far.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --help|-h) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --help|-h) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --*=*) key="${1%%=*}"; val="${1#*=}"; shift ;;
     --*) [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }; key="$1"; val="$2"; shift 2 ;;
     *) echo "error: unknown argument '$1' (see bash run_family.sh --help)" >&2; exit 2 ;;
@@ -48,40 +51,65 @@ AKI_TOP=${AKI_TOP:-noise}
 OPT_STATE=${OPT_STATE:-0}
 SCHEDULE=${SCHEDULE:-cosine}
 GROW_FROM=${GROW_FROM:-final}
-case "$GROW_FROM/$SCHEDULE" in
-  final/*|stable/wsd) ;;
-  stable/*) echo "error: GROW_FROM=stable needs SCHEDULE=wsd: only WSD has a stable phase to grow from" >&2; exit 2 ;;
-  *) echo "error: GROW_FROM is final or stable, not '$GROW_FROM'" >&2; exit 2 ;;
-esac
 NPROC=${NPROC:-1}
-[[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || { echo "error: NPROC must be a whole number >= 1, not '$NPROC'" >&2; exit 2; }
 GPU_MEM=${GPU_MEM:-80}
 DRY_RUN=${DRY_RUN:-0}
 OUT=${OUT:-runs/$FAMILY}
+SKIP_INDEPENDENT=${SKIP_INDEPENDENT:-0}
 EVAL_LIMIT=${EVAL_LIMIT:-200}
 EVAL_TOKENS=${EVAL_TOKENS:-32768}  # validation tokens per periodic evaluation during training
 SHARED=${PGF_SHARED:-../shared}
 PY=${PYTHON:-python3}
 # OpenMP threads that spin while waiting lose most of their time when the cores are shared
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+
+# --- options: all checked here, before a stage trains (FAMILY, MEMBERS and the budget by flops.py) --
+die() { echo "error: $*" >&2; exit 2; }
+one_of() {  # one_of NAME VALUE CHOICE...
+  local name=$1 value=$2 c; shift 2
+  for c in "$@"; do [ "$value" = "$c" ] && return 0; done
+  die "$name is one of $*, not '$value'"
+}
+matches() {  # matches NAME VALUE REGEX WHAT: the whole VALUE matches
+  [[ $2 =~ ^($3)$ ]] || die "$1 must be $4, not '$2'"
+}
+POS_INT='[1-9][0-9]*' NUM='([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?'
+one_of METHOD "$METHOD" aki fpi
+one_of DEPTH "$DEPTH" stack interpolate zero
+one_of SCHEDULE "$SCHEDULE" cosine wsd
+one_of LR_SCHEDULE "$LR_SCHEDULE" adjusted fixed
+one_of GROW_FROM "$GROW_FROM" final stable
+[ "$GROW_FROM/$SCHEDULE" = stable/cosine ] &&
+  die "GROW_FROM=stable needs SCHEDULE=wsd: only WSD has a stable phase to grow from"
+one_of AKI_TOP "$AKI_TOP" noise below
+one_of OPT_STATE "$OPT_STATE" 0 1
+one_of QUICK "$QUICK" 0 1
+one_of SKIP_INDEPENDENT "$SKIP_INDEPENDENT" 0 1
+matches NPROC "$NPROC" "$POS_INT" "a positive integer (processes per node)"
+matches GPU_MEM "$GPU_MEM" "$NUM" "a number of GB per GPU"
+one_of DRY_RUN "$DRY_RUN" 0 1
+matches EVAL_LIMIT "$EVAL_LIMIT" "$POS_INT" "a positive integer"
+matches EVAL_TOKENS "$EVAL_TOKENS" "$POS_INT" "a positive integer"
+matches NOISE "$NOISE" "$NUM" "a number >= 0"
+matches CHINCHILLA "$CHINCHILLA" "$NUM" "a number > 0"
+matches BUDGET_SCALE "${BUDGET_SCALE:-1}" "$NUM" "a number > 0"
+matches STAGE_FRACTIONS "${STAGE_FRACTIONS:-1}" "$NUM(,$NUM)*" "comma-separated numbers"
+[ -n "${SEEDS// }" ] || die "SEEDS is empty: give one or more seeds, e.g. SEEDS=\"1 2 3\""
+for seed in $SEEDS; do matches SEEDS "$seed" '[0-9]{1,18}' "integers >= 0 of at most 18 digits"; done
+[ -z "${DATA:-}" ] || [ "$DRY_RUN" = 1 ] || [ -f "$DATA/meta.json" ] ||
+  die "DATA=$DATA is not a folder made by data/prepare.py (no meta.json)"
+
+# One run per OUT: a second one would train the same stages at once and interleave their metrics.
+# The lock is held until this script and the trainings it started have exited.
+command -v flock > /dev/null || die "flock (util-linux) is needed: it keeps two runs off the same OUT"
 mkdir -p "$OUT"
+exec 9<>"$OUT/.lock"
+flock -n 9 || die "another run_family.sh (PID $(cat "$OUT/.lock")), or a training it started, is running" \
+  "on $OUT; wait for it to end or choose another OUT"
+echo $$ > "$OUT/.lock"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/run_family.log"; }
 # DRY_RUN=1: data preparation, growth and evaluation are printed, not run (train() prints its stage)
 step() { if [ "$DRY_RUN" = 1 ]; then echo "  (dry run) $*"; else "$@"; fi; }
-
-# --- data -------------------------------------------------------------------------------------
-TOKENIZER=$($PY -c "from model import FAMILIES, PRESETS; import sys; f=sys.argv[1]; \
-print(PRESETS[FAMILIES[f][0]].tokenizer if f in FAMILIES else sys.exit('error: unknown family ' + repr(f)))" "$FAMILY")
-if [ -z "${DATA:-}" ]; then
-  if [ -d "$SHARED/data/corpus/openstax" ]; then
-    DATA=data/openstax_$TOKENIZER
-    [ -d "$SHARED/tiktoken_cache" ] && export TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$SHARED/tiktoken_cache}
-    step $PY data/prepare.py --dataset "$SHARED/data/corpus/openstax" --tokenizer "$TOKENIZER" --out "$DATA"
-  else
-    DATA=data/fineweb_$TOKENIZER
-    step $PY data/prepare.py --dataset fineweb-edu --tokenizer "$TOKENIZER" --out "$DATA"
-  fi
-fi
 
 # --- plan ---------------------------------------------------------------------------------------
 PLAN_ARGS=(--family "$FAMILY" --chinchilla "$CHINCHILLA" --lr-schedule "$LR_SCHEDULE")
@@ -99,6 +127,25 @@ for s in json.load(open(sys.argv[1]))[sys.argv[2]]:
     print(s['size'], s['tokens'], s['lr'], s['min_lr'], s['warmup_tokens'], s['batch_size'], s['seq_len'])" \
     "$OUT/plan.json" "$1"
 }
+# read here, not in `while ... < <(stages ...)`: set -e stops the script when a plain assignment fails
+PROGRESSIVE=$(stages progressive)
+INDEPENDENT=$(stages independent)
+batch=$(cut -d' ' -f6 <<< "$PROGRESSIVE" | head -n 1)
+(( batch % NPROC == 0 )) || die "NPROC=$NPROC does not divide the batch of $batch sequences"
+
+# --- data -------------------------------------------------------------------------------------
+TOKENIZER=$($PY -c "from model import FAMILIES, PRESETS; import sys
+print(PRESETS[FAMILIES[sys.argv[1]][0]].tokenizer)" "$FAMILY")
+if [ -z "${DATA:-}" ]; then
+  if [ -d "$SHARED/data/corpus/openstax" ]; then
+    DATA=data/openstax_$TOKENIZER
+    [ -d "$SHARED/tiktoken_cache" ] && export TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$SHARED/tiktoken_cache}
+    step $PY data/prepare.py --dataset "$SHARED/data/corpus/openstax" --tokenizer "$TOKENIZER" --out "$DATA"
+  else
+    DATA=data/fineweb_$TOKENIZER
+    step $PY data/prepare.py --dataset fineweb-edu --tokenizer "$TOKENIZER" --out "$DATA"
+  fi
+fi
 
 train() {  # train DIR SIZE TOKENS LR MIN_LR WARMUP_TOKENS BATCH SEQ_LEN SEED [train.py flags]
   local dir=$1 size=$2 tokens=$3 lr=$4 min_lr=$5 warmup=$6 batch=$7 seq=$8 seed=$9; shift 9
@@ -125,14 +172,57 @@ train() {  # train DIR SIZE TOKENS LR MIN_LR WARMUP_TOKENS BATCH SEQ_LEN SEED [t
 }
 UNFIT=()  # dry run: stages that do not fit
 
+# The overall progress line before each stage: stage k of all seeds' training stages (the reused
+# smallest independent member counts; expansions and evaluations do not); the ETA is the plan's FLOPs
+# still to train at the FLOPs/s of this invocation so far (FLOPs read from the stages' metrics.jsonl,
+# time on the wall clock, so expansions and evaluations slow it down as they do the run).
+# With no LABEL it prints the FLOPs trained so far instead.
+progress() {  # progress [LABEL]
+  $PY -c "import json, sys, time
+out, seeds, kinds, started, flops_before, label = sys.argv[1:]
+plan = json.load(open(out + '/plan.json'))
+def trained(seed, kind, size):  # FLOPs a stage has trained so far; a killed run may leave half a line
+    try:
+        lines = open(f'{out}/seed_{seed}/{kind}/{size}/metrics.jsonl').read().splitlines()
+    except FileNotFoundError:
+        return 0
+    return max([json.loads(line).get('flops', 0) for line in lines if line.endswith('}')] + [0])
+stages = [(seed, kind, s) for seed in seeds.split() for kind in kinds.split() for s in plan[kind]]
+done = sum(trained(seed, kind, s['size']) for seed, kind, s in stages)
+if not label:
+    print(done)
+    sys.exit()
+todo = sum(s['flops'] for _, kind, s in stages if not (kind == 'independent' and s == plan['progressive'][0])) - done
+elapsed = time.time() - float(started)
+rate = (done - float(flops_before)) / max(elapsed, 1)
+eta = f'~{todo / rate / 60:.1f} min' if rate > 0 else 'known after the first stage'
+print(f'{label} | elapsed {elapsed / 60:.1f} min | ETA of the whole run {eta}')" \
+    "$OUT" "$SEEDS" "$KINDS" "$STARTED" "$FLOPS_BEFORE" "${1:-}"
+}
+KINDS=progressive; [ "$SKIP_INDEPENDENT" = 1 ] || KINDS="progressive independent"
+STARTED=$(date +%s) FLOPS_BEFORE=0
+FLOPS_BEFORE=$(progress)
+STAGE=0 STAGES=$(( $(wc -w <<< "$SEEDS") * $(wc -l <<< "$PROGRESSIVE") * $(wc -w <<< "$KINDS") ))
+next_stage() {  # next_stage LABEL: log the progress line of the next stage
+  STAGE=$((STAGE + 1))
+  log "$(progress "[stage $STAGE/$STAGES] $1")"
+}
+
+up_to_date() {  # up_to_date TARGET FILE...: TARGET is newer than every FILE
+  local target=$1 f; shift
+  for f in "$@"; do [ "$target" -nt "$f" ] || return 1; done
+}
+
+reports=()
 for seed in $SEEDS; do
   run="$OUT/seed_$seed"
   prog="$run/progressive"
   mkdir -p "$prog"
   log "seed $seed: progressive family ($METHOD, depth $DEPTH) in $prog"
   prev=""
-  last=$(stages progressive | tail -n 1 | cut -d' ' -f1)
+  last=$(tail -n 1 <<< "$PROGRESSIVE" | cut -d' ' -f1)
   while read -r size tokens lr min_lr warmup batch seq; do
+    next_stage "seed $seed: progressive $size"
     extra=()
     if [ -n "$prev" ]; then
       grown="$prog/ckpt_${prev}_expanded.pt"
@@ -149,16 +239,17 @@ for seed in $SEEDS; do
     log "stage $size: $tokens tokens, max LR $lr"
     train "$prog" "$size" "$tokens" "$lr" "$min_lr" "$warmup" "$batch" "$seq" "$seed" "${extra[@]}"
     prev=$size
-  done < <(stages progressive)
+  done <<< "$PROGRESSIVE"
 
   ckpts=()
-  for size in $(stages progressive | cut -d' ' -f1); do ckpts+=("$prog/ckpt_$size.pt"); done
+  for size in $(cut -d' ' -f1 <<< "$PROGRESSIVE"); do ckpts+=("$prog/ckpt_$size.pt"); done
   baseline=()
-  if [ "${SKIP_INDEPENDENT:-0}" != 1 ]; then
+  if [ "$SKIP_INDEPENDENT" != 1 ]; then
     indep="$run/independent"
     log "seed $seed: independent members in $indep"
-    first=$(stages progressive | sed -n 1p)  # sed reads to the end: no broken pipe
+    first=$(head -n 1 <<< "$PROGRESSIVE")
     while read -r size tokens lr min_lr warmup batch seq; do
+      next_stage "seed $seed: independent $size"
       if [ "$size $tokens $lr $min_lr $warmup $batch $seq" = "$first" ]; then
         # the smallest member is trained exactly as the first progressive stage: reuse it
         log "member $size: the same run as progressive stage $size, reused"
@@ -170,22 +261,37 @@ for seed in $SEEDS; do
         train "$indep" "$size" "$tokens" "$lr" "$min_lr" "$warmup" "$batch" "$seq" "$seed"
       fi
       baseline+=("$indep/ckpt_$size.pt")
-    done < <(stages independent)
+    done <<< "$INDEPENDENT"
     baseline=(--baseline "${baseline[@]}")
   fi
 
-  log "seed $seed: evaluation -> $run/report"
-  fresh=1
-  for c in "${ckpts[@]}" "${baseline[@]:1}"; do [ "$run/report/report.json" -nt "$c" ] || fresh=0; done
-  if [ "$fresh" = 1 ]; then
+  log "$(progress "[after stage $STAGE/$STAGES] seed $seed: evaluation -> $run/report")"
+  if up_to_date "$run/report/report.json" "${ckpts[@]}" "${baseline[@]:1}"; then
     log "seed $seed: report is up to date"
   else
     step $PY evaluate.py --ckpt "${ckpts[@]}" "${baseline[@]}" --val-data "$DATA" --limit "$EVAL_LIMIT" \
       --plan "$OUT/plan.json" --out "$run/report"
   fi
+  reports+=("$run/report")
 done
-log "done: $OUT"
-if [ ${#UNFIT[@]} -gt 0 ]; then
-  echo "error: stages ${UNFIT[*]} do not fit $NPROC GPUs of $GPU_MEM GB (python flops.py --check); use more GPUs" >&2
-  exit 1
+
+if [ "${#reports[@]}" -gt 1 ]; then  # several seeds: one report over all of them
+  jsons=("${reports[@]/%//report.json}")
+  if up_to_date "$OUT/report/report.json" "${jsons[@]}"; then
+    log "the report over ${#reports[@]} seeds is up to date"
+  else
+    step $PY evaluate.py --combine "${jsons[@]}" --out "$OUT/report"
+  fi
+  reports+=("$OUT/report")
 fi
+log "done: $OUT"
+if [ "$DRY_RUN" = 1 ]; then
+  [ ${#UNFIT[@]} -eq 0 ] ||
+    { echo "error: stages ${UNFIT[*]} do not fit $NPROC GPUs of $GPU_MEM GB (python flops.py --check); use more GPUs" >&2; exit 1; }
+  exit 0
+fi
+# the last lines: where the reports are and what the last one (over all seeds) found
+for r in "${reports[@]}"; do log "report: $r/report.md"; done
+verdict=$($PY -c "import json, sys; print(json.load(open(sys.argv[1])).get('verdict', ''))" \
+  "${reports[-1]}/report.json")
+[ -z "$verdict" ] || log "verdict: $verdict"

@@ -13,6 +13,7 @@ replaying the ones its ancestors trained on. A checkpoint (checkpoint.py) is wri
 """
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import shutil
 import signal
 import sys
 import time
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,8 +86,11 @@ class TrainConfig:
 
 # Settings that must not change when a run is resumed: the data order and the schedule depend on them.
 # The batch is compared across all processes (batch_size x world size), so any world size may resume.
-RESUME_KEYS = ("size", "data", "init", "tokens", "max_iters", "grad_accum", "seq_len",
+RESUME_KEYS = ("size", "tokens", "max_iters", "grad_accum", "seq_len",
                "lr", "min_lr", "warmup", "schedule", "decay_frac", "seed", "global_batch")
+# --data and --init must not change either, but they are compared by content (source_ids), not by how
+# the path is spelled: a relative or absolute path to the same folder, or a moved run folder, resumes.
+SOURCE_KEYS = ("data", "init")
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -176,6 +181,19 @@ def check_data(meta: dict, model_cfg, data_dir: str):
         raise UserError(f"{data_dir} was tokenized with {meta['tokenizer']} (vocab {meta['vocab_size']}) "
                         f"but the model expects {model_cfg.tokenizer} (vocab {model_cfg.vocab_size}); "
                         f"prepare the data with --tokenizer {model_cfg.tokenizer}")
+
+
+def source_ids(data_meta: dict, init: str) -> dict:
+    """What --data and --init hold, as short hashes: the data folder's meta.json (its tokenizer,
+    token counts and the fingerprint of its inputs) and the CRC-32 of every record of the --init
+    checkpoint (a zip written by torch.save; its directory holds them, so nothing else is read)."""
+    def digest(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    records = []
+    if init:
+        with zipfile.ZipFile(init) as z:  # names lose the archive's folder, which follows the file name
+            records = sorted((i.filename.split("/", 1)[-1], i.CRC, i.file_size) for i in z.infolist())
+    return {"data": digest(data_meta), "init": digest(records) if init else ""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +305,7 @@ class Trainer:
         self.train_tokens, meta = open_split(cfg.data, "train")
         self.val_tokens, _ = open_split(cfg.data, "val")
         check_data(meta, self.model_cfg, cfg.data)
+        self.data_meta = meta
         for name, toks in (("train", self.train_tokens), ("val", self.val_tokens)):
             if len(toks) <= self.seq_len + 1:
                 raise UserError(f"{cfg.data} {name} split has {len(toks)} tokens, fewer than one "
@@ -309,7 +328,8 @@ class Trainer:
         # MFU is only printed where the peak is known
         self.peak = cfg.peak_flops or (device_peak(torch.cuda.get_device_name(self.device)) or 0
                                        if self.device.type == "cuda" else 0)
-        self.stop_requested = False
+        self.stop_requested = self.interrupted = False
+        self.saved_step = None  # the step of the last checkpoint this run wrote or resumed from
         self._build()
 
     # -- model, optimizer, state ----------------------------------------------------------------
@@ -326,6 +346,7 @@ class Trainer:
                          "expansion": init["meta"].get("expansion")}
             self.flops_base = init["meta"].get("flops_total", 0.0)  # FLOPs of the ancestors
             opt_state = init.get("optimizer")  # expand.py --optimizer-state: grown AdamW moments
+        self.sources = source_ids(self.data_meta, cfg.init)
         self.step, self.tokens_seen, self.flops, self.history = 0, 0, 0.0, []
         resume = None
         if cfg.resume and self.ckpt_path.exists():  # a sharded one: its shards are read once the model is built
@@ -424,10 +445,18 @@ class Trainer:
             model = torch.compile(model)
         return model
 
+    def run_args(self) -> dict:
+        """The settings a checkpoint records, for _check_resumable."""
+        return {**dataclasses.asdict(self.cfg), "global_batch": self.cfg.batch_size * self.dist.world,
+                "sources": self.sources}
+
     def _check_resumable(self, ck):
-        old = (ck["train"] or {}).get("args", {})
-        now = {**dataclasses.asdict(self.cfg), "global_batch": self.cfg.batch_size * self.dist.world}
+        old, now = (ck["train"] or {}).get("args", {}), self.run_args()
         changed = [k for k in RESUME_KEYS if k in old and old[k] != now[k]]
+        if "sources" in old:
+            changed += [k for k in SOURCE_KEYS if old["sources"][k] != now["sources"][k]]
+        else:  # written before sources were recorded: the same path, however it is spelled
+            changed += [k for k in SOURCE_KEYS if k in old and os.path.realpath(old[k]) != os.path.realpath(now[k])]
         if changed:
             raise UserError(f"cannot resume {self.ckpt_path}: {', '.join(f'--{k}' for k in changed)} "
                             f"changed since it was written; use the same settings or a new --out")
@@ -442,6 +471,7 @@ class Trainer:
         else:
             self.load_optimizer(ck["optimizer"])  # the weights were loaded where the model was built
         self.step, self.tokens_seen, self.flops = saved["step"], saved["tokens"], saved["flops"]
+        self.saved_step = self.step
         self.flops_base, self.history, self.meta = saved["flops_base"], saved["history"], ck["meta"]
         torch.set_rng_state(saved["rng"])
         if self.dist.master:  # drop lines logged after this checkpoint by the run that died
@@ -492,7 +522,7 @@ class Trainer:
                  "flops": self.flops, "flops_base": self.flops_base, "done": done,
                  "rng": torch.get_rng_state(),
                  "history": self.history,
-                 "args": {**dataclasses.asdict(self.cfg), "global_batch": self.cfg.batch_size * self.dist.world},
+                 "args": self.run_args(),
                  "data_position": {"seed": self.cfg.seed, "stage": self.stage, "next_step": self.step}}
         meta = {**self.meta, "flops_total": self.flops_total,
                 "metrics": str(Path(self.cfg.out) / "metrics.jsonl")}
@@ -510,6 +540,8 @@ class Trainer:
                 replace_path(path.with_name(path.name + ".tmp"), path)
             else:
                 checkpoint.save(path, ckpt)
+        if not stable:
+            self.saved_step = self.step
 
     @property
     def stage_flops(self) -> float:
@@ -643,6 +675,19 @@ class Trainer:
             self.check_growth()
         if self.dist.world > 1:
             dist.barrier()
+        if self.interrupted and self.step < self.max_iters:
+            raise KeyboardInterrupt  # main() says how to continue; the exit status stops a launcher
+
+    def on_ctrl_c(self, *_):
+        """SIGINT: the first Ctrl-C stops after the current step with a checkpoint, a second one at once."""
+        self.stop_requested = self.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def resume_hint(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was written yet: running the same command again starts over"
+        return (f"the last checkpoint is {self.ckpt_path} (step {self.saved_step}/{self.max_iters}); the "
+                f"same command with --resume continues from it (run_family.sh passes --resume itself)")
 
     def check_growth(self):
         """After a grown stage every copied unit should have learned apart from its source; a copy
@@ -706,12 +751,29 @@ def write_jsonl(path, rows):
 
 def main(argv=None):
     cfg = parse_args(argv)
-    trainer = Trainer(cfg)
+    trainer, previous = None, signal.getsignal(signal.SIGINT)
     try:
+        trainer = Trainer(cfg)
+        signal.signal(signal.SIGINT, trainer.on_ctrl_c)
         trainer.run()
+    except KeyboardInterrupt:  # Ctrl-C: where the run can continue from
+        if trainer is None or trainer.dist.master:
+            hint = trainer.resume_hint() if trainer else "before training started; nothing was written"
+            print(f"interrupted: {hint}", file=sys.stderr)
+        sys.exit(130)
     finally:
+        signal.signal(signal.SIGINT, previous)
         if dist.is_initialized():
             dist.destroy_process_group()
+    if trainer.dist.world > 1:
+        # DDP and FSDP keep the process group alive after destroy_process_group, and with it gloo's
+        # worker threads. Were the interpreter torn down under them, a worker that still drops a
+        # finished collective's tensors needs the GIL and Python ends it with pthread_exit, which
+        # aborts the finished rank ("terminate called without an active exception", exit -6) on a
+        # busy machine. Every rank is past the final barrier and the checkpoint is written: leave.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -41,9 +41,14 @@ def test_cpu_benchmark_runs_every_mode_from_one_init(tmp_path):
     assert max(first) - min(first) < 1e-6, first
     assert all(len(m["seconds"]) == 2 and m["tokens_per_s"] > 0 for m in modes.values())
     row = res["family"][0]
-    assert row["profiled_mode"] == "train" and 0 < sum(row["profile"].values()) <= 1 + 1e-9
-    assert any("attention" in op for op in row["profile"]), row["profile"]  # the largest op here
-    assert "`train` is what train.py chooses" in (tmp_path / "results_cpu.md").read_text()
+    # which op is largest depends on what else runs on the machine: check the profile's form only,
+    # the largest ops first, each a share of the step's op time, together at most all of it
+    shares = list(row["profile"].values())
+    assert row["profiled_mode"] == "train" and 1 <= len(shares) <= 6, row["profile"]
+    assert shares == sorted(shares, reverse=True) and all(0 < x <= 1 for x in shares), row["profile"]
+    assert sum(shares) <= 1 + 1e-9 and all(op.strip() for op in row["profile"]), row["profile"]
+    md = (tmp_path / "results_cpu.md").read_text()
+    assert "`train` is what train.py chooses" in md and all(op in md for op in row["profile"])
     attention = res["attention"][0]
     assert list(attention["ms"]) == ["sdpa", "sdpa_math", "explicit", "explicit_compiled"]
     assert attention["max_abs_diff"] < 1e-4 and min(attention["ms"].values()) > 0, attention

@@ -39,8 +39,7 @@ def test_two_paper_stages_on_8_gpus(tmp_path):
     check_paper(dry_run(tmp_path, NPROC="8", MEMBERS="4b,8b"), tmp_path, 8, ("4b", "8b"))
 
 
-@pytest.mark.slow  # ~45 s each on 2 busy cores: one python start per stage
-@pytest.mark.parametrize("nproc", [8, 16, 64])
+@pytest.mark.parametrize("nproc", [8, 16, 64])  # what the issue asks CI to check; ~8 s each when idle
 def test_paper_family(tmp_path, nproc):
     check_paper(dry_run(tmp_path, NPROC=str(nproc)), tmp_path, nproc)
 

@@ -1,7 +1,10 @@
 """run_family.sh end to end (QUICK=1): plan -> progressive stages -> independent members -> report."""
+import fcntl
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 
@@ -9,7 +12,7 @@ import pytest
 import torch
 
 import checkpoint
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, assert_user_error
 
 
 def run_family(out, data, *args, **env):
@@ -42,6 +45,27 @@ def test_quick_family_spends_the_planned_flops(quick):
     assert (run / "report" / "loss_vs_flops.png").stat().st_size > 10_000
 
 
+def assert_ends_with_the_report(proc, report):
+    """The run's last lines: where the report is, then its verdict (when evaluate.py wrote one)."""
+    out = re.sub(r"^\[\d\d:\d\d:\d\d\] ", "", proc.stdout.strip(), flags=re.MULTILINE)
+    verdict = json.loads((report / "report.json").read_text()).get("verdict")
+    assert out.endswith(f"\nreport: {report / 'report.md'}" + (f"\nverdict: {verdict}" if verdict else "")), out[-2000:]
+
+
+def test_progress_line_before_every_stage(quick):
+    """[stage k/n] before each of the n training stages (progressive and independent), with the time
+    so far and the ETA of the rest; the first ETA is unknown until a stage has trained."""
+    out, proc = quick
+    n = 2 * len(json.loads((out / "plan.json").read_text())["members"])
+    found = re.findall(r"\[stage (\d+)/(\d+)\] seed 7: (progressive|independent) (\w+) \| elapsed [\d.]+ min \| "
+                       r"ETA of the whole run (~[\d.]+ min|known after the first stage)", proc.stdout)
+    assert [(int(k), int(of)) for k, of, *_ in found] == [(k, n) for k in range(1, n + 1)], proc.stdout[:3000]
+    assert [kind for _, _, kind, _, _ in found] == ["progressive"] * (n // 2) + ["independent"] * (n // 2)
+    assert found[0][4] == "known after the first stage" and all(eta.startswith("~") for *_, eta in found[1:])
+    assert re.search(r"\[after stage \d+/\d+\] seed 7: evaluation", proc.stdout)
+    assert_ends_with_the_report(proc, out / "seed_7" / "report")
+
+
 def test_rerun_of_a_finished_family_trains_nothing(quick, byte_data):
     out, _ = quick
     ckpts = sorted(out.rglob("ckpt_*.pt"))
@@ -49,6 +73,50 @@ def test_rerun_of_a_finished_family_trains_nothing(quick, byte_data):
     again = run_family(out, byte_data, "--seed", "7")
     assert "| loss" not in again.stdout and "already complete" in again.stdout, again.stdout[:3000]
     assert {p: p.stat().st_mtime_ns for p in sorted(out.rglob("ckpt_*.pt"))} == before
+    assert "report is up to date" in again.stdout  # evaluation skipped: the verdict comes from report.json
+    assert_ends_with_the_report(again, out / "seed_7" / "report")
+
+
+def test_second_run_on_the_same_out_is_refused(byte_data, tmp_path):
+    with open(tmp_path / ".lock", "w") as lock:  # as a running run_family.sh holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        proc = subprocess.run(["bash", "run_family.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OUT": str(tmp_path), "DATA": str(byte_data)})
+    assert_user_error(proc, f"another run_family.sh (PID {os.getpid()}), or a training it started, is running "
+                            f"on {tmp_path}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing planned, nothing trained
+
+
+@pytest.mark.parametrize("argv, env, words", [
+    (["--nproc", "0"], {}, "NPROC must be a positive integer"),
+    (["--method", "xyz"], {}, "METHOD is one of aki fpi, not 'xyz'"),
+    ([], {"SEEDS": "1 x"}, "SEEDS must be integers"),
+    (["--noise", "-0.1"], {}, "NOISE must be a number >= 0"),
+    (["--opt-state", "yes"], {}, "OPT_STATE is one of 0 1"),
+    (["--family", "huge"], {}, "unknown family 'huge'"),
+    (["--members", "20k,9b"], {}, "9b not in the tiny family"),
+    (["--data", "/nonexistent"], {}, "DATA=/nonexistent is not a folder made by data/prepare.py"),
+], ids=["nproc", "method", "seeds", "noise", "opt-state", "family", "members", "data"])
+def test_bad_options_are_refused_before_anything_runs(tmp_path, argv, env, words):
+    """Every option is checked up front: one error line, exit 2, no data prepared and nothing trained."""
+    proc = subprocess.run(["bash", "run_family.sh", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OUT": str(tmp_path / "out"), "PGF_SHARED": str(SHARED), **env})
+    assert_user_error(proc, words)
+    assert not list(tmp_path.glob("out/seed_*")) and "prepare" not in proc.stdout
+
+
+def test_a_failing_step_fails_the_run(byte_data, tmp_path):
+    """set -e reaches the stage loops: a stage that fails stops the script with its status."""
+    data = tmp_path / "data"
+    shutil.copytree(byte_data, data)
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "tokenizer": "gpt2", "vocab_size": 50257}))
+    proc = subprocess.run(["bash", "run_family.sh"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "QUICK": "1", "OUT": str(tmp_path / "out"), "DATA": str(data)})
+    assert proc.returncode == 2 and "tokenized with gpt2" in proc.stderr, proc.stderr[-2000:]
+    assert "done:" not in proc.stdout and not (tmp_path / "out" / "seed_1337" / "report").exists()
 
 
 def test_bad_option_is_one_line():
@@ -68,6 +136,8 @@ def test_family_killed_between_and_within_stages_ends_as_if_uninterrupted(quick,
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        with open(tmp_path / ".lock", "a") as lock:  # the run's processes hold it until they are gone
+            fcntl.flock(lock, fcntl.LOCK_EX)
     run_family(tmp_path, byte_data, "--seed", "7")
     for kind in ("progressive", "independent"):
         for a in sorted((ref / "seed_7" / kind).glob("ckpt_*.pt")):

@@ -8,6 +8,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -68,6 +69,27 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(byte_data, tmp_path,
         assert all(torch.equal(v[m], b["optimizer"]["state"][k][m]) for m in v)
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert rows == json.loads(json.dumps(b["train"]["history"]))
+
+
+def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(byte_data, tmp_path):
+    """SIGINT (Ctrl-C) ends the step, writes a checkpoint (none was due), exits 130 (a launcher such
+    as run_family.sh stops too) and names that checkpoint; --resume continues from it."""
+    run = ["--max_iters", 100_000, "--ckpt_interval", 100_000, "--log_interval", 1]
+    proc = subprocess.Popen(train_cmd(byte_data, tmp_path, *run), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stdout:
+        if "| loss" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    step = checkpoint.load(tmp_path / "ckpt.pt")["train"]["step"]
+    assert 0 < step < 100_000
+    assert f"the last checkpoint is {tmp_path / 'ckpt.pt'} (step {step}/100000); the same command with " \
+           "--resume continues from it" in err, err
+    resumed = subprocess.run(train_cmd(byte_data, tmp_path, *run, "--resume", "--stop_at", step + 1), cwd=ROOT,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0 and f"resumed {tmp_path / 'ckpt.pt'} at step {step}/" in resumed.stdout
 
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):

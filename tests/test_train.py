@@ -134,3 +134,61 @@ def test_a_grown_stage_checks_that_its_copies_learned_apart(byte_data, tmp_path)
         log = (out / "train.log").read_text()
         assert want in log, log[-2000:]
         assert ("warning" in log) == (noise == 0)
+
+
+def test_resume_knows_its_init_and_data_by_content_not_by_spelling(byte_data, tmp_path, monkeypatch):
+    """The same --init and --data spelled relative instead of absolute, or moved along with the run
+    folder, resume; another checkpoint or other data in their place is refused."""
+    import shutil
+    from pathlib import Path
+    Trainer(args(byte_data, tmp_path / "run" / "a", "--max_iters", 2)).run()
+    shutil.copytree(byte_data, tmp_path / "run" / "data")
+
+    def stage(root, *extra):
+        return args(root / "data", root / "b", "--max_iters", 6, "--ckpt_interval", 100,
+                    "--init", root / "a" / "ckpt.pt", *extra)
+
+    Trainer(stage(tmp_path / "run", "--stop_at", 3)).run()
+    monkeypatch.chdir(tmp_path)
+    assert Trainer(stage(Path("run"), "--resume")).step == 3
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    moved = Trainer(stage(Path("moved"), "--resume"))
+    assert moved.step == 3
+    moved.run()
+    assert checkpoint.load(tmp_path / "moved" / "b" / "ckpt.pt")["train"]["done"]
+
+    init, meta = tmp_path / "moved" / "a" / "ckpt.pt", tmp_path / "moved" / "data" / "meta.json"
+    original = init.read_bytes()
+    Trainer(args(byte_data, tmp_path / "other", "--max_iters", 2, "--seed", 1)).run()
+    shutil.copy(tmp_path / "other" / "ckpt.pt", init)
+    with pytest.raises(UserError, match="--init changed since"):
+        Trainer(stage(Path("moved"), "--resume"))
+    init.write_bytes(original)
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "fingerprint": "other text"}))
+    with pytest.raises(UserError, match="--data changed since"):
+        Trainer(stage(Path("moved"), "--resume"))
+
+
+def test_ctrl_c_says_where_the_last_checkpoint_is(byte_data, tmp_path, monkeypatch, capsys):
+    """A KeyboardInterrupt in the middle of a step (a second Ctrl-C) ends with exit status 130 and
+    names the checkpoint to resume from, or says that none was written."""
+    import train
+    train_step = train.Trainer.train_step
+
+    def interrupted_at_step_3(self):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return train_step(self)
+
+    monkeypatch.setattr(train.Trainer, "train_step", interrupted_at_step_3)
+    argv = ["--size", "20k", "--data", str(byte_data), "--batch_size", "8", "--seq_len", "64",
+            "--eval_tokens", "4096", "--max_iters", "10"]
+    for out, interval, want in (("a", 2, f"the last checkpoint is {tmp_path / 'a' / 'ckpt.pt'} (step 2/10); "
+                                             "the same command with --resume continues"),
+                                ("b", 5, "no checkpoint was written yet")):
+        with pytest.raises(SystemExit) as stop:
+            train.main([*argv, "--out", str(tmp_path / out), "--ckpt_interval", str(interval)])
+        assert stop.value.code == 130
+        assert want in capsys.readouterr().err
+    assert checkpoint.load(tmp_path / "a" / "ckpt.pt")["train"]["step"] == 2
+    assert not (tmp_path / "b" / "ckpt.pt").exists()
