@@ -109,6 +109,8 @@ def parse_args(argv=None) -> TrainConfig:
         raise UserError("--size and --data are required (python train.py --help)")
     if cfg.tokens <= 0 and cfg.max_iters <= 0:
         raise UserError("give the stage budget: --tokens N (> 0) or --max_iters N (> 0)")
+    if not 0 <= cfg.seed < 2**63:  # torch.manual_seed takes a 64-bit integer
+        raise UserError(f"--seed {cfg.seed} is out of range; use an integer from 0 to 2**63 - 1")
     if min(cfg.batch_size, cfg.grad_accum) < 1 or cfg.lr <= 0 or cfg.seq_len < 0:
         raise UserError("--batch_size and --grad_accum must be >= 1, --lr > 0, --seq_len >= 0")
     if cfg.stable_ckpt and cfg.schedule != "wsd":

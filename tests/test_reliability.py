@@ -292,6 +292,8 @@ BAD_INPUTS = [
     ("train-resume-changed", lambda f: ["train.py", "--size", "20k", "--data", f["data"], "--max_iters", "3", "--out", f["d"] / "run", "--resume"], "changed since"),
     ("train-out-not-writable", lambda f: t("--data", f["data"], "--out", f["d"] / "afile" / "run"), "cannot create"),
     ("train-seq-beyond-context", lambda f: t("--data", f["data"], "--seq_len", "1000"), "exceeds"),
+    ("train-seed-too-large", lambda f: t("--data", f["data"], "--seed", str(2**64)), "out of range"),
+    ("train-seed-negative", lambda f: t("--data", f["data"], "--seed", "-1"), "out of range"),
     ("train-no-gpu", lambda f: t("--data", f["data"], "--device", "cuda"), "no CUDA"),
     ("train-bad-torchrun-env", lambda f: t("--data", f["data"]), "torchrun", {"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}),
     ("expand-same-size", lambda f: ["expand.py", "--src", f["good"], "--size", "20k", "--out", f["d"] / "e.pt"], "equals"),
