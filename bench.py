@@ -1,5 +1,5 @@
 """
-Benchmarks of the Triton kernels (kernels.py) against PyTorch's own ops, and of the training step.
+Benchmarks of the Triton kernels (gpt_kernels.py) against PyTorch's own ops, and of the training step.
 
 On a CUDA GPU, one prepared run, the sections that matter first (most of the time is Triton
 autotuning and torch.compile; no section or model mode starts after --budget_s seconds, 8 minutes
@@ -78,7 +78,7 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 @contextlib.contextmanager
 def poisoned_outputs():
     """Every buffer the kernels write starts as NaN, so an element left unwritten cannot pass."""
-    import kernels
+    import gpt_kernels as kernels
     empty = kernels._empty
     kernels._empty = lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype, device=device)
     try:
@@ -102,7 +102,7 @@ def _errors(fn, ref_fn, make_inputs, dy: torch.Tensor, dtype, names) -> dict[str
 
 def layer_norm_errors(shape, dtype, device="cpu") -> dict[str, float]:
     """kernels.layer_norm vs F.layer_norm in float64 on fresh random inputs: y, dx, dw, db."""
-    import kernels
+    import gpt_kernels as kernels
     N = shape[-1]
     x = torch.randn(shape, device=device) * 3 + 1.5  # off-centre and scaled: mean and variance matter
     w, b = torch.randn(N, device=device), torch.randn(N, device=device)
@@ -130,7 +130,7 @@ def sdpa_with(backend):
 def attention_errors(B, H, T, D, dtype, device="cpu", layout="qkv") -> dict[str, float]:
     """kernels.causal_attention vs causal SDPA in float64: o, dq, dk, dv. layout "qkv": q, k, v are
     views of one (B, T, 3, H, D) buffer as model.py makes them; "separate": contiguous tensors."""
-    import kernels
+    import gpt_kernels as kernels
     if layout == "qkv":
         buf = torch.randn(B, T, 3, H, D, device=device)
         make = lambda dt: [t.requires_grad_() for t in buf.to(dt).permute(2, 0, 3, 1, 4).unbind(0)]  # noqa: E731
@@ -191,7 +191,7 @@ def _copy_gbps(device) -> float:
 def gpu_layer_norm_speed(rows: int = 8 * 1024, widths=(2048, 4096), device="cuda") -> list[dict]:
     """Section 2: GB/s = the least traffic of fwd+bwd (read x, write y; read x and dy, write dx)
     over the time, so every implementation is measured against the same work."""
-    import kernels
+    import gpt_kernels as kernels
     out, peak = [], _copy_gbps(device)
     print(f"  device copy: {peak:.0f} GB/s", flush=True)
     for N in widths:
@@ -218,7 +218,7 @@ def gpu_attention_speed(batch: int = 8, T: int = 1024, D: int = 128, widths=(204
     """Section 3. FLOPs count the causal half: forward 2 matmuls of B H T^2 D / 2 multiply-adds,
     backward 5 (S recomputed, dV, dP, dQ, dK), so fwd+bwd = 3.5 x 2 B H T^2 D (FlashAttention-2's
     convention). Inputs are views of one qkv buffer, as the model makes them."""
-    import kernels
+    import gpt_kernels as kernels
     from torch.nn.attention import SDPBackend
 
     # eager: insist on the flash backend (compiled: inductor's choice)
@@ -290,7 +290,7 @@ def aot_cases(quick: bool) -> list[AotCase]:
 def _recorded_launches():
     """Inside: kernels' launches append (kernel, args, kwargs) to the yielded list instead of
     running; what the launchers compute around them (strides, grids, options) runs as usual."""
-    import kernels
+    import gpt_kernels as kernels
     names = ["_ln_fwd", "_ln_bwd", "_attn_fwd_tuned", "_attn_bwd_delta", "_attn_bwd_dkdv_tuned", "_attn_bwd_dq_tuned"]
     saved = {name: getattr(kernels, name) for name in names} | {"_ln_bwd_programs": kernels._ln_bwd_programs}
     launches = []
@@ -314,7 +314,7 @@ def _recorded_launches():
 def _case_launches(case: AotCase) -> list:
     """The launches of one forward and backward, made with CPU tensors of the case's shape (the
     kernels never run, so nothing is computed; the buffers are small and never written)."""
-    import kernels
+    import gpt_kernels as kernels
     with _recorded_launches() as launches:
         if case.op == "layer_norm":
             x, w = torch.empty(64, case.N, dtype=case.dtype), torch.empty(case.N, dtype=case.dtype)
@@ -379,7 +379,7 @@ def _tensor_cores(ptx: str) -> str:
 
 def aot_compile(cases: list[AotCase], capabilities: list[int]) -> list[dict]:
     """A row per (case, architecture, kernel, candidate): resources, fits, tensor cores, or error."""
-    import kernels
+    import gpt_kernels as kernels
     if kernels._INTERPRETED:
         raise UserError("--aot compiles for a GPU, which Triton's interpreter cannot: unset TRITON_INTERPRET")
     rows = []

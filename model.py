@@ -107,7 +107,7 @@ def count_params(cfg: GPTConfig) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Layers. On CUDA (and with use_kernels) LayerNorm and attention run the Triton kernels of
-# kernels.py; elsewhere PyTorch's own ops, which are faster than Triton's CPU interpreter.
+# gpt_kernels.py; elsewhere PyTorch's own ops, which are faster than Triton's CPU interpreter.
 
 class LayerNorm(nn.Module):
     def __init__(self, d, eps):
@@ -120,7 +120,7 @@ class LayerNorm(nn.Module):
 
     def forward(self, x):
         if self.use_kernels and (x.is_cuda or self.kernels_on_cpu):
-            import kernels
+            import gpt_kernels as kernels
             return kernels.layer_norm(x, self.weight, self.bias, self.eps)
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
 
@@ -144,7 +144,7 @@ class CausalSelfAttention(nn.Module):
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         elif self.use_kernels and (x.is_cuda or self.kernels_on_cpu):
-            import kernels
+            import gpt_kernels as kernels
             y = kernels.causal_attention(q, k, v)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -64,7 +64,7 @@ class TrainConfig:
                       choices=["auto", "float32", "bfloat16"])
     compile: str = _opt("auto", "torch.compile the model (auto: on CUDA only; on CPU it did not pay "
                                 "for the tiny family, see bench/)", choices=["auto", "on", "off"])
-    kernels: bool = _opt(True, "use the Triton kernels of kernels.py on CUDA")
+    kernels: bool = _opt(True, "use the Triton kernels of gpt_kernels.py on CUDA")
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
     seed: int = _opt(1337, "seed of the initialization and of the data order")
     eval_interval: int = _opt(0, "steps between validation losses (default: 10 per stage)")

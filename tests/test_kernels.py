@@ -1,5 +1,5 @@
 """
-The Triton kernels of kernels.py, run on CPU through Triton's interpreter, against float64 PyTorch.
+The Triton kernels of gpt_kernels.py, run on CPU through Triton's interpreter, against float64 PyTorch.
 
 Every check draws fresh random inputs and fills every buffer the kernels write with NaN first
 (kernels._empty), so an element a kernel leaves unwritten shows up as NaN, and NaN never passes.
@@ -13,14 +13,14 @@ import pytest
 import torch
 
 # Triton reads TRITON_INTERPRET when first imported: conftest.py switches the interpreter on before
-# any test module is collected; skip if kernels.py came in without it anyway.
+# any test module is collected; skip if gpt_kernels.py came in without it anyway.
 pytest.importorskip("triton", reason="triton is not installed (pip install triton==3.7.1)")
-import kernels  # noqa: E402
+import gpt_kernels as kernels  # noqa: E402
 from bench import TOLERANCE, attention_errors, layer_norm_errors, poisoned_outputs, rel_err  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 if not kernels._INTERPRETED:
-    pytest.skip("kernels.py was imported before TRITON_INTERPRET=1 was set; run this file on its own",
+    pytest.skip("gpt_kernels.py was imported before TRITON_INTERPRET=1 was set; run this file on its own",
                 allow_module_level=True)
 
 

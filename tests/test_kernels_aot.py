@@ -41,7 +41,7 @@ def test_attention_candidates_by_dtype(hopper):
     """bfloat16 tunes over the 16-bit candidates, each on tensor cores (Hopper's wgmma) and none
     spilling; float32 only over its own small tiles, on FMA (IEEE precision), one without spills
     (the `problems` check)."""
-    import kernels
+    import gpt_kernels as kernels
     rows = [r for r in hopper["rows"] if r["kernel"] in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")]
     for r in rows:
         config = (*r["tiles"].values(), r["num_warps"], r["num_stages"])

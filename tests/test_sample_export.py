@@ -203,3 +203,24 @@ def test_export_cli_bad_input(tmp_path):
     (tmp_path / "a_file").touch()  # as root, permissions do not stop a write: a file blocks the folder
     with pytest.raises(UserError, match="cannot write"):
         export_hf.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "a_file")])
+
+
+BLOCK_TRITON = """import runpy, sys
+class NoTriton:  # a CPU user's environment: requirements.txt + transformers, no triton
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "triton":
+            raise ImportError("No module named 'triton'")
+sys.meta_path.insert(0, NoTriton())
+sys.argv = ["export_hf.py", *sys.argv[1:]]
+runpy.run_path("export_hf.py", run_name="__main__")
+"""
+
+
+def test_export_works_without_triton(tmp_path):
+    """transformers probes for a package named `kernels`; the repo's Triton module must not answer
+    to that name (it imports triton, which a CPU user does not have)."""
+    pytest.importorskip("transformers", reason="transformers is optional (export only)")
+    ckpt = save_model(random_model("bytes"), tmp_path / "ckpt_20k.pt")
+    proc = run_script("-c", BLOCK_TRITON, "--ckpt", ckpt, "--out", tmp_path / "hf")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "hf" / "model.safetensors").is_file()

@@ -134,7 +134,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x2d if x2d.stride(1) == 1 else x2d.contiguous()
 
 
-@torch.library.custom_op("kernels::layer_norm_fwd", mutates_args=())
+@torch.library.custom_op("gpt_kernels::layer_norm_fwd", mutates_args=())
 def layer_norm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (y like x, mean (rows,) float32, rstd (rows,) float32)."""
@@ -162,7 +162,7 @@ def _ln_bwd_programs(M: int, device: torch.device) -> int:
     return min(M, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
 
 
-@torch.library.custom_op("kernels::layer_norm_bwd", mutates_args=())
+@torch.library.custom_op("gpt_kernels::layer_norm_bwd", mutates_args=())
 def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
                    rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (dx like x, dweight, dbias like weight)."""
@@ -476,7 +476,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-@torch.library.custom_op("kernels::attention_fwd", mutates_args=())
+@torch.library.custom_op("gpt_kernels::attention_fwd", mutates_args=())
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (o (B, H, T, D) like q, lse (B, H, T) float32, natural log)."""
     _check_attention_inputs(q, k, v)
@@ -496,7 +496,7 @@ def _(q, k, v):
     return _new_output(q), q.new_empty(B, H, T, dtype=torch.float32)
 
 
-@torch.library.custom_op("kernels::attention_bwd", mutates_args=())
+@torch.library.custom_op("gpt_kernels::attention_bwd", mutates_args=())
 def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                   lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (dq, dk, dv), each (B, H, T, D) contiguous, dtype of q."""
