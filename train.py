@@ -251,13 +251,33 @@ def replace_path(tmp: Path, path: Path):
     """Put `tmp` at `path`, either of them a file or a folder (a run resumed on another world size may
     switch between one-file and sharded checkpoints); a run killed in between keeps PATH.old."""
     old = path.with_name(path.name + ".old")
+    remove_path(old)  # left by a run killed in here (finish_replace)
     if path.exists():
         path.rename(old)
     tmp.rename(path)
-    if old.is_dir():
-        shutil.rmtree(old)
+    remove_path(old)
+
+
+def remove_path(path: Path):
+    if path.is_dir():
+        shutil.rmtree(path)
     else:
-        old.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
+
+def finish_replace(path: Path):
+    """A run killed between replace_path's two renames left no `path`: put back the newest complete
+    checkpoint beside it (PATH.tmp when it was fully written, else PATH.old)."""
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    if path.exists():
+        return
+    for src in (tmp, old):  # a sharded .tmp is complete once its SHARDED_META is written, the last file
+        if src.is_file() or (src / checkpoint.SHARDED_META).is_file():
+            try:
+                src.rename(path)
+            except FileNotFoundError:  # another rank put it back first
+                pass
+            return
 
 
 def available_ram() -> float:
@@ -351,6 +371,8 @@ class Trainer:
         self.sources = source_ids(self.data_meta, cfg.init)
         self.step, self.tokens_seen, self.flops, self.history = 0, 0, 0.0, []
         resume = None
+        if cfg.resume:
+            finish_replace(self.ckpt_path)
         if cfg.resume and self.ckpt_path.exists():  # a sharded one: its shards are read once the model is built
             path = self.ckpt_path
             resume = (checkpoint.load_sharded(path, model=False, optimizer=False) if path.is_dir()

@@ -7,7 +7,7 @@ import checkpoint
 from conftest import assert_user_error, run_script
 from flops import train_flops_per_token
 from model import PRESETS
-from train import Trainer, parse_args
+from train import Trainer, finish_replace, parse_args
 from util import UserError
 
 
@@ -192,3 +192,19 @@ def test_ctrl_c_says_where_the_last_checkpoint_is(byte_data, tmp_path, monkeypat
         assert want in capsys.readouterr().err
     assert checkpoint.load(tmp_path / "a" / "ckpt.pt")["train"]["step"] == 2
     assert not (tmp_path / "b" / "ckpt.pt").exists()
+
+
+def test_a_save_killed_between_its_renames_leaves_a_checkpoint_to_resume(tmp_path):
+    """replace_path renames PATH to PATH.old, then PATH.tmp to PATH: a kill in between leaves no PATH."""
+    path = tmp_path / "ckpt.pt"
+    (tmp_path / "ckpt.pt.old").write_text("previous")
+    (tmp_path / "ckpt.pt.tmp").mkdir()  # a sharded save cut off before its meta file: incomplete
+    finish_replace(path)
+    assert path.read_text() == "previous"
+    path.unlink()
+    (tmp_path / "ckpt.pt.old").write_text("previous")
+    (tmp_path / "ckpt.pt.tmp" / "meta.pt").write_text("complete")  # complete: the newer one wins
+    finish_replace(path)
+    assert (path / "meta.pt").read_text() == "complete" and (tmp_path / "ckpt.pt.old").exists()
+    finish_replace(path)  # PATH present: nothing to do
+    assert path.is_dir()
