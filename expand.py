@@ -540,10 +540,7 @@ def main(argv=None):
     missing = [f"--{k}" for k in ("src", "size", "out") if getattr(args, k) is None]
     if missing:
         raise UserError(f"missing {', '.join(missing)} (or use --inspect CKPT); see --help")
-    try:
-        target = get_config(args.size)
-    except ValueError as e:
-        raise UserError(str(e)) from e
+    target = get_config(args.size)
     if Path(args.out).resolve() == Path(args.src).resolve():
         raise UserError("--out is the --src checkpoint; write the grown one to a new file")
 

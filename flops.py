@@ -376,6 +376,20 @@ def _csv(kind):
     return lambda s: [kind(x) for x in s.split(",") if x]
 
 
+def print_presets():
+    """Every preset of every family: shape, parameter counts, training FLOPs per token."""
+    head = f"{'family':7s} {'size':>5s} {'layers':>6s} {'width':>6s} {'heads':>5s} {'hd':>4s} " \
+           f"{'FFN':>6s} {'vocab':>6s} {'ctx':>5s} {'total':>14s} {'non-emb':>14s} {'train FLOPs/tok':>16s}"
+    print(head)
+    print("-" * len(head))
+    for fam, sizes in FAMILIES.items():
+        for s in sizes:
+            c, n = get_config(s), count_params(get_config(s))
+            print(f"{fam:7s} {s:>5s} {c.n_layer:6d} {c.n_embd:6d} {c.n_head:5d} {c.head_dim:4d} "
+                  f"{c.d_ff:6d} {c.vocab_size:6d} {c.block_size:5d} {n['total']:14,d} "
+                  f"{n['non_embedding']:14,d} {train_flops_per_token(c):16.4g}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", default="paper", help=f"one of: {', '.join(FAMILIES)} (default paper)")
@@ -397,6 +411,7 @@ def main():
                     help="peak FLOP/s of one GPU (default 989e12: H100 SXM bf16 dense, datasheet)")
     ap.add_argument("--gpus", type=int, default=8, help="GPUs for the wall-clock column (default 8)")
     ap.add_argument("--json", metavar="PATH", help="also write the plan as JSON (atomically)")
+    ap.add_argument("--presets", action="store_true", help="print every model preset as a table and exit")
     ap.add_argument("--memory", action="store_true",
                     help="print per-GPU memory for DDP vs FSDP for each size instead of the plan")
     ap.add_argument("--check", action="store_true",
@@ -414,6 +429,8 @@ def main():
     args = ap.parse_args()
     if not 0 < args.mfu <= 1 or not args.peak > 0 or args.gpus < 1:
         raise UserError("need 0 < --mfu <= 1, --peak > 0 and --gpus >= 1")
+    if args.presets:
+        return print_presets()
     if args.layout:
         family, _ = _resolve_family([args.layout])
         r = choose_layout(get_config(args.layout), args.nproc, args.global_batch or FAMILY_BATCH[family],

@@ -10,7 +10,7 @@ Design choices that the rest of the project leans on:
   of the residual width, widened by the same index map as `wte`, and it maps 1:1 onto the standard
   GPT-2 architecture for export (export_hf.py) without custom code.
 
-Run `python model.py` to print every preset as a table.
+`python flops.py --presets` prints every preset as a table.
 """
 import math
 from dataclasses import dataclass, asdict, field
@@ -18,6 +18,8 @@ from dataclasses import dataclass, asdict, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from util import UserError
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def _tiny(n_layer, n_head):
     return GPTConfig(n_layer, n_head, 16, 4 * 16 * n_head, 256, 256, "bytes")
 
 
-# Names are the total parameter counts, rounded (see the table of `python model.py`).
+# Names are the total parameter counts, rounded (see the table of `python flops.py --presets`).
 PRESETS = {
     "1b": _paper(16, 16),  # width 2048
     "2b": _paper(22, 20),  # width 2560
@@ -84,7 +86,7 @@ FAMILIES = {"paper": ["1b", "2b", "4b", "8b"], "tiny": ["20k", "50k", "120k", "2
 
 def get_config(size: str) -> GPTConfig:
     if size not in PRESETS:
-        raise ValueError(f"unknown size {size!r}; choose one of: {', '.join(PRESETS)}")
+        raise UserError(f"unknown size {size!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[size]
 
 
@@ -272,21 +274,3 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     names = group_names(model)
     return [{"params": [params[n] for n in names[0]], "weight_decay": weight_decay},
             {"params": [params[n] for n in names[1]], "weight_decay": 0.0}]
-
-
-def _table():
-    from flops import train_flops_per_token
-    head = f"{'family':7s} {'size':>5s} {'layers':>6s} {'width':>6s} {'heads':>5s} {'hd':>4s} " \
-           f"{'FFN':>6s} {'vocab':>6s} {'ctx':>5s} {'total':>14s} {'non-emb':>14s} {'train FLOPs/tok':>16s}"
-    print(head)
-    print("-" * len(head))
-    for fam, sizes in FAMILIES.items():
-        for s in sizes:
-            c, n = PRESETS[s], count_params(PRESETS[s])
-            print(f"{fam:7s} {s:>5s} {c.n_layer:6d} {c.n_embd:6d} {c.n_head:5d} {c.head_dim:4d} "
-                  f"{c.d_ff:6d} {c.vocab_size:6d} {c.block_size:5d} {n['total']:14,d} "
-                  f"{n['non_embedding']:14,d} {train_flops_per_token(c):16.4g}")
-
-
-if __name__ == "__main__":
-    _table()

@@ -35,7 +35,7 @@ def _opt(default, help, **kw):
 
 @dataclass
 class TrainConfig:
-    size: str = _opt("", "model preset (python model.py lists them)")
+    size: str = _opt("", "model preset (python flops.py --presets lists them)")
     data: str = _opt("", "folder made by data/prepare.py (train.bin, val.bin, meta.json)")
     out: str = _opt("out", "run folder: checkpoint, metrics.jsonl, train.log")
     ckpt: str = _opt("", "checkpoint path (default: OUT/ckpt.pt)")
@@ -313,10 +313,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.dist, self.device = init_distributed(cfg.device)
-        try:
-            self.model_cfg = get_config(cfg.size)
-        except ValueError as e:
-            raise UserError(str(e)) from e
+        self.model_cfg = get_config(cfg.size)
         self.seq_len = cfg.seq_len or self.model_cfg.block_size
         if self.seq_len > self.model_cfg.block_size:
             raise UserError(f"--seq_len {self.seq_len} exceeds the {cfg.size} context "

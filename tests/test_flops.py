@@ -271,3 +271,11 @@ def test_cli_bad_input(args, word):
     r = run_script("flops.py", *args)
     assert_user_error(r, word)
     assert r.stdout == ""
+
+
+def test_presets_table_lists_every_preset():
+    r = run_script("flops.py", "--presets")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[1]: line.split() for line in r.stdout.splitlines()[2:]}
+    assert list(rows) == [s for sizes in FAMILIES.values() for s in sizes]
+    assert int(rows["20k"][9].replace(",", "")) == count_params(get_config("20k"))["total"]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from model import FAMILIES, GPT, PRESETS, GPTConfig, count_params, get_config
+from util import UserError
 
 
 def built_counts(model):
@@ -83,5 +84,5 @@ def test_context_overflow_is_refused():
 
 
 def test_unknown_size():
-    with pytest.raises(ValueError, match="unknown size"):
+    with pytest.raises(UserError, match="unknown size"):
         get_config("3b")
