@@ -134,7 +134,7 @@ def pairs_table(reports) -> str:
     return "\n".join(rows)
 
 
-def variants_table(rep, names: dict, old: dict) -> str:
+def variants_table(rep, names: dict, equal_split: dict) -> str:
     """Seed-1 progressive runs side by side: loss right after growth -> final loss, per member; the
     largest member's with the twin growth of results/twin_growth.json where it was measured."""
     sizes = list(members(rep["main_adjusted"]))
@@ -157,7 +157,7 @@ def variants_table(rep, names: dict, old: dict) -> str:
             after_growth = growth_losses(ms[s][0])[0] if s != next(iter(ms)) else None  # first: not grown
             cells.append((f"{after_growth:.3f} → " if after_growth is not None else "")
                          + f"{ms[s][0]['ppl']['loss']:.3f}")
-        twin = old["after_growth_seed1"].get(name, {}).get(sizes[-1])
+        twin = equal_split["after_growth_seed1"].get(name, {}).get(sizes[-1])
         left = [n for m in ms.values() if (n := twins_left(m[0])) is not None]
         rows.append(f"| {label} | " + " | ".join(cells) + (f" | {twin[0]:.3f} → {twin[1]:.3f}" if twin else " | -")
                     + f" | {rep[name][0]['flops']['progressive']:.3g} | " + (f"{sum(left)} |" if left else "- |"))
@@ -209,7 +209,7 @@ def lead_table(rep, name: str, size: str) -> str:
 TWIN_GROWTH = ROOT / "results" / "twin_growth.json"
 
 
-def twin_table(rep, old: dict) -> str:
+def twin_table(rep, equal_split: dict) -> str:
     """The ablation of symmetry breaking: the same recipes, seeds and data grown with the equal split
     (copies stay twins; results/twin_growth.json) and with the noisy split: val loss right after
     growth → final of seed 1, and the final loss over seeds; then how many copies of the noisy-split
@@ -219,7 +219,7 @@ def twin_table(rep, old: dict) -> str:
         return f"{growth_losses(ms[0])[0]:.3f} → {ms[0]['ppl']['loss']:.3f}" if ms else "-"
 
     def twin_seed1(name, size):
-        v = old["after_growth_seed1"].get(name, {}).get(size)
+        v = equal_split["after_growth_seed1"].get(name, {}).get(size)
         return f"{v[0]:.3f} → {v[1]:.3f}" if v else "-"
 
     def noisy_final(name, size, family="progressive"):
@@ -227,7 +227,7 @@ def twin_table(rep, old: dict) -> str:
         return mean_spread([m["ppl"]["loss"] for m in ms]) if ms else "-"
 
     def twin_final(name, size, family="progressive"):
-        v = old["final"].get(name, {}).get(family, {}).get(size)
+        v = equal_split["final"].get(name, {}).get(family, {}).get(size)
         return mean_spread(v) if v else "-"
 
     def left(size):
@@ -332,7 +332,7 @@ def wsd_section(rep, largest: str) -> list[str]:
 def render(rep, runs: Path) -> str:
     main = rep["main_adjusted"]
     seeds, largest = len(main), list(members(main))[-1]
-    old = json.loads(TWIN_GROWTH.read_text())
+    equal_split = json.loads(TWIN_GROWTH.read_text())
     parts = [
         f"Measured with `bash experiments/reproduce.sh` then `python experiments/summarize.py --runs {runs}` "
         f"on the 2-core CPU machine (byte-level OpenStax, tiny family, 1x Chinchilla, {seeds} seeds for the "
@@ -345,10 +345,10 @@ def render(rep, runs: Path) -> str:
         "### Ablation: copies that stay twins", "",
         "Validation loss with the equal split, whose copies stay exact twins of their source (consumers "
         "split equally among copies, AKI on new heads and FFN units only: `expand.py` of commit "
-        f"{old['commit']}; numbers in `results/twin_growth.json`), and with the noisy split (`--noise 0.1`, "
+        f"{equal_split['commit']}; numbers in `results/twin_growth.json`), and with the noisy split (`--noise 0.1`, "
         "AKI on every output dimension), the same recipes, seeds and data. Twins left: copies still within "
         "1e-6 of their source after the stage (`expand.py --inspect`), summed over the main runs' seeds.", "",
-        twin_table(rep, old), "",
+        twin_table(rep, equal_split), "",
         "### Members", "",
         f"The smallest member ({next(iter(members(main)))}) is trained alone in every recipe: its rows are the "
         "independent ones.", "",
@@ -373,7 +373,7 @@ def render(rep, runs: Path) -> str:
                              "growth_aki_optstate": "AKI + grown AdamW state",
                              "ratio_4x_jump": "4x jump 50k → 250k (skips 120k), depth stack",
                              "depth_4x_interpolate": "4x jump, depth interpolate (2 → 4 blocks: 0011)",
-                             "depth_4x_zero": "4x jump, depth zero (new blocks start as identity)"}, old), "",
+                             "depth_4x_zero": "4x jump, depth zero (new blocks start as identity)"}, equal_split), "",
         "![loss vs FLOPs](results/loss_vs_flops.png)",
     ]
     return "\n".join(parts)

@@ -80,3 +80,12 @@ def test_twin_table_sets_the_equal_split_beside_the_noisy_split():
                         "adjusted LR, final: equal split | noisy split | twins left, noisy split |")
     assert lines[2] == "| b | 2.700 → 2.400 | 2.800 → 2.000 | 2.500 ± 0.100 | 2.100 ± 0.100 | 1 in 2 runs |"
     assert lines[-1].endswith("b 2.500 ± 0.000 beside the equal-split runs, 2.500 ± 0.000 beside the noisy-split ones.")
+
+
+def test_results_md_has_one_section_to_replace():
+    """summarize.py replaces the text between the first BEGIN and the next END: a marker quoted in
+    RESULTS.md's prose would make it overwrite the prose instead."""
+    text = (ROOT / "RESULTS.md").read_text()
+    assert text.count(summarize.BEGIN) == 1 and text.count(summarize.END) == 1
+    assert text.index(summarize.BEGIN) < text.index(summarize.END)
+    assert "## What the tables show" in text[:text.index(summarize.BEGIN)]  # the hand-written prose stays
