@@ -1,6 +1,7 @@
 """
-Turn the reports of experiments/reproduce.sh into README's results section (between the
-`<!-- results -->` markers) and results/loss_vs_flops.png. Every number comes from a report.json.
+Turn the reports of experiments/reproduce.sh into the measured section of RESULTS.md (between the
+`<!-- results:begin -->` and `<!-- results:end -->` markers; the prose around them is kept),
+results/loss_vs_flops.png and results/recipes.png. Every number comes from a report.json.
 
     python experiments/summarize.py --runs runs/exp
 """
@@ -133,7 +134,7 @@ def pairs_table(reports) -> str:
     return "\n".join(rows)
 
 
-def variants_table(rep, names: dict, old: dict) -> str:
+def variants_table(rep, names: dict, equal_split: dict) -> str:
     """Seed-1 progressive runs side by side: loss right after growth -> final loss, per member; the
     largest member's with the twin growth of results/twin_growth.json where it was measured."""
     sizes = list(members(rep["main_adjusted"]))
@@ -156,23 +157,29 @@ def variants_table(rep, names: dict, old: dict) -> str:
             after_growth = growth_losses(ms[s][0])[0] if s != next(iter(ms)) else None  # first: not grown
             cells.append((f"{after_growth:.3f} → " if after_growth is not None else "")
                          + f"{ms[s][0]['ppl']['loss']:.3f}")
-        then = old["after_growth_seed1"].get(name, {}).get(sizes[-1])
+        twin = equal_split["after_growth_seed1"].get(name, {}).get(sizes[-1])
         left = [n for m in ms.values() if (n := twins_left(m[0])) is not None]
-        rows.append(f"| {label} | " + " | ".join(cells) + (f" | {then[0]:.3f} → {then[1]:.3f}" if then else " | -")
+        rows.append(f"| {label} | " + " | ".join(cells) + (f" | {twin[0]:.3f} → {twin[1]:.3f}" if twin else " | -")
                     + f" | {rep[name][0]['flops']['progressive']:.3g} | " + (f"{sum(left)} |" if left else "- |"))
     return "\n".join(rows)
 
 
-def per_seed_table(rep, name: str, reference: str = "main_adjusted") -> str:
+def per_seed_table(rep, name: str, reference: str = "main_adjusted", smallest: bool = True) -> str:
     """Final val loss of run `name` against the independent members of run `reference`, seed by
-    seed (same seed: same smallest member and data order), and in how many seeds the run ended lower."""
+    seed (same seed: same smallest member and data order), and in how many seeds the run ended lower.
+    The smallest member is trained alone, the same model in both families: one row with its loss, or
+    none (smallest=False) where another table already shows that model."""
     indep = {r["seed"]: {m["name"]: m for m in r["members"] if m["family"] == "independent"}
              for r in rep[reference]}
     runs = {r["seed"]: {m["name"]: m for m in r["members"] if m["family"] == "progressive"} for r in rep[name]}
     seeds = sorted(s for s in runs if s in indep)
     rows = ["| member | " + " | ".join(f"seed {s}: run vs independent" for s in seeds) + " | lower in |",
             "|---|" + "---|" * (len(seeds) + 1)]
-    for size in runs[seeds[0]]:
+    sizes = list(runs[seeds[0]])
+    if smallest:
+        rows.append(f"| {sizes[0]} | " + " | ".join(f"{runs[s][sizes[0]]['ppl']['loss']:.3f} (trained alone)"
+                                                   for s in seeds) + " | - |")
+    for size in sizes[1:]:
         pairs = [(runs[s][size]["ppl"]["loss"], indep[s][size]["ppl"]["loss"]) for s in seeds if size in indep[s]]
         cells = [f"{a:.3f} vs {b:.3f} ({a - b:+.3f})" for a, b in pairs]
         rows.append(f"| {size} | " + " | ".join(cells) + f" | {sum(a < b for a, b in pairs)} of {len(pairs)} |")
@@ -202,24 +209,25 @@ def lead_table(rep, name: str, size: str) -> str:
 TWIN_GROWTH = ROOT / "results" / "twin_growth.json"
 
 
-def fix_table(rep, old: dict) -> str:
-    """The same recipes, seeds and data, measured with the growth whose copies stayed twins
-    (results/twin_growth.json) and now: val loss right after growth → final of seed 1, and the final
-    loss over seeds; then how many copies are still twins at the end of each stage now."""
-    def now_seed1(name, size):
+def twin_table(rep, equal_split: dict) -> str:
+    """The ablation of symmetry breaking: the same recipes, seeds and data grown with the equal split
+    (copies stay twins; results/twin_growth.json) and with the noisy split: val loss right after
+    growth → final of seed 1, and the final loss over seeds; then how many copies of the noisy-split
+    runs are still twins at the end of each stage."""
+    def noisy_seed1(name, size):
         ms = members(rep.get(name, [])[:1]).get(size)
         return f"{growth_losses(ms[0])[0]:.3f} → {ms[0]['ppl']['loss']:.3f}" if ms else "-"
 
-    def then_seed1(name, size):
-        v = old["after_growth_seed1"].get(name, {}).get(size)
+    def twin_seed1(name, size):
+        v = equal_split["after_growth_seed1"].get(name, {}).get(size)
         return f"{v[0]:.3f} → {v[1]:.3f}" if v else "-"
 
-    def now_final(name, size, family="progressive"):
+    def noisy_final(name, size, family="progressive"):
         ms = members(rep.get(name, []), family).get(size)
         return mean_spread([m["ppl"]["loss"] for m in ms]) if ms else "-"
 
-    def then_final(name, size, family="progressive"):
-        v = old["final"].get(name, {}).get(family, {}).get(size)
+    def twin_final(name, size, family="progressive"):
+        v = equal_split["final"].get(name, {}).get(family, {}).get(size)
         return mean_spread(v) if v else "-"
 
     def left(size):
@@ -228,21 +236,24 @@ def fix_table(rep, old: dict) -> str:
         counts = [n for n in counts if n is not None]
         return f"{sum(counts)} in {len(counts)} runs" if counts else "-"
 
-    pairs = [("AKI, seed 1, after growth → final", "main_adjusted", then_seed1, now_seed1),
-             ("FPI, seed 1, after growth → final", "growth_fpi", then_seed1, now_seed1),
-             ("AKI, cosine, adjusted LR, final", "main_adjusted", then_final, now_final),
-             ("AKI, cosine, fixed LR, final", "main_fixed", then_final, now_final),
-             ("AKI, WSD, final", "beyond_wsd", then_final, now_final)]
+    pairs = [("AKI, seed 1, after growth → final", "main_adjusted", twin_seed1, noisy_seed1),
+             ("FPI, seed 1, after growth → final", "growth_fpi", twin_seed1, noisy_seed1),
+             ("AKI, cosine, adjusted LR, final", "main_adjusted", twin_final, noisy_final),
+             ("AKI, cosine, fixed LR, final", "main_fixed", twin_final, noisy_final),
+             ("AKI, WSD, final", "beyond_wsd", twin_final, noisy_final)]
     pairs = [p for p in pairs if p[1] in rep]
-    rows = ["| member | " + " | ".join(f"{label}: twins | now" for label, *_ in pairs) + " | twins left now |",
+    rows = ["| member | " + " | ".join(f"{label}: equal split | noisy split" for label, *_ in pairs)
+            + " | twins left, noisy split |",
             "|---|" + "---|---|" * len(pairs) + "---|"]
     for size in list(members(rep["main_adjusted"]))[1:]:
-        rows.append(f"| {size} | " + " | ".join(f"{then(name, size)} | {now(name, size)}" for _, name, then, now in pairs)
+        rows.append(f"| {size} | " + " | ".join(f"{twin(name, size)} | {noisy(name, size)}" for _, name, twin, noisy in pairs)
                     + f" | {left(size)} |")
-    indep = [f"{size} {then_final(name, size, 'independent')} then, {now_final(name, size, 'independent')} now"
+    indep = [f"{size} {twin_final(name, size, 'independent')} beside the equal-split runs, "
+             f"{noisy_final(name, size, 'independent')} beside the noisy-split ones"
              for name in ("main_adjusted", "beyond_wsd") if name in rep
              for size in list(members(rep[name], "independent"))[-1:]]
-    return "\n".join(rows) + ("\n\nThe largest independent member, which involves no growth (cosine, then WSD): "
+    return "\n".join(rows) + ("\n\nThe largest independent member, which involves no growth, trained with each "
+                              "(cosine, then WSD): "
                               + "; ".join(indep) + "." if indep else "")
 
 
@@ -321,7 +332,7 @@ def wsd_section(rep, largest: str) -> list[str]:
 def render(rep, runs: Path) -> str:
     main = rep["main_adjusted"]
     seeds, largest = len(main), list(members(main))[-1]
-    old = json.loads(TWIN_GROWTH.read_text())
+    equal_split = json.loads(TWIN_GROWTH.read_text())
     parts = [
         f"Measured with `bash experiments/reproduce.sh` then `python experiments/summarize.py --runs {runs}` "
         f"on the 2-core CPU machine (byte-level OpenStax, tiny family, 1x Chinchilla, {seeds} seeds for the "
@@ -331,12 +342,13 @@ def render(rep, runs: Path) -> str:
         "",
         "**FLOPs.** " + flops_line(main) + ".",
         "",
-        "### What breaking the symmetry changed", "",
-        f"Validation loss with the growth of commit {old['commit']}, whose copies stayed exact twins of their "
-        "source (\"twins\"; numbers from `results/twin_growth.json`), and with today's growth (\"now\"), the "
-        "same recipes, seeds and data. Twins left: copies still within 1e-6 of their source after the stage "
-        "(`expand.py --inspect`), summed over the main runs' seeds.", "",
-        fix_table(rep, old), "",
+        "### Ablation: copies that stay twins", "",
+        "Validation loss with the equal split, whose copies stay exact twins of their source (consumers "
+        "split equally among copies, AKI on new heads and FFN units only: `expand.py` of commit "
+        f"{equal_split['commit']}; numbers in `results/twin_growth.json`), and with the noisy split (`--noise 0.1`, "
+        "AKI on every output dimension), the same recipes, seeds and data. Twins left: copies still within "
+        "1e-6 of their source after the stage (`expand.py --inspect`), summed over the main runs' seeds.", "",
+        twin_table(rep, equal_split), "",
         "### Members", "",
         f"The smallest member ({next(iter(members(main)))}) is trained alone in every recipe: its rows are the "
         "independent ones.", "",
@@ -345,7 +357,8 @@ def render(rep, runs: Path) -> str:
         "Seed by seed, final val loss of each progressive member against the independent member of the "
         "same seed (the smallest member is the same model in both families). Adjusted LR:", "",
         per_seed_table(rep, "main_adjusted"), "",
-        *(["Fixed LR:", "", per_seed_table(rep, "main_fixed"), ""] if "main_fixed" in rep else []),
+        *(["Fixed LR (its smallest member is the adjusted schedule's: same LR, seed and data):", "",
+           per_seed_table(rep, "main_fixed", smallest=False), ""] if "main_fixed" in rep else []),
         *wsd_section(rep, largest),
         "### Consistency between adjacent members", "",
         "KL in nats per byte on the same validation bytes; acceptance in % of drafted tokens (k = 4).", "",
@@ -360,7 +373,7 @@ def render(rep, runs: Path) -> str:
                              "growth_aki_optstate": "AKI + grown AdamW state",
                              "ratio_4x_jump": "4x jump 50k → 250k (skips 120k), depth stack",
                              "depth_4x_interpolate": "4x jump, depth interpolate (2 → 4 blocks: 0011)",
-                             "depth_4x_zero": "4x jump, depth zero (new blocks start as identity)"}, old), "",
+                             "depth_4x_zero": "4x jump, depth zero (new blocks start as identity)"}, equal_split), "",
         "![loss vs FLOPs](results/loss_vs_flops.png)",
     ]
     return "\n".join(parts)
@@ -369,22 +382,23 @@ def render(rep, runs: Path) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs/exp", help="folder of experiments/reproduce.sh")
-    ap.add_argument("--readme", default=str(ROOT / "README.md"), help="file whose results section to replace")
+    ap.add_argument("--results", "--readme", default=str(ROOT / "RESULTS.md"),
+                    help=f"file whose {BEGIN} ... {END} section to replace (--readme: the same flag)")
     args = ap.parse_args()
     rep = load_reports(Path(args.runs))
     if "main_adjusted" not in rep:
         raise UserError("the main_adjusted run is missing; it is the reference of every table")
-    if not Path(args.readme).is_file():
-        raise UserError(f"--readme {args.readme} does not exist; give the README whose results section to replace")
-    readme = Path(args.readme).read_text()
-    if BEGIN not in readme or END not in readme:
-        raise UserError(f"{args.readme} has no {BEGIN} ... {END} section")
+    if not Path(args.results).is_file():
+        raise UserError(f"--results {args.results} does not exist; give the file whose results section to replace")
+    text = Path(args.results).read_text()
+    if BEGIN not in text or END not in text:
+        raise UserError(f"{args.results} has no {BEGIN} ... {END} section")
     plot(rep, ROOT / "results" / "loss_vs_flops.png")
     plot_recipes(rep, ROOT / "results" / "recipes.png")
     body = f"{BEGIN}\n{render(rep, Path(args.runs))}\n{END}"
-    atomic_write(args.readme, lambda f: f.write(re.sub(f"{BEGIN}.*?{END}", lambda _: body, readme, flags=re.S)),
+    atomic_write(args.results, lambda f: f.write(re.sub(f"{BEGIN}.*?{END}", lambda _: body, text, flags=re.S)),
                  mode="w")
-    print(f"updated {args.readme}, results/loss_vs_flops.png and results/recipes.png")
+    print(f"updated {args.results}, results/loss_vs_flops.png and results/recipes.png")
 
 
 if __name__ == "__main__":

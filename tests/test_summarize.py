@@ -1,4 +1,4 @@
-"""experiments/summarize.py: the seed-by-seed comparison behind README's results, on known cases."""
+"""experiments/summarize.py: the tables of RESULTS.md, on known cases."""
 import importlib.util
 import json
 
@@ -20,8 +20,9 @@ def test_per_seed_table_compares_the_same_seed():
                       report(1, "progressive", {"a": 1.9, "b": 1.6})]}
     lines = summarize.per_seed_table(rep, "recipe").splitlines()
     assert lines[0] == "| member | seed 1: run vs independent | seed 2: run vs independent | lower in |"
-    assert lines[2] == "| a | 1.900 vs 2.000 (-0.100) | 2.100 vs 2.200 (-0.100) | 2 of 2 |"
+    assert lines[2] == "| a | 1.900 (trained alone) | 2.100 (trained alone) | - |"  # the smallest: shown once
     assert lines[3] == "| b | 1.600 vs 1.500 (+0.100) | 1.400 vs 1.300 (+0.100) | 0 of 2 |"
+    assert summarize.per_seed_table(rep, "recipe", smallest=False).splitlines()[2:] == lines[3:]
 
 
 def test_load_reports_orders_seeds_numerically(tmp_path):
@@ -35,11 +36,11 @@ def test_load_reports_orders_seeds_numerically(tmp_path):
 
 def test_per_seed_table_against_another_runs_independent_members():
     """A recipe that changes the independent members too (a WSD schedule) is compared with its own."""
-    rep = {"main_adjusted": [report(1, "independent", {"a": 9.0})],
-           "wsd": [report(1, "progressive", {"a": 1.9}), report(1, "independent", {"a": 2.0})]}
+    rep = {"main_adjusted": [report(1, "independent", {"s": 3.0, "a": 9.0})],
+           "wsd": [report(1, "progressive", {"s": 3.0, "a": 1.9}), report(1, "independent", {"s": 3.0, "a": 2.0})]}
     rep["wsd"][0]["members"] += rep["wsd"].pop()["members"]  # one report holds both families
-    assert summarize.per_seed_table(rep, "wsd", "wsd").splitlines()[2] == "| a | 1.900 vs 2.000 (-0.100) | 1 of 1 |"
-    assert summarize.per_seed_table(rep, "wsd").splitlines()[2] == "| a | 1.900 vs 9.000 (-7.100) | 1 of 1 |"
+    assert summarize.per_seed_table(rep, "wsd", "wsd").splitlines()[3] == "| a | 1.900 vs 2.000 (-0.100) | 1 of 1 |"
+    assert summarize.per_seed_table(rep, "wsd").splitlines()[3] == "| a | 1.900 vs 9.000 (-7.100) | 1 of 1 |"
     assert summarize._has_independent(rep, "wsd") and not summarize._has_independent(rep, "missing")
 
 
@@ -64,7 +65,7 @@ def test_lead_table_finds_the_lead_and_where_it_is_lost():
     assert lines[2] == "| 1 | 2.000 (25%) | 75% |" and lines[3] == "| 2 | 0.500 (50%) | never |"
 
 
-def test_fix_table_sets_twin_growth_beside_today():
+def test_twin_table_sets_the_equal_split_beside_the_noisy_split():
     def grown(name, loss, after, left):
         return {"family": "progressive", "name": name, "ppl": {"loss": loss}, "twins": [{"twins": left, "copies": 9}],
                 "history": [{"flops_total": 1.0, "val_loss": after}, {"flops_total": 2.0, "val_loss": loss}]}
@@ -74,8 +75,17 @@ def test_fix_table_sets_twin_growth_beside_today():
                              {"seed": 2, "members": [small, grown("b", 2.2, 2.9, 1), *indep]}]}
     old = {"commit": "x", "after_growth_seed1": {"main_adjusted": {"b": [2.7, 2.4]}},
            "final": {"main_adjusted": {"progressive": {"b": [2.4, 2.6]}, "independent": {"b": [2.5, 2.5]}}}}
-    lines = summarize.fix_table(rep, old).splitlines()
-    assert lines[0] == ("| member | AKI, seed 1, after growth → final: twins | now | AKI, cosine, adjusted LR, final: "
-                        "twins | now | twins left now |")
+    lines = summarize.twin_table(rep, old).splitlines()
+    assert lines[0] == ("| member | AKI, seed 1, after growth → final: equal split | noisy split | AKI, cosine, "
+                        "adjusted LR, final: equal split | noisy split | twins left, noisy split |")
     assert lines[2] == "| b | 2.700 → 2.400 | 2.800 → 2.000 | 2.500 ± 0.100 | 2.100 ± 0.100 | 1 in 2 runs |"
-    assert lines[-1].endswith("b 2.500 ± 0.000 then, 2.500 ± 0.000 now.")
+    assert lines[-1].endswith("b 2.500 ± 0.000 beside the equal-split runs, 2.500 ± 0.000 beside the noisy-split ones.")
+
+
+def test_results_md_has_one_section_to_replace():
+    """summarize.py replaces the text between the first BEGIN and the next END: a marker quoted in
+    RESULTS.md's prose would make it overwrite the prose instead."""
+    text = (ROOT / "RESULTS.md").read_text()
+    assert text.count(summarize.BEGIN) == 1 and text.count(summarize.END) == 1
+    assert text.index(summarize.BEGIN) < text.index(summarize.END)
+    assert "## What the tables show" in text[:text.index(summarize.BEGIN)]  # the hand-written prose stays
