@@ -209,19 +209,12 @@ def speculative_acceptance(draft, target, prompts, n_tokens: int, k: int, temper
     return {"acceptance": accepted / max(drafted, 1), "tokens_per_round": generated / rounds, "rounds": rounds}
 
 
-def token_bytes(tok, i: int) -> bytes:
-    """The bytes a token stands for: a GPT-2 token may hold half of a UTF-8 character."""
-    if tok.name == "gpt2":
-        return tok.enc.decode_single_token_bytes(i)
-    return b"<|endoftext|>" if i == tok.eot else bytes([i])
-
-
 def stream_text(tok, ids):
     """Yield the text of a stream of token ids piece by piece; a UTF-8 character split across
     tokens is held back until complete. The pieces join to tok.decode(ids)."""
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for i in ids:
-        yield utf8.decode(token_bytes(tok, int(i)))
+        yield utf8.decode(tok.token_bytes(int(i)))
     yield utf8.decode(b"", final=True)
 
 

@@ -1,4 +1,5 @@
-"""evaluate.py: scoring conventions, KL, speculative acceptance and the report, on known answers."""
+"""evaluate.py, zeroshot.py and report.py: scoring conventions, KL, speculative acceptance and the report,
+on known answers."""
 import json
 import math
 import statistics
@@ -11,11 +12,13 @@ import torch.nn as nn
 
 import checkpoint
 import evaluate as ev
+import report as rp
+import zeroshot as zs
 from conftest import SHARED, run_script
 from expand import expand
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
-from util import run_cli
+from util import UserError, run_cli
 
 BYTES = get_tokenizer("bytes")
 LOG256 = math.log(256)
@@ -115,8 +118,8 @@ def write_task_files(folder, rng, n=6):
                         "gold": int(rng.integers(2))} for _ in range(n)],
     }
     for task, records in files.items():
-        write_jsonl(folder / ev.LOCAL_FILES[task], records)
-    (folder / ev.PIQA_LABELS).write_text("".join(f"{rng.integers(2)}\n" for _ in range(n)))
+        write_jsonl(folder / zs.LOCAL_FILES[task], records)
+    (folder / zs.PIQA_LABELS).write_text("".join(f"{rng.integers(2)}\n" for _ in range(n)))
     return folder
 
 
@@ -133,20 +136,20 @@ def cli_error(capsys, argv) -> str:
 
 def items_with_gold(items, tok=BYTES):
     """Token sequences context + gold continuation of each item, for the scripted model."""
-    return [sum(ev.encode_pair(tok, *it.requests[it.gold]), []) for it in items]
+    return [sum(zs.encode_pair(tok, *it.requests[it.gold]), []) for it in items]
 
 
 def requests_of(items, tok=BYTES):
-    return [ev.encode_pair(tok, c, x) for it in items for c, x in it.requests]
+    return [zs.encode_pair(tok, c, x) for it in items for c, x in it.requests]
 
 
 # ---------------------------------------------------------------------------------------------
 # Tokenization of (context, continuation), as lm-eval does it
 
 def test_encode_pair_moves_trailing_spaces_bytes():
-    ctx, cont = ev.encode_pair(BYTES, "Question: why?\nAnswer: ", "yes")
+    ctx, cont = zs.encode_pair(BYTES, "Question: why?\nAnswer: ", "yes")
     assert ctx == BYTES.encode("Question: why?\nAnswer:") and cont == BYTES.encode(" yes")
-    assert ev.encode_pair(BYTES, "", "abc") == ([BYTES.eot], BYTES.encode("abc"))
+    assert zs.encode_pair(BYTES, "", "abc") == ([BYTES.eot], BYTES.encode("abc"))
 
 
 def test_encode_pair_gpt2(monkeypatch):
@@ -155,19 +158,30 @@ def test_encode_pair_gpt2(monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
     tok = get_tokenizer("gpt2")
     # " world" is one token: the space belongs to the continuation, not to the context
-    assert ev.encode_pair(tok, "Hello", " world") == ([15496], [995])
-    assert ev.encode_pair(tok, "Hello ", "world") == ([15496], [995])
+    assert zs.encode_pair(tok, "Hello", " world") == ([15496], [995])
+    assert zs.encode_pair(tok, "Hello ", "world") == ([15496], [995])
 
 
-def test_token_byte_lengths_count_utf8_bytes(monkeypatch):
+def test_tokenizers_own_token_bytes_and_byte_lengths(monkeypatch):
+    """token_bytes joins to decode's text (the separator included); byte_lengths counts the UTF-8
+    bytes of text, the separator none."""
     text = "naïve café — 日本語 🙂 plain"
-    lengths = ev.token_byte_lengths(BYTES)
-    assert lengths[BYTES.eot] == 0 and lengths[BYTES.encode(text)].sum() == len(text.encode())
+    tokenizers = [BYTES]
     if (SHARED / "tiktoken_cache").is_dir():
         monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
-        tok = get_tokenizer("gpt2")
-        lengths = ev.token_byte_lengths(tok)
-        assert lengths[tok.eot] == 0 and lengths[tok.encode(text)].sum() == len(text.encode())
+        tokenizers.append(get_tokenizer("gpt2"))
+    for tok in tokenizers:
+        ids = tok.encode(text) + [tok.eot] + tok.encode("end")
+        assert b"".join(tok.token_bytes(i) for i in ids).decode() == tok.decode(ids) == text + "<|endoftext|>end"
+        lengths = tok.byte_lengths()
+        assert lengths.shape == (tok.vocab_size,) and lengths[tok.eot] == 0
+        assert lengths[ids].sum() == len((text + "end").encode()), tok.name
+
+
+def test_zeroshot_and_report_do_not_import_evaluate():
+    """The dependencies run one way: evaluate.py uses zeroshot.py and report.py, never the reverse."""
+    proc = run_script("-c", "import sys, report, zeroshot; print('evaluate' in sys.modules)")
+    assert proc.returncode == 0 and proc.stdout.split() == ["False"], proc.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,9 +190,9 @@ def test_token_byte_lengths_count_utf8_bytes(monkeypatch):
 @pytest.mark.parametrize("task", ["arc_easy", "arc_challenge", "openbookqa", "piqa", "hellaswag",
                                   "winogrande"])
 def test_scripted_scorer_gets_everything_right(tmp_path, task):
-    items = ev.load_items(task, write_task_files(tmp_path, np.random.default_rng(), n=8), None)
+    items = zs.load_items(task, write_task_files(tmp_path, np.random.default_rng(), n=8), None)
     model = scripted_lm(items_with_gold(items))
-    metrics = ev.evaluate_task(model, task, items, requests_of(items), batch_size=3)
+    metrics = zs.evaluate_task(model, task, items, requests_of(items), batch_size=3)
     assert metrics["acc"] == 1.0 and metrics["n"] == 8
     assert metrics.get("acc_norm", 1.0) == 1.0
     assert ("acc_norm" in metrics) == (task != "winogrande")  # WinoGrande: acc only
@@ -190,9 +204,9 @@ def test_uniform_model_on_hellaswag_ties_pick_the_first(tmp_path):
     endings = lambda: ["".join(rng.choice(list("abcdefgh"), 12)) for _ in range(4)]  # noqa: E731
     records = [{"query": "Act: the man", "endings": endings(), "label": int(rng.integers(4))}
                for _ in range(n)]
-    write_jsonl(tmp_path / ev.LOCAL_FILES["hellaswag"], records)
-    items = ev.load_items("hellaswag", tmp_path, None)
-    metrics = ev.evaluate_task(uniform_lm(), "hellaswag", items, requests_of(items), batch_size=64)
+    write_jsonl(tmp_path / zs.LOCAL_FILES["hellaswag"], records)
+    items = zs.load_items("hellaswag", tmp_path, None)
+    metrics = zs.evaluate_task(uniform_lm(), "hellaswag", items, requests_of(items), batch_size=64)
     expected = np.mean([r["label"] == 0 for r in records])
     assert metrics["acc"] == pytest.approx(expected) and metrics["acc_norm"] == pytest.approx(expected)
     assert abs(metrics["acc"] - 0.25) < 0.1
@@ -205,28 +219,28 @@ def test_uniform_model_acc_vs_acc_norm_follow_lengths(tmp_path):
     lengths = rng.integers(3, 9, size=(60, 4))
     records = [{"query": "Act: she", "endings": ["x" * k for k in row], "label": int(rng.integers(4))}
                for row in lengths]
-    write_jsonl(tmp_path / ev.LOCAL_FILES["hellaswag"], records)
-    items = ev.load_items("hellaswag", tmp_path, None)
-    metrics = ev.evaluate_task(uniform_lm(), "hellaswag", items, requests_of(items), batch_size=16)
+    write_jsonl(tmp_path / zs.LOCAL_FILES["hellaswag"], records)
+    items = zs.load_items("hellaswag", tmp_path, None)
+    metrics = zs.evaluate_task(uniform_lm(), "hellaswag", items, requests_of(items), batch_size=16)
     gold = np.array([r["label"] for r in records])
     assert metrics["acc"] == pytest.approx(np.mean(lengths.argmin(1) == gold))
     assert metrics["acc_norm"] == pytest.approx(np.mean(lengths.argmax(1) == gold))
 
 
 def test_choose_takes_first_of_ties():
-    assert ev.choose(np.array([-2.0, -1.0, -1.0]), [1, 1, 1]) == (1, 1)
-    assert ev.choose(np.array([-4.0, -3.0]), [4, 1]) == (1, 0)  # -1 per char beats -3 per char
+    assert zs.choose(np.array([-2.0, -1.0, -1.0]), [1, 1, 1]) == (1, 1)
+    assert zs.choose(np.array([-4.0, -3.0]), [4, 1]) == (1, 0)  # -1 per char beats -3 per char
 
 
 def test_lambada_handcrafted_item(tmp_path):
-    write_jsonl(tmp_path / ev.LOCAL_FILES["lambada"], [{"text": "the cat sat on the mat"}])
-    items = ev.load_items("lambada", tmp_path, None)
+    write_jsonl(tmp_path / zs.LOCAL_FILES["lambada"], [{"text": "the cat sat on the mat"}])
+    items = zs.load_items("lambada", tmp_path, None)
     assert items[0].requests == [("the cat sat on the", " mat")]
     boost = 5.0
     log_p = boost - math.log(math.exp(boost) + 255)  # the scripted model's log-prob of each gold byte
-    m = ev.evaluate_task(scripted_lm(items_with_gold(items), boost), "lambada", items, requests_of(items), 4)
+    m = zs.evaluate_task(scripted_lm(items_with_gold(items), boost), "lambada", items, requests_of(items), 4)
     assert m["acc"] == 1.0 and m["ppl"] == pytest.approx(math.exp(-4 * log_p), rel=1e-5)
-    m = ev.evaluate_task(uniform_lm(), "lambada", items, requests_of(items), 4)
+    m = zs.evaluate_task(uniform_lm(), "lambada", items, requests_of(items), 4)
     assert m["acc"] == 0.0 and m["ppl"] == pytest.approx(256.0 ** 4, rel=1e-4)  # " mat": 4 bytes
 
 
@@ -236,7 +250,7 @@ def test_requests_are_left_truncated_to_the_context():
     table = torch.log_softmax(torch.randn(256, 256), dim=-1)
     model = FakeLM(lambda idx: table[idx], block_size=8)
     ctx, cont = BYTES.encode("a long context that does not fit"), BYTES.encode(" end")
-    loglik, greedy = ev.score_requests(model, [(ctx, cont), (ctx[-3:], cont)], batch_size=2)
+    loglik, greedy = zs.score_requests(model, [(ctx, cont), (ctx[-3:], cont)], batch_size=2)
     seq = ctx + cont
     expected = sum(table[seq[i - 1], seq[i]].item() for i in range(len(ctx), len(seq)))
     assert loglik == pytest.approx([expected, expected], abs=1e-4)
@@ -250,30 +264,30 @@ def test_items_whose_continuation_exceeds_the_context_are_excluded_and_counted(t
                ["abcdef", "abcd", "abcdefgh", "abcde"],  # acc wrong, acc_norm right
                ["xyz", "x" * 20, "xyzw", "xyzwv"],  # too long: would count as right for acc
                ["abc", "abd", "abe", "abf"]]  # all tie: choice 0 for both, right
-    write_jsonl(tmp_path / ev.LOCAL_FILES["hellaswag"],
+    write_jsonl(tmp_path / zs.LOCAL_FILES["hellaswag"],
                 [{"query": "Act: he", "endings": e, "label": g} for e, g in zip(endings, [0, 2, 0, 0])])
-    items = ev.load_items("hellaswag", tmp_path, None)
+    items = zs.load_items("hellaswag", tmp_path, None)
     requests = requests_of(items)
     assert [len(cont) for _, cont in requests[8:12]] == [4, 21, 5, 6]
-    m = ev.evaluate_task(uniform_lm(block_size=16), "hellaswag", items, requests, batch_size=5)
+    m = zs.evaluate_task(uniform_lm(block_size=16), "hellaswag", items, requests, batch_size=5)
     assert m["n"] == 3 and m["n_excluded_too_long"] == 1
     assert m["acc"] == pytest.approx(2 / 3) and m["acc_norm"] == pytest.approx(2 / 3)
     assert m["acc_stderr"] == pytest.approx(np.std([1, 0, 1], ddof=1) / math.sqrt(3))
     assert m["note"] == ("hellaswag: 1 of 4 items not scored: a choice is longer than the model's "
                          "16-token context (lm-eval refuses such items)")
-    m = ev.evaluate_task(uniform_lm(block_size=64), "hellaswag", items, requests, batch_size=5)
+    m = zs.evaluate_task(uniform_lm(block_size=64), "hellaswag", items, requests, batch_size=5)
     assert m["n"] == 4 and m["n_excluded_too_long"] == 0 and "note" not in m
     # nothing fits: no accuracy at all rather than one over zero items
-    m = ev.evaluate_task(uniform_lm(block_size=3), "hellaswag", items, requests, batch_size=5)
+    m = zs.evaluate_task(uniform_lm(block_size=3), "hellaswag", items, requests, batch_size=5)
     assert m == {"acc": None, "acc_stderr": None, "acc_norm": None, "n": 0, "n_excluded_too_long": 4,
                  "note": m["note"]}
 
 
 def test_lambada_target_longer_than_the_context_is_excluded(tmp_path):
-    write_jsonl(tmp_path / ev.LOCAL_FILES["lambada"], [{"text": "the cat sat on the mat"},
+    write_jsonl(tmp_path / zs.LOCAL_FILES["lambada"], [{"text": "the cat sat on the mat"},
                                                        {"text": "it was " + "a" * 12}])
-    items = ev.load_items("lambada", tmp_path, None)
-    m = ev.evaluate_task(uniform_lm(block_size=8), "lambada", items, requests_of(items), 4)
+    items = zs.load_items("lambada", tmp_path, None)
+    m = zs.evaluate_task(uniform_lm(block_size=8), "lambada", items, requests_of(items), 4)
     assert (m["n"], m["n_excluded_too_long"]) == (1, 1)
     assert m["acc"] == 0.0 and m["ppl"] == pytest.approx(256.0 ** 4, rel=1e-4)  # " mat" alone
 
@@ -283,8 +297,8 @@ def test_continuation_of_exactly_the_context_is_scored_one_more_is_not():
     tokens is scored whole, its first token predicted from the context's last."""
     ctx = BYTES.encode("some context")
     requests = [(ctx, BYTES.encode("x" * 16)), (ctx, BYTES.encode("x" * 17))]
-    assert ev.fits(requests, 16).tolist() == [True, False]
-    loglik, greedy = ev.score_requests(uniform_lm(block_size=16), requests, batch_size=2)
+    assert zs.fits(requests, 16).tolist() == [True, False]
+    loglik, greedy = zs.score_requests(uniform_lm(block_size=16), requests, batch_size=2)
     assert loglik[0] == pytest.approx(-16 * LOG256, rel=1e-6) and np.isnan(loglik[1])
     assert not greedy.any()
 
@@ -297,7 +311,7 @@ def test_context_is_cut_from_the_left_keeping_the_whole_continuation():
     ctx, cont = BYTES.encode("a context of thirty-two bytes!!!"), BYTES.encode(" ten bytes")
     keep = 16 + 1 - len(cont)  # window: block_size + 1 tokens, the last only a target
     requests = [(ctx, cont), (ctx[-keep:], cont), (ctx[-keep + 2:], cont)]
-    loglik, greedy = ev.score_requests(model, requests, batch_size=3)
+    loglik, greedy = zs.score_requests(model, requests, batch_size=3)
     seq = torch.tensor([(ctx + cont)[-17:]])
     with torch.no_grad():
         logits, _ = model(seq[:, :-1])
@@ -312,17 +326,17 @@ def test_real_eval_files_too_long_counts_at_256_bytes():
     if not EVAL_DIR.is_dir():
         pytest.skip(f"no offline eval data at {EVAL_DIR}")
     for task, (first_200, total) in {"piqa": (15, 139), "hellaswag": (0, 1143)}.items():
-        items = ev.load_items(task, EVAL_DIR, None)
+        items = zs.load_items(task, EVAL_DIR, None)
         starts = np.cumsum([0] + [len(it.requests) for it in items])
-        fit = ev.fits(requests_of(items), 256)
+        fit = zs.fits(requests_of(items), 256)
         excluded = [not fit[a:b].all() for a, b in zip(starts[:-1], starts[1:])]
         assert (sum(excluded[:200]), sum(excluded)) == (first_200, total), task
 
 
 def test_hellaswag_preprocessing():
     # lm-eval's function exactly: strip first, so a leading marker leaves its space behind
-    assert ev.hellaswag_clean(" Act: How to x [title] Do [step] it. ") == "Act: How to x. Do it."
-    assert ev.hellaswag_clean("[header] How") == " How"
+    assert zs.hellaswag_clean(" Act: How to x [title] Do [step] it. ") == "Act: How to x. Do it."
+    assert zs.hellaswag_clean("[header] How") == " How"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,12 +345,12 @@ def test_hellaswag_preprocessing():
 def test_uniform_model_perplexity_and_bits_per_byte():
     rng = np.random.default_rng()
     windows = ev.val_windows(rng.integers(0, 255, 5000), block_size=64, max_tokens=1024)
-    r = ev.perplexity(uniform_lm(), windows, ev.token_byte_lengths(BYTES), batch_size=4)
+    r = ev.perplexity(uniform_lm(), windows, BYTES.byte_lengths(), batch_size=4)
     assert r["ppl"] == pytest.approx(256, rel=1e-5) and r["bpb"] == pytest.approx(8.0, rel=1e-6)
     assert r["tokens"] == r["bytes"] == 16 * 64
     tokens = np.full(5000, ord("a"))
     tokens[::10] = BYTES.eot  # separators are predicted but are no text: bpb counts fewer bytes
-    r = ev.perplexity(uniform_lm(), ev.val_windows(tokens, 64, 1024), ev.token_byte_lengths(BYTES), 4)
+    r = ev.perplexity(uniform_lm(), ev.val_windows(tokens, 64, 1024), BYTES.byte_lengths(), 4)
     assert r["bpb"] == pytest.approx(r["loss"] * r["tokens"] / math.log(2) / r["bytes"]) and r["bpb"] > 8
 
 
@@ -351,13 +365,13 @@ def test_gpt2_bits_per_byte_and_scoring(monkeypatch):
     tokens = np.array(tok.encode(random_text(rng, 400)))  # ASCII: windows decode to whole characters
     windows = ev.val_windows(tokens, 32, 256)
     uniform = FakeLM(lambda idx: torch.zeros(*idx.shape, 50304), block_size=32, vocab_size=50304)
-    r = ev.perplexity(uniform, windows, ev.token_byte_lengths(tok), batch_size=3)
+    r = ev.perplexity(uniform, windows, tok.byte_lengths(), batch_size=3)
     n_bytes = sum(len(tok.decode(w[1:].tolist()).encode()) for w in windows)
     assert r["bytes"] == n_bytes
     assert r["bpb"] == pytest.approx(r["tokens"] * math.log2(50304) / n_bytes, rel=1e-5)
     if EVAL_DIR.is_dir():
-        items = ev.load_items("piqa", EVAL_DIR, 2)
-        m = ev.evaluate_task(tiny_gpt(tokenizer="gpt2"), "piqa", items, requests_of(items, tok), batch_size=2)
+        items = zs.load_items("piqa", EVAL_DIR, 2)
+        m = zs.evaluate_task(tiny_gpt(tokenizer="gpt2"), "piqa", items, requests_of(items, tok), batch_size=2)
         assert m["n"] == 2 and 0 <= m["acc"] <= 1
 
 
@@ -420,21 +434,21 @@ def test_real_eval_files_parse_with_full_counts():
     counts = {"lambada": 5153, "piqa": 1838, "hellaswag": 10042, "arc_easy": 2376, "arc_challenge": 1172,
               "openbookqa": 500, "winogrande": 1267}
     for task, n in counts.items():
-        items = ev.load_items(task, EVAL_DIR, None)
+        items = zs.load_items(task, EVAL_DIR, None)
         assert len(items) == n and all(0 <= it.gold < len(it.requests) for it in items), task
-    first = ev.load_items("hellaswag", EVAL_DIR, 1)[0]
+    first = zs.load_items("hellaswag", EVAL_DIR, 1)[0]
     assert first.gold == 3 and first.requests[3] == ("Roof shingle removal: A man is sitting on a roof. he",
                                                       " starts pulling up roofing on a roof.")
-    assert ev.load_items("arc_easy", EVAL_DIR, 1)[0].requests[0][0].endswith("?\nAnswer:")
+    assert zs.load_items("arc_easy", EVAL_DIR, 1)[0].requests[0][0].endswith("?\nAnswer:")
 
 
 def test_real_eval_files_smoke_with_a_tiny_gpt():
     if not EVAL_DIR.is_dir():
         pytest.skip(f"no offline eval data at {EVAL_DIR}")
     model = tiny_gpt(block_size=128)
-    for task in ev.ZERO_SHOT:
-        items = ev.load_items(task, EVAL_DIR, 3)
-        m = ev.evaluate_task(model, task, items, requests_of(items), batch_size=8)
+    for task in zs.ZERO_SHOT:
+        items = zs.load_items(task, EVAL_DIR, 3)
+        m = zs.evaluate_task(model, task, items, requests_of(items), batch_size=8)
         assert m["n"] + m["n_excluded_too_long"] == 3 and 0 <= m["acc"] <= 1  # PIQA: 1 over 128 bytes
 
 
@@ -452,8 +466,8 @@ def test_wikitext_from_a_file_or_skipped_with_a_note(tmp_path, monkeypatch):
 def test_hub_path_fails_with_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ev.UserError, match="--data-dir"):
-        ev.load_items("piqa", None, 2)
+    with pytest.raises(UserError, match="--data-dir"):
+        zs.load_items("piqa", None, 2)
 
 
 def test_read_history_sources(tmp_path):
@@ -515,7 +529,7 @@ def test_report_renders_for_two_tiny_families(family):
     assert [(m["family"], m["name"]) for m in report["members"]] == \
         [(f, n) for f in ("progressive", "independent") for n in ("custom(L1,d8)", "custom(L1,d16)")]
     for m in report["members"]:
-        assert set(m["tasks"]) == set(ev.ZERO_SHOT) and all(t["n"] == 3 for t in m["tasks"].values())
+        assert set(m["tasks"]) == set(zs.ZERO_SHOT) and all(t["n"] == 3 for t in m["tasks"].values())
         assert m["ppl"]["tokens"] == 512 and m["ppl"]["bpb"] > 0
     assert len(report["members"][0]["history"]) == 10 and report["members"][2]["history"] == []
     assert [p["family"] for p in report["pairs"]] == ["progressive", "independent"]
@@ -618,17 +632,17 @@ def test_random_model_on_a_four_choice_task_is_flagged_at_chance(tmp_path):
     model that does not know the answers is right exactly once in four."""
     rng = np.random.default_rng()
     questions = [("Question: " + random_text(rng, 4), [random_text(rng, 3) for _ in range(4)]) for _ in range(10)]
-    write_jsonl(tmp_path / ev.LOCAL_FILES["arc_easy"], [{"query": q, "choices": c, "gold": g}
+    write_jsonl(tmp_path / zs.LOCAL_FILES["arc_easy"], [{"query": q, "choices": c, "gold": g}
                                                         for q, c in questions for g in range(4)])
-    items = ev.load_items("arc_easy", tmp_path, None)
-    assert ev.chance_level("arc_easy", items) == 0.25 and ev.chance_level("lambada", items) == 0.0
+    items = zs.load_items("arc_easy", tmp_path, None)
+    assert zs.chance_level("arc_easy", items) == 0.25 and zs.chance_level("lambada", items) == 0.0
     chance = {"arc_easy": 0.25}
-    known = ev.load_items("arc_easy", write_task_files(tmp_path / "known", rng, n=40), None)
+    known = zs.load_items("arc_easy", write_task_files(tmp_path / "known", rng, n=40), None)
     summaries = {}
     for name, model, items in [("random", tiny_gpt(), items), ("oracle", scripted_lm(items_with_gold(known)), known)]:
-        metrics = ev.evaluate_task(model, "arc_easy", items, requests_of(items), batch_size=8)
+        metrics = zs.evaluate_task(model, "arc_easy", items, requests_of(items), batch_size=8)
         row = {"params": 1, "tasks": {"arc_easy": metrics}, "average": metrics["acc"], "flops_total": None}
-        summaries[name] = ev.member_summary([row], chance, [(None, None)])
+        summaries[name] = rp.member_summary([row], chance, [(None, None)])
     noise = math.sqrt(0.25 * 0.75 / 40)  # binomial standard error of guessing on 40 items
     assert summaries["random"]["tasks"]["arc_easy"]["acc"]["mean"] == 0.25
     assert summaries["random"]["tasks"]["arc_easy"]["vs_chance"] == summaries["random"]["average_vs_chance"] == "within"
@@ -637,13 +651,13 @@ def test_random_model_on_a_four_choice_task_is_flagged_at_chance(tmp_path):
     assert summaries["oracle"]["average_vs_chance"] == "above"
     summary = {"chance": chance, "members": [{"name": n, "progressive": s, "independent": None}
                                              for n, s in summaries.items()]}
-    verdict = ev.zero_shot_verdict(summary)
+    verdict = rp.zero_shot_verdict(summary)
     assert "(chance 25.0): progressive random 25.0, oracle 100.0." in verdict
     assert "Above chance by more than 2 standard errors: progressive oracle (within noise of it: progressive random)" \
         in verdict
     summary["members"].pop()  # the random model alone
     assert "No member is above chance by more than 2 standard errors (within noise of it: every member)" \
-        in ev.zero_shot_verdict(summary)
+        in rp.zero_shot_verdict(summary)
 
 
 def test_loss_plot_data_has_only_positive_flops_and_a_range_from_the_data(family):
@@ -655,11 +669,11 @@ def test_loss_plot_data_has_only_positive_flops_and_a_range_from_the_data(family
             [{"step": i, "flops_total": f, "val_loss": 4.0 - i / 10} for i, f in enumerate(steps[1:], 1)]
         m["history_source"] = f"{m['family']}/{m['name']}/metrics.jsonl"
         m["ppl"]["loss"] = 3.0 + np.random.default_rng().uniform(-0.05, 0.05)
-    data = ev.loss_plot_data([report], ev.summarize([report]))
+    data = rp.loss_plot_data([report], rp.summarize([report]))
     xs = [x for c in data["curves"] for x in c["x"]] + [p["x"] for p in data["points"]]
     assert len(xs) == 4 * 10 + 1 + 4 and min(xs) > 0  # step 0 at FLOPs 0 left out: a log axis cannot place it
     assert [(c["family"], c["label"]) for c in data["curves"]] == \
-        [(f, n) for f in ev.FAMILIES for n in ("custom(L1,d8)", "custom(L1,d16)")]  # named curves
+        [(f, n) for f in rp.FAMILIES for n in ("custom(L1,d8)", "custom(L1,d16)")]  # named curves
     low, high = data["ylim"]
     assert all(low < p["y"] < high for p in data["points"])
     assert high < 5.55  # the first steps' loss does not stretch the axis
@@ -687,7 +701,7 @@ def test_combine_seeds_mean_and_std(family, tmp_path):
     by_name = {m["name"]: m for m in combined["summary"]["members"]}
     for name in ("custom(L1,d8)", "custom(L1,d16)"):
         values = {f: [next(m["ppl"]["loss"] for m in r["members"] if (m["family"], m["name"]) == (f, name))
-                      for r in reports] for f in ev.FAMILIES}
+                      for r in reports] for f in rp.FAMILIES}
         got = by_name[name]
         assert got["progressive"]["loss"]["mean"] == pytest.approx(statistics.mean(values["progressive"]))
         assert got["independent"]["loss"]["std"] == pytest.approx(statistics.stdev(values["independent"]))
