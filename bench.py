@@ -5,7 +5,7 @@ On a CUDA GPU, one prepared run, the sections that matter first (most of the tim
 autotuning and torch.compile; no section or model mode starts after --budget_s seconds, 8 minutes
 by default, so that a 10-minute slot keeps what ran; results are saved after every section):
 
-    python bench.py --gpu-all --out bench/
+    python bench.py --gpu_all --out bench/
 
   1. correctness first: the compiled kernels, float32 and bfloat16, forward and backward, against
      float64 PyTorch on fresh random inputs, every output buffer poisoned with NaN beforehand (the
@@ -51,7 +51,7 @@ import statistics
 import time
 import traceback
 
-from util import UserError, atomic_write, run_cli, write_json  # first: see util.py
+from util import ArgumentParser, UserError, atomic_write, md_table, run_cli, write_json  # first: see util.py
 import torch
 import torch.nn.functional as F
 
@@ -713,14 +713,15 @@ def _md_cpu(res: dict) -> str:
              f"processes below {CLEAN_LOAD} core; '-' where fewer than 3 were clean). CPU s: this "
              "process's CPU time per step, all threads (for one thread, about the wall time on an idle "
              "machine). others: cores that other processes kept busy during the steps (median). "
-             f"`train` is what train.py chooses on this CPU: {_mode_words(res['resolved'].get('train'))}.\n",
-             "| member | mode | tok/s | x | x clean | s/step | CPU s/step | others |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"`train` is what train.py chooses on this CPU: {_mode_words(res['resolved'].get('train'))}.\n"]
+    rows = []
     for row in res["family"]:
         for spec, r in row["modes"].items():
             clean = "-" if r["clean_speedup"] is None else f"{r['clean_speedup']:.2f}"
-            lines.append(f"| {row['size']} | {spec} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f} | {clean} | "
-                         f"{r['median_s']:.3f} | {r['median_cpu_s']:.3f} | {statistics.median(r['others_load']):.1f} |")
+            rows.append([row['size'], spec, f"{r['tokens_per_s']:.0f}", f"{r['speedup']:.2f}", clean,
+                         f"{r['median_s']:.3f}", f"{r['median_cpu_s']:.3f}",
+                         f"{statistics.median(r['others_load']):.1f}"])
+    lines.append(md_table(["member", "mode", "tok/s", "x", "x clean", "s/step", "CPU s/step", "others"], rows))
     lines += ["", "Where the time of a step goes (torch profiler, 3 steps of the profiled mode; share of the ops' "
               "self time):", ""]
     for row in res["family"]:
@@ -731,10 +732,9 @@ def _md_cpu(res: dict) -> str:
               "forward + backward, median ms: `sdpa` is what the model calls (PyTorch's CPU flash kernel), "
               "`sdpa_math` its math backend, `explicit` softmax(QK^T)V written out, then torch.compile'd. "
               "max |diff|: the largest difference of output and gradients from `sdpa`'s.", "",
-              "| member | shape | " + " | ".join(impls) + " | max abs diff |", "|---|---|" + "---|" * (len(impls) + 1)]
-    for row in res["attention"]:
-        lines.append(f"| {row['size']} | {'x'.join(map(str, row['shape']))} | "
-                     + " | ".join(f"{row['ms'][k]:.1f}" for k in impls) + f" | {row['max_abs_diff']:.1e} |")
+              md_table(["member", "shape", *impls, "max abs diff"],
+                       [[row['size'], 'x'.join(map(str, row['shape'])), *(f"{row['ms'][k]:.1f}" for k in impls),
+                         f"{row['max_abs_diff']:.1e}"] for row in res["attention"]])]
     return "\n".join(lines) + "\n"
 
 
@@ -754,28 +754,26 @@ def _md_gpu(res: dict) -> str:
                      f"tolerance" + (f"; FAILED: {[(r['kernel'], r['shape'], r['dtype']) for r in bad]}" if bad else "")
                      + "\n")
     if "layer_norm" in res:
-        lines += ["| LayerNorm rows x width | triton GB/s | eager GB/s | compiled GB/s | x eager | x compiled | of copy |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['rows']} x {r['width']} | {r['GB/s']['triton']:.0f} | {r['GB/s']['eager']:.0f} | "
-                  f"{r['GB/s']['compiled']:.0f} | {r['vs_eager']:.2f} | {r['vs_compiled']:.2f} | "
-                  f"{r['of_copy_bandwidth']:.0%} |" for r in res["layer_norm"]]
-        lines.append("")
+        lines += [md_table(["LayerNorm rows x width", "triton GB/s", "eager GB/s", "compiled GB/s", "x eager",
+                            "x compiled", "of copy"],
+                           [[f"{r['rows']} x {r['width']}", f"{r['GB/s']['triton']:.0f}", f"{r['GB/s']['eager']:.0f}",
+                             f"{r['GB/s']['compiled']:.0f}", f"{r['vs_eager']:.2f}", f"{r['vs_compiled']:.2f}",
+                             f"{r['of_copy_bandwidth']:.0%}"] for r in res["layer_norm"]]), ""]
     if "attention" in res:
-        lines += ["| attention B H T D | triton TFLOP/s | SDPA flash | compiled SDPA | x flash |", "|---|---|---|---|---|"]
-        lines += [f"| {r['batch']} {r['heads']} {r['T']} {r['head_dim']} | {r['TFLOP/s']['triton']:.0f} | "
-                  f"{r['TFLOP/s']['eager']:.0f} | {r['TFLOP/s']['compiled']:.0f} | {r['vs_sdpa_flash']:.2f} |"
-                  for r in res["attention"]]
-        lines.append("")
+        lines += [md_table(["attention B H T D", "triton TFLOP/s", "SDPA flash", "compiled SDPA", "x flash"],
+                           [[f"{r['batch']} {r['heads']} {r['T']} {r['head_dim']}", f"{r['TFLOP/s']['triton']:.0f}",
+                             f"{r['TFLOP/s']['eager']:.0f}", f"{r['TFLOP/s']['compiled']:.0f}",
+                             f"{r['vs_sdpa_flash']:.2f}"] for r in res["attention"]]), ""]
     if "model" in res:
         m = res["model"]
-        lines += [f"{m['size']}, batch {m['batch']} x {m['seq_len']}, median of the timed steps:\n",
-                  "| mode | tok/s | MFU | peak GB | first losses | max loss diff vs first mode |",
-                  "|---|---|---|---|---|---|"]
+        rows = []
         for spec, r in m["modes"].items():
             mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
             peak = "n/a" if r["max_memory_allocated_gb"] is None else f"{r['max_memory_allocated_gb']:.1f}"
-            lines.append(f"| {spec} | {r['tokens_per_s']:.0f} | {mfu} | {peak} | "
-                         f"{', '.join(f'{x:.4f}' for x in r['losses'][:3])} | {r['max_loss_diff_vs_first_mode']:.2e} |")
+            rows.append([spec, f"{r['tokens_per_s']:.0f}", mfu, peak, ', '.join(f'{x:.4f}' for x in r['losses'][:3]),
+                         f"{r['max_loss_diff_vs_first_mode']:.2e}"])
+        lines += [f"{m['size']}, batch {m['batch']} x {m['seq_len']}, median of the timed steps:\n",
+                  md_table(["mode", "tok/s", "MFU", "peak GB", "first losses", "max loss diff vs first mode"], rows)]
         lines += [""] + [f"- skipped (time): {spec}" for spec in m["skipped"]]
     peaks = res.get("max_memory_allocated_gb") or {}
     if peaks:
@@ -795,17 +793,18 @@ def _md_aot(res: dict) -> str:
              f"({', '.join(f'sm_{k}: {v // 1024} KiB' for k, v in SHARED_LIMIT.items() if k in res['sm'])}). "
              "A candidate that spills or does not fit is not an error (the autotuner skips or outtimes it), "
              "but every launch needs one that fits without spilling.\n",
-             f"Problems: {'; '.join(res['problems']) if res['problems'] else 'none'}\n",
-             "| sm | case | kernel | tiles | warps | stages | regs | spilled B | shared KiB | fits | tensor cores |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"Problems: {'; '.join(res['problems']) if res['problems'] else 'none'}\n"]
+    cells = []
     for r in rows:
         tiles = " ".join(f"{k[6:]}={v}" for k, v in r["tiles"].items()) or "-"
-        head = f"| {r['sm']} | {r['case']} | {r['kernel']} | {tiles} | {r['num_warps']} | {r['num_stages']} |"
+        head = [str(r['sm']), r['case'], r['kernel'], tiles, str(r['num_warps']), str(r['num_stages'])]
         if "error" in r:
-            lines.append(f"{head} ERROR: {r['error']} | | | | |")
+            cells.append(head + [f"ERROR: {r['error']}", "", "", "", ""])
         else:
-            lines.append(f"{head} {r['registers']} | {r['spill_bytes']} | {r['shared_bytes'] / 1024:.1f} | "
-                         f"{'yes' if r['fits'] else 'NO'} | {r['tensor_cores']} |")
+            cells.append(head + [str(r['registers']), str(r['spill_bytes']), f"{r['shared_bytes'] / 1024:.1f}",
+                                 'yes' if r['fits'] else 'NO', str(r['tensor_cores'])])
+    lines.append(md_table(["sm", "case", "kernel", "tiles", "warps", "stages", "regs", "spilled B", "shared KiB",
+                           "fits", "tensor cores"], cells))
     return "\n".join(lines) + "\n"
 
 
@@ -816,7 +815,7 @@ def _save(out_dir: str, name: str, res: dict, md) -> None:
 
 def run_gpu_all(args) -> None:
     if not torch.cuda.is_available():
-        raise UserError("--gpu-all needs a CUDA GPU; on CPU use --cpu")
+        raise UserError("--gpu_all needs a CUDA GPU; on CPU use --cpu")
     deadline = time.perf_counter() + args.budget_s
     run_sections([("correctness", gpu_correctness),
                   ("model", lambda: gpu_model_speed(args.size, args.batch, args.steps, args.warmup,
@@ -880,9 +879,9 @@ def run_aot(args) -> None:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--gpu-all", "--gpu_all", action="store_true", help="correctness, kernel and 1b benchmarks on CUDA")
+    what.add_argument("--gpu_all", action="store_true", help="correctness, kernel and 1b benchmarks on CUDA")
     what.add_argument("--cpu", action="store_true", help="training step of each tiny member on CPU")
     what.add_argument("--aot", action="store_true",
                       help="compile every kernel launch for GPU architectures (--sm) and check registers, "

@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from util import UserError, atomic_write, write_json  # noqa: E402
+from util import UserError, atomic_write, md_table, write_json  # noqa: E402
 
 FAMILIES = ("progressive", "independent")
 
@@ -258,12 +258,6 @@ def mean_of(s: dict | None, spec: str = ".3f", scale: float = 1.0) -> str:
 def starred(text: str, vs_chance: str) -> str:
     """An accuracy marked * when it is not above chance (noise, or a bias of the scoring)."""
     return text + "*" * (vs_chance != "above")
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table of string cells: the header, the separator row, one line per row."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def members_table(summary: dict) -> str:

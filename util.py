@@ -4,6 +4,7 @@ Every script imports this module before torch, and it imports torch only inside 
 OpenMP setting below is in place when torch loads OpenMP, and a script can check its arguments
 before paying for torch (seconds on a busy machine).
 """
+import argparse
 import errno
 import json
 import os
@@ -39,6 +40,47 @@ def check_args(name: str, parse_args):
     main() parses again, which is cheap and keeps main(argv) callable from tests."""
     if name == "__main__":
         run_cli(lambda: parse_args(sys.argv[1:]))
+
+
+class BooleanOptional(argparse.BooleanOptionalAction):
+    """--flag / --no_flag: argparse's own action spells the negation --no-flag, a second style."""
+
+    def __init__(self, option_strings, *args, **kwargs):
+        super().__init__(option_strings, *args, **kwargs)
+        self.option_strings = [s.replace("--no-", "--no_", 1) for s in self.option_strings]
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, not option_string.startswith("--no_"))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one flag style: every flag is defined in snake_case (--val_data, as train.py's
+    TrainConfig fields and nanoGPT), and its kebab spelling (--val-data) is accepted as an alias, so
+    --help shows one spelling and commands written the other way keep working."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # groups share the parser's registry, so action=argparse.BooleanOptionalAction anywhere gets --no_
+        self.register("action", argparse.BooleanOptionalAction, BooleanOptional)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        end = args.index("--") if "--" in args else len(args)  # after a bare --, values only
+        return super().parse_known_args([snake_flag(a) for a in args[:end]] + args[end:], namespace)
+
+
+def snake_flag(arg: str) -> str:
+    """--foo-bar[=v] -> --foo_bar[=v]; values and short options are left alone."""
+    if not arg.startswith("--"):
+        return arg
+    name, eq, value = arg[2:].partition("=")
+    return "--" + name.replace("-", "_") + eq + value
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of string cells: the header, the separator row, one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def atomic_write(path, write_fn, mode="wb"):

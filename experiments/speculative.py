@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sample  # noqa: E402
 from checkpoint import size_name  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
-from util import UserError, atomic_write, pick_device, run_cli, write_json  # noqa: E402
+from util import ArgumentParser, UserError, atomic_write, md_table, pick_device, run_cli, write_json  # noqa: E402
 
 # openings in the style of the training text (OpenStax textbooks)
 PROMPTS = ["The mitochondria is", "Water boils at", "In this chapter, we will", "The derivative of a function"]
@@ -75,15 +75,15 @@ def cost_ratio(row) -> float:
 
 def markdown(result: dict) -> str:
     k, rows = result["k"], result["rows"]
-    head = ("| family | draft → target | mode | plain tok/s | draft alone tok/s | c | speculative tok/s | "
-            "speedup | acceptance | tokens per target forward | predicted speedup |")
-    table = [head, "|" + "---|" * (head.count("|") - 1)]
+    cells = []
     for r in rows:
         c = cost_ratio(r)
-        table.append(f"| {r['family']} | {r['draft']} → {r['target']} | {r['mode']} | "
-                     f"{r['target_tokens_per_s']:.0f} | {r['draft_tokens_per_s']:.0f} | {c:.2f} | "
-                     f"{r['speculative_tokens_per_s']:.0f} | {r['speedup']:.2f}× | {r['acceptance']:.1%} | "
-                     f"{r['tokens_per_round']:.2f} | {r['tokens_per_round'] / (k * c + 1):.2f}× |")
+        cells.append([r['family'], f"{r['draft']} → {r['target']}", r['mode'], f"{r['target_tokens_per_s']:.0f}",
+                      f"{r['draft_tokens_per_s']:.0f}", f"{c:.2f}", f"{r['speculative_tokens_per_s']:.0f}",
+                      f"{r['speedup']:.2f}×", f"{r['acceptance']:.1%}", f"{r['tokens_per_round']:.2f}",
+                      f"{r['tokens_per_round'] / (k * c + 1):.2f}×"])
+    table = md_table(["family", "draft → target", "mode", "plain tok/s", "draft alone tok/s", "c", "speculative tok/s",
+                      "speedup", "acceptance", "tokens per target forward", "predicted speedup"], cells)
     faster = [r for r in rows if r["speedup"] > 1]
     cs = [cost_ratio(r) for r in rows]
     best = max(rows, key=lambda r: r["speedup"])
@@ -118,7 +118,7 @@ def markdown(result: dict) -> str:
         "cache; c = the draft's time per token / the target's; predicted speedup = tokens per target "
         "forward / (k·c + 1), the cost model of Leviathan et al.",
         "",
-        *table,
+        table,
         "",
         "\n\n".join(text),
         "",
@@ -126,7 +126,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a seed folder of run_family.sh: RUN/progressive/ckpt_<size>.pt "
                                                 "and RUN/independent/ckpt_<size>.pt")
     p.add_argument("--out", default="results", help="folder for speculative.json and speculative.md")

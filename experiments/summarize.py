@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import checkpoint  # noqa: E402
 from expand import twins  # noqa: E402
-from util import UserError, atomic_write, run_cli  # noqa: E402
+from util import ArgumentParser, UserError, atomic_write, md_table, run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -90,19 +90,19 @@ def twins_left(member) -> int | None:
 
 
 def main_table(rep) -> str:
-    rows = ["| member | family | seeds | val loss (nats/byte) | bits per byte | avg zero-shot acc % | FLOPs |",
-            "|---|---|---|---|---|---|---|"]
+    rows = []
     sizes = list(members(rep["main_adjusted"]))
     for size in sizes:
         for label, reports, fam in recipes(rep):
             ms = members(reports, fam).get(size)
             if not ms or (size == sizes[0] and fam == "progressive"):  # the smallest is trained alone
                 continue
-            rows.append(f"| {size} | {label} | {len(ms)} | {mean_spread([m['ppl']['loss'] for m in ms])} | "
-                        f"{mean_spread([m['ppl']['bpb'] for m in ms])} | "
-                        f"{mean_spread([100 * m['average'] for m in ms], '{:.1f}')} | "
-                        f"{statistics.mean(m['flops_total'] for m in ms):.3g} |")
-    return "\n".join(rows)
+            rows.append([size, label, str(len(ms)), mean_spread([m['ppl']['loss'] for m in ms]),
+                         mean_spread([m['ppl']['bpb'] for m in ms]),
+                         mean_spread([100 * m['average'] for m in ms], '{:.1f}'),
+                         f"{statistics.mean(m['flops_total'] for m in ms):.3g}"])
+    return md_table(["member", "family", "seeds", "val loss (nats/byte)", "bits per byte",
+                     "avg zero-shot acc %", "FLOPs"], rows)
 
 
 def flops_line(reports) -> str:
@@ -114,9 +114,7 @@ def flops_line(reports) -> str:
 
 
 def pairs_table(reports) -> str:
-    rows = ["| pair | KL(L‖S) progressive | KL(L‖S) independent | spec. acceptance progressive | "
-            "spec. acceptance independent | greedy acceptance progressive | greedy acceptance independent |",
-            "|---|---|---|---|---|---|---|"]
+    rows = []
     by = {}
     for r in reports:
         for p in r["pairs"]:
@@ -125,26 +123,27 @@ def pairs_table(reports) -> str:
         def col(fam, get, fmt="{:.3f}"):
             ps = fams.get(fam, [])
             return mean_spread([get(p) for p in ps], fmt) if ps else "-"
-        rows.append(f"| {s} → {l} | {col('progressive', lambda p: p['kl']['kl_large_small'])} | "
-                    f"{col('independent', lambda p: p['kl']['kl_large_small'])} | "
-                    f"{col('progressive', lambda p: 100 * p['spec']['sampling']['acceptance'], '{:.1f}')} | "
-                    f"{col('independent', lambda p: 100 * p['spec']['sampling']['acceptance'], '{:.1f}')} | "
-                    f"{col('progressive', lambda p: 100 * p['spec']['greedy']['acceptance'], '{:.1f}')} | "
-                    f"{col('independent', lambda p: 100 * p['spec']['greedy']['acceptance'], '{:.1f}')} |")
-    return "\n".join(rows)
+        rows.append([f"{s} → {l}", col('progressive', lambda p: p['kl']['kl_large_small']),
+                     col('independent', lambda p: p['kl']['kl_large_small']),
+                     col('progressive', lambda p: 100 * p['spec']['sampling']['acceptance'], '{:.1f}'),
+                     col('independent', lambda p: 100 * p['spec']['sampling']['acceptance'], '{:.1f}'),
+                     col('progressive', lambda p: 100 * p['spec']['greedy']['acceptance'], '{:.1f}'),
+                     col('independent', lambda p: 100 * p['spec']['greedy']['acceptance'], '{:.1f}')])
+    return md_table(["pair", "KL(L‖S) progressive", "KL(L‖S) independent", "spec. acceptance progressive",
+                     "spec. acceptance independent", "greedy acceptance progressive",
+                     "greedy acceptance independent"], rows)
 
 
 def variants_table(rep, names: dict, equal_split: dict) -> str:
     """Seed-1 progressive runs side by side: loss right after growth -> final loss, per member; the
     largest member's with the twin growth of results/twin_growth.json where it was measured."""
     sizes = list(members(rep["main_adjusted"]))
-    head = ("| run | " + " | ".join(f"{s}: after growth → final" for s in sizes)
-            + f" | {sizes[-1]} with twin growth | family FLOPs | twins left |")
-    rows = [head, "|" + "---|" * (len(sizes) + 4)]
+    head = (["run"] + [f"{s}: after growth → final" for s in sizes]
+            + [f"{sizes[-1]} with twin growth", "family FLOPs", "twins left"])
     indep = members(rep["main_adjusted"], "independent")
-    rows.append("| independent (from scratch) | " + " | ".join(
-        f"{indep[s][0]['ppl']['loss']:.3f}" if s in indep else "-" for s in sizes)
-        + f" | - | {rep['main_adjusted'][0]['flops']['independent']:.3g} | - |")
+    rows = [["independent (from scratch)"] + [f"{indep[s][0]['ppl']['loss']:.3f}" if s in indep else "-"
+                                             for s in sizes]
+            + ["-", f"{rep['main_adjusted'][0]['flops']['independent']:.3g}", "-"]]
     for name, label in names.items():
         if name not in rep:
             continue
@@ -159,9 +158,9 @@ def variants_table(rep, names: dict, equal_split: dict) -> str:
                          + f"{ms[s][0]['ppl']['loss']:.3f}")
         twin = equal_split["after_growth_seed1"].get(name, {}).get(sizes[-1])
         left = [n for m in ms.values() if (n := twins_left(m[0])) is not None]
-        rows.append(f"| {label} | " + " | ".join(cells) + (f" | {twin[0]:.3f} → {twin[1]:.3f}" if twin else " | -")
-                    + f" | {rep[name][0]['flops']['progressive']:.3g} | " + (f"{sum(left)} |" if left else "- |"))
-    return "\n".join(rows)
+        rows.append([label] + cells + [f"{twin[0]:.3f} → {twin[1]:.3f}" if twin else "-",
+                                       f"{rep[name][0]['flops']['progressive']:.3g}", str(sum(left)) if left else "-"])
+    return md_table(head, rows)
 
 
 def per_seed_table(rep, name: str, reference: str = "main_adjusted", smallest: bool = True) -> str:
@@ -173,25 +172,22 @@ def per_seed_table(rep, name: str, reference: str = "main_adjusted", smallest: b
              for r in rep[reference]}
     runs = {r["seed"]: {m["name"]: m for m in r["members"] if m["family"] == "progressive"} for r in rep[name]}
     seeds = sorted(s for s in runs if s in indep)
-    rows = ["| member | " + " | ".join(f"seed {s}: run vs independent" for s in seeds) + " | lower in |",
-            "|---|" + "---|" * (len(seeds) + 1)]
+    rows = []
     sizes = list(runs[seeds[0]])
     if smallest:
-        rows.append(f"| {sizes[0]} | " + " | ".join(f"{runs[s][sizes[0]]['ppl']['loss']:.3f} (trained alone)"
-                                                   for s in seeds) + " | - |")
+        rows.append([sizes[0]] + [f"{runs[s][sizes[0]]['ppl']['loss']:.3f} (trained alone)" for s in seeds] + ["-"])
     for size in sizes[1:]:
         pairs = [(runs[s][size]["ppl"]["loss"], indep[s][size]["ppl"]["loss"]) for s in seeds if size in indep[s]]
         cells = [f"{a:.3f} vs {b:.3f} ({a - b:+.3f})" for a, b in pairs]
-        rows.append(f"| {size} | " + " | ".join(cells) + f" | {sum(a < b for a, b in pairs)} of {len(pairs)} |")
-    return "\n".join(rows)
+        rows.append([size] + cells + [f"{sum(a < b for a, b in pairs)} of {len(pairs)}"])
+    return md_table(["member"] + [f"seed {s}: run vs independent" for s in seeds] + ["lower in"], rows)
 
 
 def lead_table(rep, name: str, size: str) -> str:
     """For a member that costs the same FLOPs in both families (the largest): at each validation of
     the grown member, its loss minus the independent one's at the same FLOPs (interpolated), seed by
     seed: the largest lead, and from which share of the budget on the independent one stays lower."""
-    rows = ["| seed | largest lead of the grown member (at % of the budget) | independent lower from |",
-            "|---|---|---|"]
+    rows = []
     for r in rep[name]:
         curves = {m["family"]: val_curve(m) for m in r["members"] if m["name"] == size}
         prog, indep = curves.get("progressive"), curves.get("independent")
@@ -201,9 +197,9 @@ def lead_table(rep, name: str, size: str) -> str:
         gaps = [(f / budget, loss - float(np.interp(f, *zip(*indep)))) for f, loss in prog]
         share, lead = min(gaps, key=lambda g: g[1])
         behind = next((g[0] for i, g in enumerate(gaps) if all(x[1] > 0 for x in gaps[i:])), None)
-        rows.append(f"| {r['seed']} | {-lead:.3f} ({100 * share:.0f}%) | "
-                    + (f"{100 * behind:.0f}%" if behind is not None else "never") + " |")
-    return "\n".join(rows)
+        rows.append([str(r['seed']), f"{-lead:.3f} ({100 * share:.0f}%)",
+                     f"{100 * behind:.0f}%" if behind is not None else "never"])
+    return md_table(["seed", "largest lead of the grown member (at % of the budget)", "independent lower from"], rows)
 
 
 TWIN_GROWTH = ROOT / "results" / "twin_growth.json"
@@ -242,17 +238,15 @@ def twin_table(rep, equal_split: dict) -> str:
              ("AKI, cosine, fixed LR, final", "main_fixed", twin_final, noisy_final),
              ("AKI, WSD, final", "beyond_wsd", twin_final, noisy_final)]
     pairs = [p for p in pairs if p[1] in rep]
-    rows = ["| member | " + " | ".join(f"{label}: equal split | noisy split" for label, *_ in pairs)
-            + " | twins left, noisy split |",
-            "|---|" + "---|---|" * len(pairs) + "---|"]
-    for size in list(members(rep["main_adjusted"]))[1:]:
-        rows.append(f"| {size} | " + " | ".join(f"{twin(name, size)} | {noisy(name, size)}" for _, name, twin, noisy in pairs)
-                    + f" | {left(size)} |")
+    rows = [[size] + [cell for _, name, twin, noisy in pairs for cell in (twin(name, size), noisy(name, size))]
+            + [left(size)] for size in list(members(rep["main_adjusted"]))[1:]]
     indep = [f"{size} {twin_final(name, size, 'independent')} beside the equal-split runs, "
              f"{noisy_final(name, size, 'independent')} beside the noisy-split ones"
              for name in ("main_adjusted", "beyond_wsd") if name in rep
              for size in list(members(rep[name], "independent"))[-1:]]
-    return "\n".join(rows) + ("\n\nThe largest independent member, which involves no growth, trained with each "
+    header = (["member"] + [cell for label, *_ in pairs for cell in (f"{label}: equal split", "noisy split")]
+              + ["twins left, noisy split"])
+    return md_table(header, rows) + ("\n\nThe largest independent member, which involves no growth, trained with each "
                               "(cosine, then WSD): "
                               + "; ".join(indep) + "." if indep else "")
 
@@ -380,7 +374,7 @@ def render(rep, runs: Path) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs/exp", help="folder of experiments/reproduce.sh")
     ap.add_argument("--results", "--readme", default=str(ROOT / "RESULTS.md"),
                     help=f"file whose {BEGIN} ... {END} section to replace (--readme: the same flag)")
