@@ -6,7 +6,7 @@ larger one (§5.3). Writes report.md, report.json and PNG plots into --out.
 
     python evaluate.py --ckpt prog/ckpt_20k.pt prog/ckpt_50k.pt prog/ckpt_120k.pt prog/ckpt_250k.pt \
         --baseline indep/ckpt_20k.pt indep/ckpt_50k.pt indep/ckpt_120k.pt indep/ckpt_250k.pt \
-        --val-data data/openstax_bytes --plan runs/tiny/plan.json --out report --limit 500
+        --val_data data/openstax_bytes --plan runs/tiny/plan.json --out report --limit 500
 
 --ckpt is the progressive family, --baseline the independently trained one (optional); each is
 evaluated from its smallest member to its largest. report.md opens with the verdict: the FLOPs the
@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from util import UserError, check_args, pick_device, run_cli  # first: see util.py
+from util import ArgumentParser, UserError, check_args, pick_device, run_cli  # first: see util.py
 from zeroshot import DEFAULT_EVAL_DIR, ZERO_SHOT  # light: zeroshot.py loads torch only to score
 
 TASKS = ["ppl", *ZERO_SHOT, "kl", "spec"]
@@ -52,7 +52,7 @@ def positive_int(s: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", nargs="+", default=[],
                    help="progressive family members (evaluated smallest to largest, whatever the order)")
     p.add_argument("--baseline", nargs="*", default=[],
@@ -62,13 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "into one report (mean ± standard deviation over seeds) in --out")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--out", required=True, help="folder for report.md, report.json and the plots")
-    p.add_argument("--data-dir", default=str(DEFAULT_EVAL_DIR) if DEFAULT_EVAL_DIR.is_dir() else None,
+    p.add_argument("--data_dir", default=str(DEFAULT_EVAL_DIR) if DEFAULT_EVAL_DIR.is_dir() else None,
                    help="folder of local zero-shot task files in the formats of ../shared/data/eval "
                         "(default: that folder if it exists, else download with `datasets`; "
                         "'' forces the download)")
-    p.add_argument("--val-data", help="prepared data folder (data/prepare.py) whose val split ppl, kl "
+    p.add_argument("--val_data", help="prepared data folder (data/prepare.py) whose val split ppl, kl "
                                       "and spec use; required for those tasks")
-    p.add_argument("--val-tokens", type=positive_int, default=65536,
+    p.add_argument("--val_tokens", type=positive_int, default=65536,
                    help="validation tokens to evaluate (evenly spaced windows of the context length)")
     p.add_argument("--wikitext", help="also WikiText-2 perplexity: a raw text file (wiki.test.raw), or "
                                       "'hf' to download it with `datasets`")
@@ -80,11 +80,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast with TF32 matmuls on CUDA, fp32 on CPU; losses and KL are "
                         "always taken in fp32 from the logits")
-    p.add_argument("--spec-k", type=positive_int, default=4,
+    p.add_argument("--spec_k", type=positive_int, default=4,
                    help="tokens the smaller member drafts per round")
-    p.add_argument("--spec-prompts", type=positive_int, default=8,
+    p.add_argument("--spec_prompts", type=positive_int, default=8,
                    help="prompts (starts of validation windows) for the speculative-decoding check")
-    p.add_argument("--spec-tokens", type=positive_int, default=64, help="new tokens generated per prompt")
+    p.add_argument("--spec_tokens", type=positive_int, default=64, help="new tokens generated per prompt")
     p.add_argument("--seed", type=int, default=0, help="seed of the speculative sampling")
     return p.parse_args(argv)
 
@@ -168,7 +168,7 @@ def check_tokenizers(members: list[Member], data_meta: dict | None):
                             f"{first.cfg.vocab_size}) but {m.path} uses {m.cfg.tokenizer} (vocab "
                             f"{m.cfg.vocab_size}); evaluate models of one tokenizer together")
     if data_meta is not None and data_meta.get("tokenizer") != first.cfg.tokenizer:
-        raise UserError(f"tokenizer mismatch: --val-data is tokenized with {data_meta.get('tokenizer')} "
+        raise UserError(f"tokenizer mismatch: --val_data is tokenized with {data_meta.get('tokenizer')} "
                         f"but the checkpoints use {first.cfg.tokenizer}; prepare it with their tokenizer")
 
 
@@ -453,7 +453,7 @@ def main(argv=None):
     val_tokens, val_meta = None, None
     if NEEDS_VAL & set(tasks):
         if not args.val_data:
-            raise UserError("--val-data is required for ppl, kl and spec (a folder prepared by "
+            raise UserError("--val_data is required for ppl, kl and spec (a folder prepared by "
                             "data/prepare.py); or leave those out of --tasks")
         val_tokens, val_meta = open_split(args.val_data, "val")
     check_tokenizers(members, val_meta)

@@ -60,9 +60,9 @@ the old rows, every LayerNorm, the embeddings and the head are FPI:
     proj'_l[i] = proj'_{l+1}[i],  bproj'_l[i] = bproj'_{l+1}[i]    (i >= d; mlp.proj likewise)
 
 So a new residual unit i is no copy of g(i) past the embeddings: block l writes block l+1's update
-of g(i) into it. The top block has no l+1. It keeps FPI with the noisy split (--aki-top noise, the
+of g(i) into it. The top block has no l+1. It keeps FPI with the noisy split (--aki_top noise, the
 default): the copies separate as under FPI while the block nearest the output, whose rows feed the
-logits directly, keeps its function; --aki-top below takes the new rows from block l-1 instead
+logits directly, keeps its function; --aki_top below takes the new rows from block l-1 instead
 (measured against it in README's growth table). AKI is not function-preserving by design.
 
 Depth, after the width: target block k copies widened block s(k); with m = L' div L, r = L' mod L,
@@ -78,7 +78,7 @@ the r top blocks L-r, ..., L-1 fill the remainder:
 
 stack and interpolate are not function-preserving: a repeated block adds its update again.
 
-Optimizer state (--optimizer-state; by default the trainer starts a fresh AdamW, as the paper
+Optimizer state (--optimizer_state; by default the trainer starts a fresh AdamW, as the paper
 does). Adam's moments estimate an entry's gradient and its square, so they must follow how FPI
 changes the GRADIENT, which is not how it changes the weight. A consumer's input is an exact copy,
 so dividing its weights leaves their gradient as it was; every copy of a produced unit receives
@@ -115,7 +115,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from util import UserError, run_cli  # first: see util.py
+from util import ArgumentParser, UserError, run_cli  # first: see util.py
 import torch
 
 import checkpoint
@@ -412,7 +412,7 @@ def expand(model_or_ckpt, target: GPTConfig, method: str = "aki", depth: str = "
     if {n: t.shape for n, t in weights.items()} != {n: p.shape for n, p in src_model.named_parameters()}:
         raise UserError(f"the source weights do not match its config ({checkpoint.size_name(src_cfg)})")
     if optimizer_state and src_optimizer is None:
-        raise UserError("the source has no optimizer state to grow; drop --optimizer-state")
+        raise UserError("the source has no optimizer state to grow; drop --optimizer_state")
     moments = moments_by_name(src_model, src_optimizer) if optimizer_state else None
 
     names = [n for n, _ in grown.named_parameters()]
@@ -503,7 +503,7 @@ def peak_rss_gb() -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Grow a checkpoint into a larger size of its family (bert2BERT FPI/AKI width, "
                     "then depth). The output is a checkpoint that train.py continues from. With "
                     "--inspect, report which copies of a grown checkpoint are still twins instead.")
@@ -522,11 +522,11 @@ def main(argv=None):
                         "W/c * (1 + noise * zeta), zeta centred over the copies, so the function is "
                         "kept; it lets the copies learn apart. 0 = exact equal split, copies that "
                         f"stay twins under FPI (default: {NOISE})")
-    p.add_argument("--aki-top", default="noise", metavar="{" + ",".join(AKI_TOPS) + "}",
+    p.add_argument("--aki_top", default="noise", metavar="{" + ",".join(AKI_TOPS) + "}",
                    help="AKI's top block, which has no block above: noise = FPI with the noisy split; "
                         "below = new rows from the block below (default: noise)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random index maps and the noise (default: 0)")
-    p.add_argument("--optimizer-state", action="store_true",
+    p.add_argument("--optimizer_state", action="store_true",
                    help="also grow the AdamW moments (default: none; the trainer starts a fresh "
                         "optimizer, as the paper does)")
     p.add_argument("--out", help="path of the grown checkpoint (written atomically)")

@@ -31,13 +31,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from util import UserError, check_args, run_cli  # first: see util.py
+from util import ArgumentParser, UserError, check_args, run_cli  # first: see util.py
 
 SHARED_GPT2 = Path(__file__).resolve().parent.parent / "shared" / "tokenizer" / "gpt2"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="export: checkpoint of one member, e.g. out/ckpt_2b.pt")
     src.add_argument("--import", dest="import_src", metavar="SRC",

@@ -24,14 +24,14 @@ whole progressive family costs what the largest member alone costs:
 For exact 2x steps (F = 1 : 4 : 16 : 64) that is f = 0.75, stage tokens D, 1.5D, 3D, 6D, and a
 saving of 1 - 64/85 = 24.7% against training the four members independently.
 
-    python flops.py --family paper --chinchilla 2 --lr-schedule adjusted   # both plans, GPU-hours
+    python flops.py --family paper --chinchilla 2 --lr_schedule adjusted   # both plans, GPU-hours
     python flops.py --family tiny --json plan.json                          # the plan run_family.sh reads
     python flops.py --memory --nproc 8 --family paper                       # DDP vs FSDP per GPU
-    python flops.py --check --nproc 8 --family paper --gpu-mem 80           # each stage's layout
+    python flops.py --check --nproc 8 --family paper --gpu_mem 80           # each stage's layout
 """
 import argparse
 
-from util import UserError, run_cli, write_json  # first: see util.py
+from util import ArgumentParser, UserError, run_cli, write_json  # first: see util.py
 from model import FAMILIES, GPTConfig, count_params, get_config
 
 TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): compute-optimal tokens ~ 20 x params
@@ -391,19 +391,19 @@ def print_presets():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", default="paper", help=f"one of: {', '.join(FAMILIES)} (default paper)")
     ap.add_argument("--members", type=_csv(str), default=None,
                     help="comma-separated sub-chain of the family, e.g. 50k,250k (default: all)")
     ap.add_argument("--chinchilla", type=float, default=1.0,
                     help=f"multiple of Chinchilla's {TOKENS_PER_PARAM} tokens/param (default 1)")
-    ap.add_argument("--lr-schedule", choices=["fixed", "adjusted"], default="fixed",
+    ap.add_argument("--lr_schedule", choices=["fixed", "adjusted"], default="fixed",
                     help="fixed: every member uses the smallest's max LR; adjusted: max LR "
                          "decreases linearly from the smallest's to the largest's (default fixed)")
-    ap.add_argument("--budget-scale", type=float, default=1.0,
+    ap.add_argument("--budget_scale", type=float, default=1.0,
                     help="progressive budget as a multiple of the largest member's independent FLOPs "
                          "(1: the paper's rule)")
-    ap.add_argument("--stage-fractions", type=_csv(float), default=None,
+    ap.add_argument("--stage_fractions", type=_csv(float), default=None,
                     help="comma-separated weights of the grown stages' shares of the budget "
                          "(default: proportional to their independent FLOPs)")
     ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization for GPU-hours (default 0.4)")
@@ -420,11 +420,11 @@ def main():
     ap.add_argument("--layout", metavar="SIZE",
                     help="print one line for run_family.sh: micro-batch, accumulation, strategy, activation "
                          "checkpointing (on/off), planned GB and usable GB per GPU, fits (1/0)")
-    ap.add_argument("--global-batch", type=int, default=0,
+    ap.add_argument("--global_batch", type=int, default=0,
                     help="sequences per optimizer step for --check and --layout (default: the family's)")
     ap.add_argument("--nproc", type=int, default=8, help="GPUs for --memory, --check, --layout (default 8)")
-    ap.add_argument("--micro-batch", type=int, default=8, help="sequences per GPU for --memory (default 8)")
-    ap.add_argument("--gpu-mem", type=float, default=80.0,
+    ap.add_argument("--micro_batch", type=int, default=8, help="sequences per GPU for --memory (default 8)")
+    ap.add_argument("--gpu_mem", type=float, default=80.0,
                     help="GB (1e9 bytes) of memory per GPU for --memory, --check, --layout (default 80)")
     args = ap.parse_args()
     if not 0 < args.mfu <= 1 or not args.peak > 0 or args.gpus < 1:

@@ -20,11 +20,11 @@ import time
 from itertools import groupby
 from pathlib import Path
 
-from util import UserError, check_args, pick_device, run_cli  # first: see util.py
+from util import ArgumentParser, UserError, check_args, pick_device, run_cli  # first: see util.py
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint of one member, e.g. out/ckpt_2b.pt")
     src.add_argument("--family", help="folder of a family's checkpoints (ckpt_<size>.pt): every member "

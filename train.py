@@ -26,7 +26,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from util import UserError, atomic_write, check_args, pick_device, run_cli  # first: see util.py
+from util import ArgumentParser, UserError, atomic_write, check_args, pick_device, run_cli  # first: see util.py
 
 
 def _opt(default, help, **kw):
@@ -81,7 +81,7 @@ class TrainConfig:
                                                  "keeping them (auto: when the memory plan needs it)",
                                          choices=["auto", "on", "off"])
     memory_check: bool = _opt(True, "refuse a run whose memory plan (flops.py) does not fit the GPU, or "
-                                    "the available host RAM on CPU (--no-memory_check: start anyway)")
+                                    "the available host RAM on CPU (--no_memory_check: start anyway)")
 
 
 # Settings that must not change when a run is resumed: the data order and the schedule depend on them.
@@ -94,7 +94,7 @@ SOURCE_KEYS = ("data", "init")
 
 
 def parse_args(argv=None) -> TrainConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
         kw = {"default": f.default, "help": f.metadata["help"]}
         if f.type is bool:
@@ -364,7 +364,7 @@ class Trainer:
             self.meta = {"lineage": init["meta"].get("lineage", []), "init": str(cfg.init),
                          "expansion": init["meta"].get("expansion")}
             self.flops_base = init["meta"].get("flops_total", 0.0)  # FLOPs of the ancestors
-            opt_state = init.get("optimizer")  # expand.py --optimizer-state: grown AdamW moments
+            opt_state = init.get("optimizer")  # expand.py --optimizer_state: grown AdamW moments
         self.sources = source_ids(self.data_meta, cfg.init)
         self.step, self.tokens_seen, self.flops, self.history = 0, 0, 0.0, []
         resume = None

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tokenizer import get_tokenizer  # noqa: E402
-from util import UserError, run_cli, write_json  # noqa: E402
+from util import ArgumentParser, UserError, run_cli, write_json  # noqa: E402
 
 TEXT_SUFFIXES = (".jsonl", ".txt", ".parquet")
 FINEWEB = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
@@ -251,7 +251,7 @@ def prepare_unlocked(args, out: Path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="fineweb-edu",
                    help="'fineweb-edu' (streams HuggingFaceFW/fineweb-edu, sample-10BT) or a local "
                         ".jsonl (with a 'text' field) / .txt / .parquet file or folder")

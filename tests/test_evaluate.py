@@ -593,12 +593,12 @@ def test_tokenizer_mismatch_with_data(family, capsys, tmp_path):
     val = write_val(tmp_path / "gpt2data", np.arange(1000), tokenizer="gpt2")
     err = cli_error(capsys, ["--ckpt", str(family.prog[0]), "--out", str(family.out), "--tasks", "ppl",
                              "--val-data", str(val)])
-    assert "tokenizer mismatch" in err and "--val-data" in err
+    assert "tokenizer mismatch" in err and "--val_data" in err
 
 
 def test_val_data_required_for_ppl(family, capsys):
     err = cli_error(capsys, ["--ckpt", str(family.prog[0]), "--out", str(family.out), "--tasks", "kl"])
-    assert "--val-data" in err
+    assert "--val_data" in err
 
 
 # ---------------------------------------------------------------------------------------------
