@@ -4,12 +4,12 @@
 #
 #   bash run_family.sh                         # tiny family on CPU (offline when ../shared exists)
 #   FAMILY=paper NPROC=8 CHINCHILLA=2 bash run_family.sh
-#   bash run_family.sh --family tiny --seeds "1 2" --lr-schedule fixed --out runs/fixed
+#   bash run_family.sh --family tiny --seeds "1 2" --lr_schedule fixed --out runs/fixed
 #
-# Options, as environment variables or as flags (--name value, name in lower case, '-' for '_'):
+# Options, as environment variables or as flags (--name value, name in lower case: --lr_schedule; '-' works too):
 #   FAMILY=tiny|paper|gpt2   CHINCHILLA=1   LR_SCHEDULE=adjusted|fixed   SEED=1337 or SEEDS="1 2 3"
 #   METHOD=aki|fpi   DEPTH=stack|interpolate|zero   OPT_STATE=0|1 (grow AdamW moments too)
-#   NOISE=0.1 (expand.py --noise; 0: copies split exactly)   AKI_TOP=noise|below (expand.py --aki-top)
+#   NOISE=0.1 (expand.py --noise; 0: copies split exactly)   AKI_TOP=noise|below (expand.py --aki_top)
 #   MEMBERS=20k,250k (a sub-chain: skip members)   SCHEDULE=cosine|wsd
 #   GROW_FROM=final|stable (wsd: grow each member from its predecessor's weights before the decay)
 #   STAGE_FRACTIONS=1,1,2 (split of the budget among grown stages)   BUDGET_SCALE=1 (x largest's FLOPs)
@@ -112,13 +112,13 @@ log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/run_family.log"; }
 step() { if [ "$DRY_RUN" = 1 ]; then echo "  (dry run) $*"; else "$@"; fi; }
 
 # --- plan ---------------------------------------------------------------------------------------
-PLAN_ARGS=(--family "$FAMILY" --chinchilla "$CHINCHILLA" --lr-schedule "$LR_SCHEDULE")
+PLAN_ARGS=(--family "$FAMILY" --chinchilla "$CHINCHILLA" --lr_schedule "$LR_SCHEDULE")
 [ -n "${MEMBERS:-}" ] && PLAN_ARGS+=(--members "$MEMBERS")
-[ -n "${STAGE_FRACTIONS:-}" ] && PLAN_ARGS+=(--stage-fractions "$STAGE_FRACTIONS")
-[ -n "${BUDGET_SCALE:-}" ] && PLAN_ARGS+=(--budget-scale "$BUDGET_SCALE")
+[ -n "${STAGE_FRACTIONS:-}" ] && PLAN_ARGS+=(--stage_fractions "$STAGE_FRACTIONS")
+[ -n "${BUDGET_SCALE:-}" ] && PLAN_ARGS+=(--budget_scale "$BUDGET_SCALE")
 $PY flops.py "${PLAN_ARGS[@]}" --json "$OUT/plan.json" | tee "$OUT/plan.txt"
 # every stage must fit NPROC GPUs of GPU_MEM GB before the first one starts (the dry run lists them all)
-[ "$DRY_RUN" = 1 ] || $PY flops.py "${PLAN_ARGS[@]}" --check --nproc "$NPROC" --gpu-mem "$GPU_MEM"
+[ "$DRY_RUN" = 1 ] || $PY flops.py "${PLAN_ARGS[@]}" --check --nproc "$NPROC" --gpu_mem "$GPU_MEM"
 
 # One line per stage of the plan: size tokens lr min_lr warmup_tokens batch_size seq_len
 stages() {
@@ -152,7 +152,7 @@ train() {  # train DIR SIZE TOKENS LR MIN_LR WARMUP_TOKENS BATCH SEQ_LEN SEED [t
   # micro-batch x accumulation x NPROC = the plan's batch; flops.py's memory plan chooses the
   # micro-batch (strategy, activation checkpointing) for NPROC GPUs of GPU_MEM GB
   local layout
-  layout=($($PY flops.py --layout "$size" --global-batch "$batch" --nproc "$NPROC" --gpu-mem "$GPU_MEM"))
+  layout=($($PY flops.py --layout "$size" --global_batch "$batch" --nproc "$NPROC" --gpu_mem "$GPU_MEM"))
   local micro=${layout[0]} accum=${layout[1]} steps_warmup=$(( warmup / (batch * seq) ))
   local launcher=($PY)
   [ "$NPROC" -gt 1 ] && launcher=(torchrun --standalone --nproc_per_node="$NPROC")
@@ -227,10 +227,10 @@ for seed in $SEEDS; do
     if [ -n "$prev" ]; then
       grown="$prog/ckpt_${prev}_expanded.pt"
       if [ ! -f "$grown" ]; then  # written atomically: present means complete
-        opt=(); [ "$OPT_STATE" = 1 ] && opt=(--optimizer-state)
+        opt=(); [ "$OPT_STATE" = 1 ] && opt=(--optimizer_state)
         src="$prog/ckpt_$prev.pt"; [ "$GROW_FROM" = stable ] && src="$prog/ckpt_${prev}_stable.pt"
         step $PY expand.py --src "$src" --size "$size" --method "$METHOD" --depth "$DEPTH" \
-          --noise "$NOISE" --aki-top "$AKI_TOP" --seed "$seed" --out "$grown" "${opt[@]}"
+          --noise "$NOISE" --aki_top "$AKI_TOP" --seed "$seed" --out "$grown" "${opt[@]}"
       fi
       extra+=(--init "$grown")
     fi
@@ -269,7 +269,7 @@ for seed in $SEEDS; do
   if up_to_date "$run/report/report.json" "${ckpts[@]}" "${baseline[@]:1}"; then
     log "seed $seed: report is up to date"
   else
-    step $PY evaluate.py --ckpt "${ckpts[@]}" "${baseline[@]}" --val-data "$DATA" --limit "$EVAL_LIMIT" \
+    step $PY evaluate.py --ckpt "${ckpts[@]}" "${baseline[@]}" --val_data "$DATA" --limit "$EVAL_LIMIT" \
       --plan "$OUT/plan.json" --out "$run/report"
   fi
   reports+=("$run/report")
