@@ -34,7 +34,7 @@ sum_i W[:, g(i)] x[g(i)] / c(g(i)) = sum_j W[:, j] x[j]. Copied heads compute th
 and copied FFN units the same GELU, so heads and FFN are exact for ANY ratio. LayerNorm is not: its
 mean over x' is sum_j c(j) x[j] / d', the old mean only when all c(j) are equal. So FPI is exact
 when d'/d is an integer and approximate otherwise; tests/test_expand.py bounds the deviation
-(max logit difference and KL) for the non-integral tiny pairs, and README's growth table shows
+(max logit difference and KL) for the non-integral tiny pairs, and RESULTS.md's growth table shows
 the validation loss right after each growth.
 
 Symmetry, and the noisy split (--noise, default 0.1). With the equal split above, a copy and its
@@ -63,7 +63,7 @@ So a new residual unit i is no copy of g(i) past the embeddings: block l writes 
 of g(i) into it. The top block has no l+1. It keeps FPI with the noisy split (--aki_top noise, the
 default): the copies separate as under FPI while the block nearest the output, whose rows feed the
 logits directly, keeps its function; --aki_top below takes the new rows from block l-1 instead
-(measured against it in README's growth table). AKI is not function-preserving by design.
+(measured against it in RESULTS.md's growth table). AKI is not function-preserving by design.
 
 Depth, after the width: target block k copies widened block s(k); with m = L' div L, r = L' mod L,
 the r top blocks L-r, ..., L-1 fill the remainder:

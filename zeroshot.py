@@ -78,7 +78,7 @@ FROM_HUB = {"lambada": dict, "piqa": dict, "arc_easy": _arc_from_hub, "arc_chall
 
 def _lines(path: Path, limit: int | None) -> list[str]:
     if not path.is_file():
-        raise UserError(f"task file {path} is missing; point --data-dir at a folder with the files "
+        raise UserError(f"task file {path} is missing; point --data_dir at a folder with the files "
                         "of ../shared/data/eval")
     with open(path, encoding="utf-8") as f:
         return list(islice((line for line in f if line.strip()), limit))
@@ -101,7 +101,7 @@ def hub_records(task: str, limit: int | None) -> list[dict]:
         ds = datasets.load_dataset(path, name, split=split)
     except Exception as e:  # not installed, or no network
         raise UserError(f"cannot get {task} from the Hugging Face Hub ({type(e).__name__}); pass "
-                        "--data-dir with local task files such as ../shared/data/eval") from e
+                        "--data_dir with local task files such as ../shared/data/eval") from e
     rows = ds if limit is None else ds.select(range(min(limit, len(ds))))
     return [FROM_HUB[task](dict(r)) for r in rows]
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every run behind README's results (RUNS=runs/exp by default). Two streams run side by side on a
+# Every run behind RESULTS.md (RUNS=runs/exp by default). Two streams run side by side on a
 # 2-core machine (~90 min from nothing); each run is run_family.sh, resumable, so re-running this
-# script skips what is done. Then `python experiments/summarize.py` writes the tables into README.
+# script skips what is done. Then `python experiments/summarize.py` writes the tables into RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${RUNS:-runs/exp}

@@ -174,7 +174,7 @@ def test_import_bad_inputs(tmp_path):
 
 @pytest.mark.slow
 def test_gpt2_small_shape_imports_grows_to_355m_and_trains(openstax, tmp_path):
-    """The README's commands at the real shapes, on a random GPT-2 small (no download): import gives
+    """docs/gpu.md's commands at the real shapes, on a random GPT-2 small (no download): import gives
     the 124m preset, expand.py grows it to 355m, train.py --init takes a step from it."""
     data = tmp_path / "data"
     proc = run_script("data/prepare.py", "--dataset", openstax, "--tokenizer", "gpt2", "--out", data,
