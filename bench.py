@@ -51,12 +51,44 @@ import statistics
 import time
 import traceback
 
-from util import ArgumentParser, UserError, atomic_write, md_table, run_cli, write_json  # first: see util.py
-import torch
-import torch.nn.functional as F
+from util import ArgumentParser, UserError, atomic_write, check_args, md_table, run_cli, write_json  # first: see util.py
 
-from flops import FAMILY_BATCH, GB, device_peak, train_flops_per_token
-from model import FAMILIES, GPT, PRESETS, get_config
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--gpu_all", action="store_true", help="correctness, kernel and 1b benchmarks on CUDA")
+    what.add_argument("--cpu", action="store_true", help="training step of each tiny member on CPU")
+    what.add_argument("--aot", action="store_true",
+                      help="compile every kernel launch for GPU architectures (--sm) and check registers, "
+                           "spills, shared memory and tensor-core use; needs no GPU")
+    p.add_argument("--out", default="bench", help="folder for results_{gpu,cpu,aot}.{json,md}")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per mode")
+    p.add_argument("--warmup", type=int, default=3, help="untimed training steps per mode first (compilation)")
+    p.add_argument("--cpu_modes", default="plain,train,compile+fused,compile+bf16+fused,t1,train+t1",
+                   help="comma-separated step modes, the first the baseline; a mode joins parts with +: "
+                        "train (what train.py chooses on this device), eager|compile, fp32|bf16, fused "
+                        "(AdamW), t<N> (threads), e.g. compile+bf16+t1; plain = eager fp32, AdamW's "
+                        "default (foreach) update, torch's default threads")
+    p.add_argument("--sizes", default="", help="CPU: comma-separated members (default: the tiny family)")
+    p.add_argument("--size", default="1b", help="GPU: model preset of the training-step benchmark")
+    p.add_argument("--batch", type=int, default=8, help="GPU: sequences per training step")
+    p.add_argument("--model_compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="GPU: also time the torch.compile'd model (about a minute of compilation each)")
+    p.add_argument("--budget_s", type=float, default=480,
+                   help="GPU: start no new section or model mode after this many seconds (default 480: "
+                        "correctness and the 1b step come first)")
+    p.add_argument("--sm", default="90,80", help="--aot: comma-separated compute capabilities (90: H100/H200, 80: A100)")
+    p.add_argument("--quick", action="store_true", help="--aot: LayerNorm 4096 and head_dim 128 only (bf16; attention also float32)")
+    return p.parse_args(argv)
+
+
+check_args(__name__, parse_args)  # --help and usage errors before torch loads
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from flops import FAMILY_BATCH, GB, device_peak, train_flops_per_token  # noqa: E402
+from model import FAMILIES, GPT, PRESETS, get_config  # noqa: E402
 
 # relative error allowed against float64: float32 rounds at 6e-8 per operation; 16-bit outputs
 # round at 2^-11 (fp16) and 2^-8 (bf16), and attention casts P to 16 bits before P V
@@ -879,32 +911,8 @@ def run_aot(args) -> None:
 
 
 def main():
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--gpu_all", action="store_true", help="correctness, kernel and 1b benchmarks on CUDA")
-    what.add_argument("--cpu", action="store_true", help="training step of each tiny member on CPU")
-    what.add_argument("--aot", action="store_true",
-                      help="compile every kernel launch for GPU architectures (--sm) and check registers, "
-                           "spills, shared memory and tensor-core use; needs no GPU")
-    p.add_argument("--out", default="bench", help="folder for results_{gpu,cpu,aot}.{json,md}")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per mode")
-    p.add_argument("--warmup", type=int, default=3, help="untimed training steps per mode first (compilation)")
-    p.add_argument("--cpu_modes", default="plain,train,compile+fused,compile+bf16+fused,t1,train+t1",
-                   help="comma-separated step modes, the first the baseline; a mode joins parts with +: "
-                        "train (what train.py chooses on this device), eager|compile, fp32|bf16, fused "
-                        "(AdamW), t<N> (threads), e.g. compile+bf16+t1; plain = eager fp32, AdamW's "
-                        "default (foreach) update, torch's default threads")
-    p.add_argument("--sizes", default=",".join(FAMILIES["tiny"]), help="CPU: comma-separated members")
-    p.add_argument("--size", default="1b", help="GPU: model preset of the training-step benchmark")
-    p.add_argument("--batch", type=int, default=8, help="GPU: sequences per training step")
-    p.add_argument("--model_compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="GPU: also time the torch.compile'd model (about a minute of compilation each)")
-    p.add_argument("--budget_s", type=float, default=480,
-                   help="GPU: start no new section or model mode after this many seconds (default 480: "
-                        "correctness and the 1b step come first)")
-    p.add_argument("--sm", default="90,80", help="--aot: comma-separated compute capabilities (90: H100/H200, 80: A100)")
-    p.add_argument("--quick", action="store_true", help="--aot: LayerNorm 4096 and head_dim 128 only (bf16; attention also float32)")
-    args = p.parse_args()
+    args = parse_args()
+    args.sizes = args.sizes or ",".join(FAMILIES["tiny"])
     if args.steps < 1 or args.warmup < 0:
         raise UserError("--steps must be >= 1 and --warmup >= 0")
     for size in args.sizes.split(",") + [args.size]:

@@ -115,16 +115,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from util import ArgumentParser, UserError, run_cli  # first: see util.py
-import torch
-
-import checkpoint
-from model import GPT, GPTConfig, PRESETS, get_config, group_names
+from util import ArgumentParser, UserError, check_args, run_cli  # first: see util.py
 
 METHODS = ("aki", "fpi")
 DEPTHS = ("stack", "interpolate", "zero")
 AKI_TOPS = ("noise", "below")
 NOISE = 0.1  # default --noise: each copy's consumer entries carry W/c * (1 + 0.1 zeta)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = ArgumentParser(
+        description="Grow a checkpoint into a larger size of its family (bert2BERT FPI/AKI width, "
+                    "then depth). The output is a checkpoint that train.py continues from. With "
+                    "--inspect, report which copies of a grown checkpoint are still twins instead.")
+    p.add_argument("--src", help="checkpoint to grow (written by train.py or expand.py)")
+    p.add_argument("--size", help="target size, a larger preset of the same family (python flops.py --presets)")
+    p.add_argument("--method", default="aki", metavar="{" + ",".join(METHODS) + "}",
+                   help="width growth: aki = the new output rows of every Linear of block l (heads, "
+                        "FFN units, residual units) come from block l+1, not function-preserving; "
+                        "fpi = copies, function-preserving (default: aki)")
+    p.add_argument("--depth", default="stack", metavar="{" + ",".join(DEPTHS) + "}",
+                   help="new blocks: stack = repeat the stack, top blocks fill the rest; interpolate "
+                        "= repeat each block next to itself; zero = copies whose output projections "
+                        "are zero, an exact identity (default: stack)")
+    p.add_argument("--noise", type=float, default=NOISE,
+                   help="spread of the split of a copied unit's consumer weights among its copies: "
+                        "W/c * (1 + noise * zeta), zeta centred over the copies, so the function is "
+                        "kept; it lets the copies learn apart. 0 = exact equal split, copies that "
+                        f"stay twins under FPI (default: {NOISE})")
+    p.add_argument("--aki_top", default="noise", metavar="{" + ",".join(AKI_TOPS) + "}",
+                   help="AKI's top block, which has no block above: noise = FPI with the noisy split; "
+                        "below = new rows from the block below (default: noise)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random index maps and the noise (default: 0)")
+    p.add_argument("--optimizer_state", action="store_true",
+                   help="also grow the AdamW moments (default: none; the trainer starts a fresh "
+                        "optimizer, as the paper does)")
+    p.add_argument("--out", help="path of the grown checkpoint (written atomically)")
+    p.add_argument("--inspect", metavar="CKPT",
+                   help="only report, per grown dimension and block, how many copies of CKPT (grown "
+                        "by expand.py, trained or not) are still within 1e-6 of their source")
+    return p.parse_args(argv)
+
+
+check_args(__name__, parse_args)  # --help and usage errors before torch loads
+import torch  # noqa: E402
+
+import checkpoint  # noqa: E402
+from model import GPT, GPTConfig, get_config, group_names  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,37 +540,7 @@ def peak_rss_gb() -> float:
 
 
 def main(argv=None):
-    p = ArgumentParser(
-        description="Grow a checkpoint into a larger size of its family (bert2BERT FPI/AKI width, "
-                    "then depth). The output is a checkpoint that train.py continues from. With "
-                    "--inspect, report which copies of a grown checkpoint are still twins instead.")
-    p.add_argument("--src", help="checkpoint to grow (written by train.py or expand.py)")
-    p.add_argument("--size", help=f"target size, a preset of the same family: {', '.join(PRESETS)}")
-    p.add_argument("--method", default="aki", metavar="{" + ",".join(METHODS) + "}",
-                   help="width growth: aki = the new output rows of every Linear of block l (heads, "
-                        "FFN units, residual units) come from block l+1, not function-preserving; "
-                        "fpi = copies, function-preserving (default: aki)")
-    p.add_argument("--depth", default="stack", metavar="{" + ",".join(DEPTHS) + "}",
-                   help="new blocks: stack = repeat the stack, top blocks fill the rest; interpolate "
-                        "= repeat each block next to itself; zero = copies whose output projections "
-                        "are zero, an exact identity (default: stack)")
-    p.add_argument("--noise", type=float, default=NOISE,
-                   help="spread of the split of a copied unit's consumer weights among its copies: "
-                        "W/c * (1 + noise * zeta), zeta centred over the copies, so the function is "
-                        "kept; it lets the copies learn apart. 0 = exact equal split, copies that "
-                        f"stay twins under FPI (default: {NOISE})")
-    p.add_argument("--aki_top", default="noise", metavar="{" + ",".join(AKI_TOPS) + "}",
-                   help="AKI's top block, which has no block above: noise = FPI with the noisy split; "
-                        "below = new rows from the block below (default: noise)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random index maps and the noise (default: 0)")
-    p.add_argument("--optimizer_state", action="store_true",
-                   help="also grow the AdamW moments (default: none; the trainer starts a fresh "
-                        "optimizer, as the paper does)")
-    p.add_argument("--out", help="path of the grown checkpoint (written atomically)")
-    p.add_argument("--inspect", metavar="CKPT",
-                   help="only report, per grown dimension and block, how many copies of CKPT (grown "
-                        "by expand.py, trained or not) are still within 1e-6 of their source")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     if args.inspect:
         print(twins_report(twins(checkpoint.load(args.inspect, mmap=True))))
         return

@@ -31,10 +31,56 @@ saving of 1 - 64/85 = 24.7% against training the four members independently.
 """
 import argparse
 
-from util import ArgumentParser, UserError, run_cli, write_json  # first: see util.py
-from model import FAMILIES, GPTConfig, count_params, get_config
+from util import ArgumentParser, UserError, check_args, run_cli, write_json  # first: see util.py
 
 TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): compute-optimal tokens ~ 20 x params
+
+
+def _csv(kind):
+    return lambda s: [kind(x) for x in s.split(",") if x]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", default="paper", help="a family of model.py: paper, tiny, ... (python flops.py --presets; default paper)")
+    ap.add_argument("--members", type=_csv(str), default=None,
+                    help="comma-separated sub-chain of the family, e.g. 50k,250k (default: all)")
+    ap.add_argument("--chinchilla", type=float, default=1.0,
+                    help=f"multiple of Chinchilla's {TOKENS_PER_PARAM} tokens/param (default 1)")
+    ap.add_argument("--lr_schedule", choices=["fixed", "adjusted"], default="fixed",
+                    help="fixed: every member uses the smallest's max LR; adjusted: max LR "
+                         "decreases linearly from the smallest's to the largest's (default fixed)")
+    ap.add_argument("--budget_scale", type=float, default=1.0,
+                    help="progressive budget as a multiple of the largest member's independent FLOPs "
+                         "(1: the paper's rule)")
+    ap.add_argument("--stage_fractions", type=_csv(float), default=None,
+                    help="comma-separated weights of the grown stages' shares of the budget "
+                         "(default: proportional to their independent FLOPs)")
+    ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization for GPU-hours (default 0.4)")
+    ap.add_argument("--peak", type=float, default=989e12,
+                    help="peak FLOP/s of one GPU (default 989e12: H100 SXM bf16 dense, datasheet)")
+    ap.add_argument("--gpus", type=int, default=8, help="GPUs for the wall-clock column (default 8)")
+    ap.add_argument("--json", metavar="PATH", help="also write the plan as JSON (atomically)")
+    ap.add_argument("--presets", action="store_true", help="print every model preset as a table and exit")
+    ap.add_argument("--memory", action="store_true",
+                    help="print per-GPU memory for DDP vs FSDP for each size instead of the plan")
+    ap.add_argument("--check", action="store_true",
+                    help="print each member's micro-batch, accumulation, strategy, activation checkpointing "
+                         "and planned memory per GPU at the family's batch; exit 2 if one does not fit")
+    ap.add_argument("--layout", metavar="SIZE",
+                    help="print one line for run_family.sh: micro-batch, accumulation, strategy, activation "
+                         "checkpointing (on/off), planned GB and usable GB per GPU, fits (1/0)")
+    ap.add_argument("--global_batch", type=int, default=0,
+                    help="sequences per optimizer step for --check and --layout (default: the family's)")
+    ap.add_argument("--nproc", type=int, default=8, help="GPUs for --memory, --check, --layout (default 8)")
+    ap.add_argument("--micro_batch", type=int, default=8, help="sequences per GPU for --memory (default 8)")
+    ap.add_argument("--gpu_mem", type=float, default=80.0,
+                    help="GB (1e9 bytes) of memory per GPU for --memory, --check, --layout (default 80)")
+    return ap.parse_args(argv)
+
+
+check_args(__name__, parse_args)  # --help and usage errors before torch loads
+from model import FAMILIES, GPTConfig, count_params, get_config  # noqa: E402
 
 # Training recipe per family. Max LR of the smallest and of the largest member: the "adjusted"
 # schedule interpolates between them, "fixed" uses the first for every member.
@@ -372,10 +418,6 @@ def check_family(sizes: list[str], global_batch: int, nproc: int, gpu_mem_gb: fl
     return layouts
 
 
-def _csv(kind):
-    return lambda s: [kind(x) for x in s.split(",") if x]
-
-
 def print_presets():
     """Every preset of every family: shape, parameter counts, training FLOPs per token."""
     head = f"{'family':7s} {'size':>5s} {'layers':>6s} {'width':>6s} {'heads':>5s} {'hd':>4s} " \
@@ -391,42 +433,7 @@ def print_presets():
 
 
 def main():
-    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", default="paper", help=f"one of: {', '.join(FAMILIES)} (default paper)")
-    ap.add_argument("--members", type=_csv(str), default=None,
-                    help="comma-separated sub-chain of the family, e.g. 50k,250k (default: all)")
-    ap.add_argument("--chinchilla", type=float, default=1.0,
-                    help=f"multiple of Chinchilla's {TOKENS_PER_PARAM} tokens/param (default 1)")
-    ap.add_argument("--lr_schedule", choices=["fixed", "adjusted"], default="fixed",
-                    help="fixed: every member uses the smallest's max LR; adjusted: max LR "
-                         "decreases linearly from the smallest's to the largest's (default fixed)")
-    ap.add_argument("--budget_scale", type=float, default=1.0,
-                    help="progressive budget as a multiple of the largest member's independent FLOPs "
-                         "(1: the paper's rule)")
-    ap.add_argument("--stage_fractions", type=_csv(float), default=None,
-                    help="comma-separated weights of the grown stages' shares of the budget "
-                         "(default: proportional to their independent FLOPs)")
-    ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization for GPU-hours (default 0.4)")
-    ap.add_argument("--peak", type=float, default=989e12,
-                    help="peak FLOP/s of one GPU (default 989e12: H100 SXM bf16 dense, datasheet)")
-    ap.add_argument("--gpus", type=int, default=8, help="GPUs for the wall-clock column (default 8)")
-    ap.add_argument("--json", metavar="PATH", help="also write the plan as JSON (atomically)")
-    ap.add_argument("--presets", action="store_true", help="print every model preset as a table and exit")
-    ap.add_argument("--memory", action="store_true",
-                    help="print per-GPU memory for DDP vs FSDP for each size instead of the plan")
-    ap.add_argument("--check", action="store_true",
-                    help="print each member's micro-batch, accumulation, strategy, activation checkpointing "
-                         "and planned memory per GPU at the family's batch; exit 2 if one does not fit")
-    ap.add_argument("--layout", metavar="SIZE",
-                    help="print one line for run_family.sh: micro-batch, accumulation, strategy, activation "
-                         "checkpointing (on/off), planned GB and usable GB per GPU, fits (1/0)")
-    ap.add_argument("--global_batch", type=int, default=0,
-                    help="sequences per optimizer step for --check and --layout (default: the family's)")
-    ap.add_argument("--nproc", type=int, default=8, help="GPUs for --memory, --check, --layout (default 8)")
-    ap.add_argument("--micro_batch", type=int, default=8, help="sequences per GPU for --memory (default 8)")
-    ap.add_argument("--gpu_mem", type=float, default=80.0,
-                    help="GB (1e9 bytes) of memory per GPU for --memory, --check, --layout (default 80)")
-    args = ap.parse_args()
+    args = parse_args()
     if not 0 < args.mfu <= 1 or not args.peak > 0 or args.gpus < 1:
         raise UserError("need 0 < --mfu <= 1, --peak > 0 and --gpus >= 1")
     if args.presets:

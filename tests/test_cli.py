@@ -8,8 +8,7 @@ from conftest import run_script
 
 CLIS = ["train.py", "evaluate.py", "sample.py", "expand.py", "export_hf.py", "flops.py", "bench.py",
         "data/prepare.py"]
-# those whose parser runs before the heavy imports (the others need model.py's presets to build it)
-EARLY_PARSE = ["train.py", "evaluate.py", "sample.py", "export_hf.py", "data/prepare.py"]
+EARLY_PARSE = CLIS  # every parser runs before the heavy imports
 
 
 def imported(script, *argv):
