@@ -10,6 +10,7 @@ from tokenizer import get_tokenizer
 TEXTS = ["Hello, world!", "naïve café — 日本語 🙂", "line\nbreaks\tand  spaces ", "", "<|endoftext|> literal"]
 
 
+@pytest.mark.fast
 def test_byte_round_trip():
     tok = get_tokenizer("bytes")
     for t in TEXTS:
@@ -145,6 +146,7 @@ def test_one_book_is_split_inside_for_validation(tmp_path):
     assert all((out / f).read_bytes() == (again / f).read_bytes() for f in ("train.bin", "val.bin"))
 
 
+@pytest.mark.fast
 def test_three_line_jsonl_is_a_corpus(tmp_path):
     texts = [f"document {i}: " + " ".join(["word"] * (30 + i)) for i in range(3)]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))

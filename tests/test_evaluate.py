@@ -187,6 +187,7 @@ def test_zeroshot_and_report_do_not_import_evaluate():
 # ---------------------------------------------------------------------------------------------
 # Zero-shot scoring
 
+@pytest.mark.fast
 @pytest.mark.parametrize("task", ["arc_easy", "arc_challenge", "openbookqa", "piqa", "hellaswag",
                                   "winogrande"])
 def test_scripted_scorer_gets_everything_right(tmp_path, task):
@@ -227,11 +228,13 @@ def test_uniform_model_acc_vs_acc_norm_follow_lengths(tmp_path):
     assert metrics["acc_norm"] == pytest.approx(np.mean(lengths.argmax(1) == gold))
 
 
+@pytest.mark.fast
 def test_choose_takes_first_of_ties():
     assert zs.choose(np.array([-2.0, -1.0, -1.0]), [1, 1, 1]) == (1, 1)
     assert zs.choose(np.array([-4.0, -3.0]), [4, 1]) == (1, 0)  # -1 per char beats -3 per char
 
 
+@pytest.mark.fast
 def test_lambada_handcrafted_item(tmp_path):
     write_jsonl(tmp_path / zs.LOCAL_FILES["lambada"], [{"text": "the cat sat on the mat"}])
     items = zs.load_items("lambada", tmp_path, None)
@@ -342,6 +345,7 @@ def test_hellaswag_preprocessing():
 # ---------------------------------------------------------------------------------------------
 # Perplexity, bits per byte, KL
 
+@pytest.mark.fast
 def test_uniform_model_perplexity_and_bits_per_byte():
     rng = np.random.default_rng()
     windows = ev.val_windows(rng.integers(0, 255, 5000), block_size=64, max_tokens=1024)
@@ -612,6 +616,7 @@ def small_report(family, *extra) -> dict:
     return json.loads((family.out / "report.json").read_text())
 
 
+@pytest.mark.fast
 def test_verdict_names_the_saving_each_delta_and_one_seed(family):
     report = small_report(family)
     loss = {(m["family"], m["name"]): m["ppl"]["loss"] for m in report["members"]}

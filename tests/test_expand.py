@@ -115,6 +115,7 @@ def pairs(family, integral):
             if (PRESETS[b].n_embd % PRESETS[a].n_embd == 0) == integral]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("src_size,tgt_size", pairs("tiny", integral=True))
 def test_fpi_exact_for_tiny_pairs_with_integral_width_ratio(src_size, tgt_size):
     src = random_gpt(PRESETS[src_size], seed=3)
@@ -289,6 +290,7 @@ def copies_equal_to_source(ckpt: dict, tol: float = 1e-6) -> list[str]:
     return found
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("depth", DEPTHS)
 def test_no_copy_is_still_its_source_after_training(method, depth):
@@ -475,6 +477,7 @@ def test_cli_bad_input_is_one_error_line(checkpoints, args):
     assert not out.exists()
 
 
+@pytest.mark.fast
 def test_cli_grows_a_checkpoint(checkpoints):
     out = checkpoints / "20k_expanded.pt"
     r = run_cli("--src", checkpoints / "20k.pt", "--size", "50k", "--method", "fpi", "--out", out)

@@ -89,6 +89,7 @@ def test_second_run_on_the_same_out_is_refused(byte_data, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing planned, nothing trained
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("argv, env, words", [
     (["--nproc", "0"], {}, "NPROC must be a positive integer"),
     (["--method", "xyz"], {}, "METHOD is one of aki fpi, not 'xyz'"),
@@ -119,6 +120,7 @@ def test_a_failing_step_fails_the_run(byte_data, tmp_path):
     assert "done:" not in proc.stdout and not (tmp_path / "out" / "seed_1337" / "report").exists()
 
 
+@pytest.mark.fast
 def test_bad_option_is_one_line():
     proc = subprocess.run(["bash", "run_family.sh", "--colour", "red"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: unknown option --colour")

@@ -73,6 +73,7 @@ def test_a_mistyped_flag_still_fails(script, monkeypatch, capsys):
     assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
 
 
+@pytest.mark.fast
 def test_no_prefix_negates_in_both_spellings():
     p = util.ArgumentParser()
     p.add_argument("--model_compile", action=__import__("argparse").BooleanOptionalAction, default=True)

@@ -18,6 +18,7 @@ from util import UserError
 
 # --- FLOPs per token -------------------------------------------------------------------------
 
+@pytest.mark.fast
 @pytest.mark.parametrize("cfg, seq_len", [
     (get_config("20k"), 256),
     (get_config("250k"), 256),
@@ -40,6 +41,7 @@ def test_flops_per_token_matches_flop_counter(cfg, seq_len):
 
 # --- the family budget -----------------------------------------------------------------------
 
+@pytest.mark.fast
 def test_exact_doubling_gives_paper_ratios():
     """C and D exactly proportional to N (1:2:4:8): tokens D, 1.5D, 3D, 6D, f = 0.75, 1 - 64/85."""
     n0 = random.uniform(1e5, 1e10)
@@ -55,6 +57,7 @@ def test_exact_doubling_gives_paper_ratios():
     assert 1 - sum(prog) / sum(indep) == pytest.approx(1 - 64 / 85, rel=1e-12)
 
 
+@pytest.mark.fast
 def test_paper_family_at_2x_chinchilla():
     """Stage tokens near 40/60/120/240B, within the bound the presets' non-exact ratios imply.
 
@@ -82,6 +85,7 @@ def test_paper_family_at_2x_chinchilla():
     assert 0.24 <= p["saving"] <= 0.26
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_progressive_total_is_the_largest_alone(family):
     chinchilla = random.uniform(0.2, 3)

@@ -14,6 +14,7 @@ def built_counts(model):
     return total, total - emb
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("size", list(PRESETS))
 def test_param_count_formula_matches_module(size):
     cfg = PRESETS[size]
@@ -54,6 +55,7 @@ def test_tiny_family_is_byte_level():
     assert all(PRESETS[s].vocab_size == 256 and PRESETS[s].tokenizer == "bytes" for s in FAMILIES["tiny"])
 
 
+@pytest.mark.fast
 def test_forward_shapes_and_initial_loss():
     torch.manual_seed(0)
     cfg = PRESETS["50k"]
@@ -66,6 +68,7 @@ def test_forward_shapes_and_initial_loss():
     assert none is None and torch.equal(logits, logits2)
 
 
+@pytest.mark.fast
 def test_causality():
     torch.manual_seed(0)
     model = GPT(PRESETS["20k"])

@@ -118,6 +118,7 @@ def small_checkpoint(tmp_path, name="ckpt.pt"):
     return ck
 
 
+@pytest.mark.fast
 def test_overwritten_tensor_bytes_are_caught_by_their_checksum(tmp_path):
     ck = small_checkpoint(tmp_path)
     name = max(ck["model"], key=lambda k: ck["model"][k].numel())

@@ -57,6 +57,7 @@ def test_fixed_seed_reproduces_and_seeds_differ(byte_model):
     assert not torch.equal(a, c)
 
 
+@pytest.mark.fast
 def test_greedy_is_argmax_and_top_k_1_is_greedy(byte_model):
     prompt = torch.randint(0, 256, (3, 7))
     greedy = sample_tokens(byte_model, prompt, 10, temperature=0)

@@ -20,6 +20,7 @@ def losses(history):
     return [r["loss"] for r in history if "loss" in r]
 
 
+@pytest.mark.fast
 def test_resume_continues_bit_for_bit(byte_data, tmp_path):
     straight = Trainer(args(byte_data, tmp_path / "a", "--max_iters", 40, "--ckpt_interval", 100))
     straight.run()
