@@ -470,7 +470,7 @@ def test_wikitext_from_a_file_or_skipped_with_a_note(tmp_path, monkeypatch):
 def test_hub_path_fails_with_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="--data-dir"):
+    with pytest.raises(UserError, match="--data_dir"):
         zs.load_items("piqa", None, 2)
 
 
