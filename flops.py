@@ -97,7 +97,7 @@ WARMUP_FRACTION = 0.05  # of each stage's tokens; a grown stage warms up again (
 
 GPU_MEM_USABLE = 0.9  # CUDA context, allocator fragmentation and temporary buffers take the rest
 # Dense bf16 peak FLOP/s by device name (datasheets; the SXM parts unless named), for MFU in train.py
-# and bench.py: the first key that the device's name contains wins, so the variants come first.
+# and bench/gpu.py: the first key that the device's name contains wins, so the variants come first.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("H100", 989e12),
              ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12), ("4090", 165e12)]
 

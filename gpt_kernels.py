@@ -52,7 +52,7 @@ Limits: head_dim a power of two >= 16 (tl.dot and tl.arange need it); LayerNorm 
 offsets are int32, so each tensor under 2^31 elements.
 float32, float16 and bfloat16 on GPU. float32 dots use full IEEE precision, not TF32, so float32
 matches PyTorch's own ops (slowly: float32 is for checking, train in bf16). The attention tiles are
-autotuned on the first call for each (head_dim, dtype) from a few candidates (bench.py prints the
+autotuned on the first call for each (head_dim, dtype) from a few candidates (bench/gpu.py prints the
 winners). Under the interpreter every tile is cast to float32 before any arithmetic, since the
 interpreter's bfloat16 tl.dot multiplies raw bit patterns (triton-lang/triton#11584).
 
@@ -363,7 +363,7 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, K, V, stride_t, offs_m, lo, hi, T,
     """Add the key tiles in [lo, hi) to this query tile's dQ."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        # V's tile first: issued after the scores, ptxas spilled float32's 16 x 16 tile (bench.py --aot)
+        # V's tile first: issued after the scores, ptxas spilled float32's 16 x 16 tile (bench/aot.py)
         vT = _load_rows(V, offs_n, stride_t, T, HEAD_DIM, True, UPCAST)
         s, kT = _scores(q, K, offs_n, stride_t, T, qk_scale, HEAD_DIM, UPCAST, DOT_PRECISION)
         p = tl.exp2(s - lse[:, None] * LOG2E)  # P recomputed from the saved log-sum-exp
@@ -415,7 +415,7 @@ def _tile_configs(big: str, small: str, gpu_shapes, interp_shape):
 
 
 # float32 dots (IEEE, for checking) are FMA loops that keep their operands in registers: at
-# head_dim 128, tiles larger than 32 x 16 over 8 warps spill (bench.py --aot); the second
+# head_dim 128, tiles larger than 32 x 16 over 8 warps spill (bench/aot.py); the second
 # candidate covers the shapes where ptxas spills a register of the first on A100.
 FLOAT32_TILES = [(32, 16, 8, 2), (16, 16, 4, 1)]
 
@@ -436,8 +436,8 @@ def _autotuned(kernel, big: str, small: str, gpu_shapes):
                            prune_configs_by={"early_config_prune": _by_dtype})(kernel)
 
 
-# Candidates that compile without register spills on sm_90 at head_dim 16, 64 and 128 (bench.py
-# --aot; 128 x 128 forward tiles need 224 KiB of shared memory: H100/H200 only).
+# Candidates that compile without register spills on sm_90 at head_dim 16, 64 and 128 (bench/aot.py;
+# 128 x 128 forward tiles need 224 KiB of shared memory: H100/H200 only).
 _attn_fwd_tuned = _autotuned(_attn_fwd, "BLOCK_M", "BLOCK_N",
                              [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)])
 _attn_bwd_dkdv_tuned = _autotuned(_attn_bwd_dkdv, "BLOCK_N", "BLOCK_M",

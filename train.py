@@ -211,7 +211,7 @@ def optim_by_name(osd: dict, model) -> dict:
 def compute_choices(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype, bool]:
     """(compute dtype, torch.compile?) as --dtype and --compile resolve on this device. auto:
     bfloat16 autocast and compile on CUDA; float32 eager on CPU, where compile and bfloat16 did not
-    pay for the tiny family (bench.py --cpu times this choice against a plain step)."""
+    pay for the tiny family (bench/cpu.py times this choice against a plain step)."""
     use_cuda = device.type == "cuda"
     dtype = {"auto": torch.bfloat16 if use_cuda else torch.float32,
              "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]

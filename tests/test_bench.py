@@ -1,10 +1,10 @@
-"""bench.py's CPU training-step benchmark and the choices of train.py it times."""
+"""bench/cpu.py's CPU training-step benchmark and the choices of train.py it times."""
 import json
 
 import pytest
 import torch
 
-from bench import StepMode
+from bench.common import StepMode
 from conftest import assert_user_error, run_script
 from train import TrainConfig, compute_choices
 from util import UserError
@@ -30,7 +30,7 @@ def test_step_modes():
 
 
 def test_cpu_benchmark_runs_every_mode_from_one_init(tmp_path):
-    proc = run_script("bench.py", "--cpu", "--sizes", "20k", "--steps", "2", "--warmup", "1",
+    proc = run_script("bench/cpu.py", "--sizes", "20k", "--steps", "2", "--warmup", "1",
                       "--cpu_modes", "plain,train,t1", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "results_cpu.json").read_text())
@@ -52,4 +52,4 @@ def test_cpu_benchmark_runs_every_mode_from_one_init(tmp_path):
     attention = res["attention"][0]
     assert list(attention["ms"]) == ["sdpa", "sdpa_math", "explicit", "explicit_compiled"]
     assert attention["max_abs_diff"] < 1e-4 and min(attention["ms"].values()) > 0, attention
-    assert_user_error(run_script("bench.py", "--cpu", "--cpu_modes", "plain,turbo", "--out", tmp_path), "turbo")
+    assert_user_error(run_script("bench/cpu.py", "--cpu_modes", "plain,turbo", "--out", tmp_path), "turbo")

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import run_script
 
-CLIS = ["train.py", "evaluate.py", "sample.py", "expand.py", "export_hf.py", "flops.py", "bench.py",
-        "data/prepare.py"]
+CLIS = ["train.py", "evaluate.py", "sample.py", "expand.py", "export_hf.py", "flops.py", "bench/gpu.py",
+        "bench/cpu.py", "bench/aot.py", "data/prepare.py"]
 EARLY_PARSE = CLIS  # every parser runs before the heavy imports
 
 

@@ -10,7 +10,7 @@ import util
 from conftest import ROOT
 
 # script: (a valid command line, a flag in kebab spelling with its value, the attribute it sets);
-# speculative.py and summarize.py have no flag of two words
+# speculative.py, summarize.py and bench/aot.py have no flag of two words
 CLIS = {
     "train.py": (["--size", "tiny-20k", "--data", "d"], ["--max-iters", "7"], "max_iters"),
     "evaluate.py": (["--ckpt", "a.pt", "--out", "o"], ["--val-data", "d"], "val_data"),
@@ -18,7 +18,9 @@ CLIS = {
     "export_hf.py": (["--ckpt", "a.pt", "--out", "o"], ["--tokenizer-dir", "t"], "tokenizer_dir"),
     "flops.py": ([], ["--gpu-mem", "40"], "gpu_mem"),
     "expand.py": (["--src", "a.pt", "--size", "b", "--out", "o"], ["--optimizer-state"], "optimizer_state"),
-    "bench.py": (["--cpu"], ["--no-model-compile"], "model_compile"),
+    "bench/gpu.py": ([], ["--no-model-compile"], "model_compile"),
+    "bench/cpu.py": ([], ["--cpu-modes", "t1"], "cpu_modes"),
+    "bench/aot.py": ([], None, None),
     "data/prepare.py": (["--out", "o"], ["--val-tokens", "7"], "val_tokens"),
     "experiments/speculative.py": (["--run", "r"], None, None),
     "experiments/summarize.py": ([], None, None),

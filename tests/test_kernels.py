@@ -16,7 +16,7 @@ import torch
 # any test module is collected; skip if gpt_kernels.py came in without it anyway.
 pytest.importorskip("triton", reason="triton is not installed (pip install triton==3.7.1)")
 import gpt_kernels as kernels  # noqa: E402
-from bench import TOLERANCE, attention_errors, layer_norm_errors, poisoned_outputs, rel_err  # noqa: E402
+from bench.common import TOLERANCE, attention_errors, layer_norm_errors, poisoned_outputs, rel_err  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 if not kernels._INTERPRETED:
@@ -159,16 +159,16 @@ def test_compiled_model_treats_kernels_as_opaque():
 
 
 # ---------------------------------------------------------------------------------------------
-# bench.py --gpu-all, rehearsed on CPU
+# bench/gpu.py, rehearsed on CPU
 
 def test_gpu_benchmark_sections_run_on_cpu(monkeypatch, tmp_path):
-    """The --gpu-all sections end to end at tiny shapes: kernels through the interpreter, wall-clock
+    """bench/gpu.py's sections end to end at tiny shapes: kernels through the interpreter, wall-clock
     timers instead of CUDA events, a section that breaks in the middle. A lent GPU's few minutes
     must not be lost to a bug in the script around the kernels."""
     import json
     import time
 
-    import bench
+    from bench import gpu
     from util import UserError
 
     def wall_ms(fn, inputs, dy):
@@ -178,18 +178,18 @@ def test_gpu_benchmark_sections_run_on_cpu(monkeypatch, tmp_path):
 
     def broken():
         raise RuntimeError("injected")
-    monkeypatch.setattr(bench, "_fwd_bwd_ms", wall_ms)
-    monkeypatch.setattr(bench, "_copy_gbps", lambda device: 1.0)
+    monkeypatch.setattr(gpu, "_fwd_bwd_ms", wall_ms)
+    monkeypatch.setattr(gpu, "_copy_gbps", lambda device: 1.0)
     sections = [
-        ("correctness", lambda: bench.gpu_correctness("cpu", ln_shapes=((2, 3, 40),), attn_shapes=((1, 2, 40, 16),),
+        ("correctness", lambda: gpu.gpu_correctness("cpu", ln_shapes=((2, 3, 40),), attn_shapes=((1, 2, 40, 16),),
                                                       float32_attn_shapes=())),
         ("broken", broken),
-        ("layer_norm", lambda: bench.gpu_layer_norm_speed(rows=4, widths=(64,), device="cpu")),
-        ("attention", lambda: bench.gpu_attention_speed(batch=1, T=32, D=16, widths=(32,), device="cpu")),
-        ("model", lambda: bench.gpu_model_speed("20k", batch=1, steps=1, warmup=0, compiled=False,
+        ("layer_norm", lambda: gpu.gpu_layer_norm_speed(rows=4, widths=(64,), device="cpu")),
+        ("attention", lambda: gpu.gpu_attention_speed(batch=1, T=32, D=16, widths=(32,), device="cpu")),
+        ("model", lambda: gpu.gpu_model_speed("20k", batch=1, steps=1, warmup=0, compiled=False,
                                                 deadline=math.inf, device="cpu"))]
     with pytest.raises(UserError, match="sections broke"):
-        bench.run_sections(sections, str(tmp_path), math.inf)
+        gpu.run_sections(sections, str(tmp_path), math.inf)
     res = json.loads((tmp_path / "results_gpu.json").read_text())
     assert len(res["correctness"]) == 4 and all(r["ok"] for r in res["correctness"])
     assert res["skipped"] == ["broken failed: RuntimeError: injected"]  # and the sections after it ran:

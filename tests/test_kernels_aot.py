@@ -1,5 +1,5 @@
 """
-The kernels compiled for a GPU on this CPU-only machine (bench.py --aot): Triton's compiler and the
+The kernels compiled for a GPU on this CPU-only machine (bench/aot.py): Triton's compiler and the
 ptxas it ships turn every launch into H100 (sm_90) machine code, which shows what the interpreter of
 tests/test_kernels.py cannot: that the compiler accepts the code, that no autotuning candidate
 spills registers or overflows shared memory, and that 16-bit attention runs on tensor cores.
@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_user_error, run_script
 
 pytest.importorskip("triton", reason="triton is not installed (pip install triton==3.7.1)")
-import bench  # noqa: E402
+from bench import aot  # noqa: E402
 
 # without the interpreter: that is the point
 COMPILER_ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -21,7 +21,7 @@ COMPILER_ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 @pytest.fixture(scope="module")
 def hopper(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("aot")
-    proc = run_script("bench.py", "--aot", "--sm", "90", "--quick", "--out", out, env=COMPILER_ENV)
+    proc = run_script("bench/aot.py", "--sm", "90", "--quick", "--out", out, env=COMPILER_ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "results_aot.json").read_text())
 
@@ -61,19 +61,19 @@ def test_attention_candidates_by_dtype(hopper):
 def test_aot_problems_names_what_would_fail_on_a_gpu():
     ok = {"sm": 90, "case": "attention D=128 T=1024 bfloat16", "kernel": "_attn_fwd", "tiles": {},
           "registers": 200, "spill_bytes": 0, "shared_bytes": 1024, "fits": True, "tensor_cores": "wgmma"}
-    assert bench.aot_problems([ok]) == []
+    assert aot.aot_problems([ok]) == []
     spilled = ok | {"spill_bytes": 64}
     too_big = ok | {"fits": False}
-    assert bench.aot_problems([spilled, ok]) == []  # one good candidate per launch is enough
-    assert "no candidate fits" in bench.aot_problems([spilled, too_big])[0]
-    assert "tensor cores" in bench.aot_problems([ok | {"tensor_cores": "none"}])[0]
+    assert aot.aot_problems([spilled, ok]) == []  # one good candidate per launch is enough
+    assert "no candidate fits" in aot.aot_problems([spilled, too_big])[0]
+    assert "tensor cores" in aot.aot_problems([ok | {"tensor_cores": "none"}])[0]
     broken = {k: v for k, v in ok.items() if k not in ("registers", "spill_bytes", "shared_bytes", "fits")}
-    assert "CompilationError" in bench.aot_problems([broken | {"error": "CompilationError: x"}])[0]
+    assert "CompilationError" in aot.aot_problems([broken | {"error": "CompilationError: x"}])[0]
 
 
 def test_aot_bad_input(tmp_path):
-    assert_user_error(run_script("bench.py", "--aot", "--sm", "75", "--out", tmp_path, env=COMPILER_ENV),
+    assert_user_error(run_script("bench/aot.py", "--sm", "75", "--out", tmp_path, env=COMPILER_ENV),
                       "--sm")
     interpreted = COMPILER_ENV | {"TRITON_INTERPRET": "1"}
-    assert_user_error(run_script("bench.py", "--aot", "--quick", "--out", tmp_path, env=interpreted),
+    assert_user_error(run_script("bench/aot.py", "--quick", "--out", tmp_path, env=interpreted),
                       "TRITON_INTERPRET")

@@ -46,10 +46,10 @@ def test_throughput_window_counts_the_steps_timed_after_a_resume(byte_data, tmp_
 
 
 def test_one_peak_table_for_train_and_bench():
-    import bench
+    from bench import gpu
     import train
     from flops import device_peak
-    assert train.device_peak is device_peak and bench.device_peak is device_peak
+    assert train.device_peak is device_peak and gpu.device_peak is device_peak
     names = {"NVIDIA H100 PCIe": 756e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 NVL": 835e12,
              "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100 80GB PCIe": 312e12,
              "Tesla T4": None}
@@ -107,19 +107,20 @@ def test_1b_start_up_from_init_builds_no_full_copy(openstax, tmp_path):
 
 def test_gpu_bench_runs_what_matters_first_and_reports_peak_memory(monkeypatch):
     import argparse
-    import bench
+
+    from bench import gpu
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(bench, "run_sections", lambda sections, out, deadline: seen.update(
+    monkeypatch.setattr(gpu, "run_sections", lambda sections, out, deadline: seen.update(
         names=[name for name, _ in sections]))
-    bench.run_gpu_all(argparse.Namespace(budget_s=480, size="1b", batch=8, steps=10, warmup=3,
+    gpu.run_gpu_all(argparse.Namespace(budget_s=480, size="1b", batch=8, steps=10, warmup=3,
                                          model_compile=True, out="unused"))
     assert seen["names"] == ["correctness", "model", "layer_norm", "attention"]
     mode = {"tokens_per_s": 1e5, "mfu": 0.4, "max_memory_allocated_gb": 61.25, "losses": [11.0, 10.9],
             "max_loss_diff_vs_first_mode": 0.0}
-    md = bench._md_gpu({"machine": {}, "max_memory_allocated_gb": {"correctness": 1.5, "model": 61.25},
+    md = gpu._md_gpu({"machine": {}, "max_memory_allocated_gb": {"correctness": 1.5, "model": 61.25},
                         "model": {"size": "1b", "batch": 8, "seq_len": 1024, "skipped": [],
                                   "modes": {"compile+bf16+fused": mode}}})
     assert "| compile+bf16+fused | 100000 | 40.0% | 61.2 |" in md
     assert "Peak memory allocated per section (GB): correctness 1.5, model 61.2" in md
-    assert bench.max_memory_gb("cpu") is None
+    assert gpu.max_memory_gb("cpu") is None
