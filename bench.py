@@ -87,7 +87,8 @@ check_args(__name__, parse_args)  # --help and usage errors before torch loads
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from flops import FAMILY_BATCH, GB, device_peak, train_flops_per_token  # noqa: E402
+from flops import FAMILY_BATCH, device_peak, train_flops_per_token  # noqa: E402
+from parallel import GB  # noqa: E402
 from model import FAMILIES, GPT, PRESETS, get_config  # noqa: E402
 
 # relative error allowed against float64: float32 rounds at 6e-8 per operation; 16-bit outputs
