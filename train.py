@@ -196,6 +196,74 @@ def lr_at(step: int, cfg: TrainConfig, max_iters: int, warmup: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 class Trainer:
+    """One stage of training. run() is the loop; the rest sets it up (__init__, _build), checkpoints
+    it (save, _resume), and logs; parallel.py does the process group, wrapping and sharded state."""
+
+    def run(self):
+        """The stage: optimizer steps on the LR schedule, with log lines, evaluations and checkpoints at
+        their intervals; a stop request (signal, Ctrl-C, --stop_at) checkpoints and leaves."""
+        cfg, log = self.cfg, self.log
+        # tok/s and MFU count the steps timed in the window: training steps only (not evaluations,
+        # checkpoint writes or skipped steps), and not a run's first step (torch.compile, warm-up)
+        t_start, window_time, window_steps, bad_steps = time.time(), 0.0, 0, 0
+        if not self.begin():
+            return
+        while self.step < self.max_iters:
+            if cfg.stable_ckpt and self.step == self.stable_step:
+                self.save(path=cfg.stable_ckpt)
+                log(f"step {self.step}: end of the stable phase, written to {cfg.stable_ckpt}")
+            lr = lr_at(self.step, cfg, self.max_iters, self.warmup)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            t0 = time.time()
+            loss, gnorm = self.train_step()
+            if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                bad_steps = self.skip_step(loss, gnorm, bad_steps + 1)
+                continue
+            bad_steps = 0
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.step > self.start_step:
+                window_time += time.time() - t0
+                window_steps += 1
+            self.step += 1
+            self.tokens_seen += self.step_tokens
+            self.flops += self.step_tokens * self.flops_per_token
+            if self.step % self.log_interval == 0 or self.step == self.max_iters:
+                self.log_step(loss, lr, gnorm, window_steps, window_time, time.time() - t_start)
+                window_time, window_steps = 0.0, 0
+            done = self.step == self.max_iters
+            if self.step % self.eval_interval == 0 or done:
+                self.record_eval()
+            self.stop_requested = parallel.any_rank(self.dist, self.stop_requested or self.step == cfg.stop_at,
+                                                 self.device)
+            if self.step % self.ckpt_interval == 0 or done or self.stop_requested:
+                self.save(done=done)
+            if self.stop_requested and not done:
+                log(f"stop requested: checkpoint at step {self.step} written to {self.ckpt_path}")
+                break
+        self.finish()
+
+    def train_step(self) -> tuple[float, float]:
+        cfg, model = self.cfg, self.train_model
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, y = get_batch(self.train_tokens, self.seq_len, cfg.batch_size * self.dist.world,
+                             cfg.seed, self.step, micro, self.stage)
+            lo = self.dist.rank * cfg.batch_size
+            x, y = x[lo:lo + cfg.batch_size].to(self.device), y[lo:lo + cfg.batch_size].to(self.device)
+            sync = parallel.gradient_sync(self.model, model, self.dist, self.fsdp, micro == cfg.grad_accum - 1)
+            with sync, self.autocast():
+                _, loss = model(x, y)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        parallel.all_sum(self.dist, loss_sum)
+        loss = loss_sum.item() / (cfg.grad_accum * self.dist.world)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+        gnorm = (gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm).item()  # FSDP: DTensor
+        return loss, gnorm
+
+    # -- setup ----------------------------------------------------------------------------------
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.dist, self.device = parallel.init_distributed(cfg.device)
@@ -342,7 +410,7 @@ class Trainer:
         """FLOPs of this stage and of every stage the initial checkpoint came from."""
         return self.flops_base + self.flops
 
-    # -- loop -------------------------------------------------------------------------------------
+    # -- around the loop ----------------------------------------------------------------------------
     def autocast(self):
         if self.dtype == torch.float32:
             return nullcontext()
@@ -367,26 +435,9 @@ class Trainer:
         self.model.train()
         return (total[0] / total[1]).item()
 
-    def train_step(self) -> tuple[float, float]:
-        cfg, model = self.cfg, self.train_model
-        loss_sum = torch.zeros((), device=self.device)
-        for micro in range(cfg.grad_accum):
-            x, y = get_batch(self.train_tokens, self.seq_len, cfg.batch_size * self.dist.world,
-                             cfg.seed, self.step, micro, self.stage)
-            lo = self.dist.rank * cfg.batch_size
-            x, y = x[lo:lo + cfg.batch_size].to(self.device), y[lo:lo + cfg.batch_size].to(self.device)
-            sync = parallel.gradient_sync(self.model, model, self.dist, self.fsdp, micro == cfg.grad_accum - 1)
-            with sync, self.autocast():
-                _, loss = model(x, y)
-                (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach()
-        parallel.all_sum(self.dist, loss_sum)
-        loss = loss_sum.item() / (cfg.grad_accum * self.dist.world)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
-        gnorm = (gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm).item()  # FSDP: DTensor
-        return loss, gnorm
-
-    def run(self):
+    def begin(self) -> bool:
+        """Checks, the stage's summary line, the signal handlers and the first evaluation; False when
+        the checkpoint is already complete."""
         cfg, log = self.cfg, self.log
         if cfg.stable_ckpt and self.step > self.stable_step and not Path(cfg.stable_ckpt).exists():
             raise UserError(f"--stable_ckpt {cfg.stable_ckpt} is missing, but {self.ckpt_path} is past the "
@@ -394,7 +445,7 @@ class Trainer:
                             f"with a new --out and --ckpt")
         if self.step == self.max_iters:
             log(f"stage {cfg.size}: {self.ckpt_path} is already complete ({self.step} steps); nothing to do")
-            return
+            return False
         if self.dist.master:
             n = sum(p.numel() for p in self.model.parameters())
             log(f"stage {cfg.size}: {n:,} params, {self.max_iters} steps of {self.step_tokens:,} tokens "
@@ -406,54 +457,25 @@ class Trainer:
                 + (f", from {cfg.init}" if cfg.init else ""))
         for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: checkpoint, then exit
             signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
-        # tok/s and MFU count the steps timed in the window: training steps only (not evaluations,
-        # checkpoint writes or skipped steps), and not a run's first step (torch.compile, warm-up)
-        t_start, window_time, window_steps, bad_steps = time.time(), 0.0, 0, 0
         self.start_step = self.step
         self.model.train()
         if self.step == 0 and not self.history:
             self.record_eval()
-        while self.step < self.max_iters:
-            if cfg.stable_ckpt and self.step == self.stable_step:
-                self.save(path=cfg.stable_ckpt)
-                log(f"step {self.step}: end of the stable phase, written to {cfg.stable_ckpt}")
-            lr = lr_at(self.step, cfg, self.max_iters, self.warmup)
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
-            t0 = time.time()
-            loss, gnorm = self.train_step()
-            if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                self.optimizer.zero_grad(set_to_none=True)
-                bad_steps += 1
-                if cfg.on_nan == "stop" or bad_steps >= 10:
-                    raise UserError(f"non-finite loss/gradient at step {self.step} (loss {loss}, grad norm "
-                                    f"{gnorm}); the last good checkpoint is {self.ckpt_path}; lower --lr "
-                                    f"or use --on_nan skip")
-                log(f"step {self.step}: non-finite loss or gradient, step skipped ({bad_steps} in a row)")
-                self.step += 1
-                continue
-            bad_steps = 0
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.step > self.start_step:
-                window_time += time.time() - t0
-                window_steps += 1
-            self.step += 1
-            self.tokens_seen += self.step_tokens
-            self.flops += self.step_tokens * self.flops_per_token
-            if self.step % self.log_interval == 0 or self.step == self.max_iters:
-                self.log_step(loss, lr, gnorm, window_steps, window_time, time.time() - t_start)
-                window_time, window_steps = 0.0, 0
-            done = self.step == self.max_iters
-            if self.step % self.eval_interval == 0 or done:
-                self.record_eval()
-            self.stop_requested = parallel.any_rank(self.dist, self.stop_requested or self.step == cfg.stop_at,
-                                                 self.device)
-            if self.step % self.ckpt_interval == 0 or done or self.stop_requested:
-                self.save(done=done)
-            if self.stop_requested and not done:
-                log(f"stop requested: checkpoint at step {self.step} written to {self.ckpt_path}")
-                break
+        return True
+
+    def skip_step(self, loss: float, gnorm: float, bad_steps: int) -> int:
+        """A non-finite loss or gradient (the bad_steps-th in a row): stop, keeping the last good
+        checkpoint (--on_nan stop, or 10 in a row), or skip the step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.on_nan == "stop" or bad_steps >= 10:
+            raise UserError(f"non-finite loss/gradient at step {self.step} (loss {loss}, grad norm "
+                            f"{gnorm}); the last good checkpoint is {self.ckpt_path}; lower --lr "
+                            f"or use --on_nan skip")
+        self.log(f"step {self.step}: non-finite loss or gradient, step skipped ({bad_steps} in a row)")
+        self.step += 1
+        return bad_steps
+
+    def finish(self):
         if self.step == self.max_iters and self.meta.get("expansion") and self.dist.master:
             self.check_growth()
         parallel.barrier(self.dist)
