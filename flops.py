@@ -1,5 +1,6 @@
 """
-FLOPs of training a GPT of this project, the family's FLOPs budget, and per-GPU memory.
+FLOPs of training a GPT of this project and the family's FLOPs budget; --memory, --check and
+--layout print parallel.py's per-GPU memory plan.
 
 Per token, one forward+backward pass costs (backward = 2 x forward):
 
@@ -95,7 +96,6 @@ FAMILY_BATCH = {"paper": 1024, "tiny": 16, "gpt2": 512}
 MIN_LR_RATIO = 0.1  # cosine decay ends at lr / 10
 WARMUP_FRACTION = 0.05  # of each stage's tokens; a grown stage warms up again (fresh optimizer)
 
-GPU_MEM_USABLE = 0.9  # CUDA context, allocator fragmentation and temporary buffers take the rest
 # Dense bf16 peak FLOP/s by device name (datasheets; the SXM parts unless named), for MFU in train.py
 # and bench/gpu.py: the first key that the device's name contains wins, so the variants come first.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("H100", 989e12),
@@ -226,137 +226,6 @@ def plan(family: str | list[str], chinchilla: float = 1, lr_schedule: str = "fix
 
 
 # ---------------------------------------------------------------------------------------------
-# Memory per GPU: DDP replicates the training state on every GPU, FSDP (full shard) splits it.
-# Units: bytes, reported in GB = 1e9 bytes everywhere (train.py converts the device's memory so too).
-
-GB = 1e9
-# Micro-batch (sequences per process per micro-step) chosen by choose_layout: at most MAX (the
-# previous fixed default), and without activation checkpointing at least MIN: below that, each
-# micro-step's FSDP gathers and per-step overheads weigh more than recomputing a forward (+1/3 FLOPs).
-MAX_MICRO_BATCH, MIN_MICRO_BATCH = 16, 4
-
-
-def activation_parts(cfg: GPTConfig, micro_batch: int, seq_len: int, compute: int = 2,
-                     residual: int | None = None) -> dict:
-    """Bytes of activations kept for the backward pass: per block, a block's input, and the head.
-
-    Korthikanti et al. 2022 (Reducing Activation Recomputation), Eq. 1, per layer:
-    s*b*h*(34 + 5*a*s/h) bytes for 16-bit activations, with dropout and an unfused attention.
-    Our blocks have no dropout (-2*s*b*h of masks; of the 5*a*s^2*b only the softmax's 2*a*s^2*b
-    would remain) and attention is a fused flash kernel (on GPU, and SDPA's default on CPU) that
-    stores no s x s matrix, only its fp32 log-sum-exp (4*a*s*b). Per layer in bf16: s*b*(32*h + 4*a),
-    16 tensors of s*b*h elements. The two LayerNorm inputs are residual-stream tensors: under
-    autocast over fp32 weights (DDP) the residual stream stays fp32 (`residual` = 4 bytes, 2 more per
-    element each). Head: its input (ln_f's input and output), the logits that forward returns and
-    the fp32 log-softmax the loss keeps (4*s*b*V). `compute`: bytes per element of the matmuls' inputs
-    and outputs (2 bf16, 4 fp32). tests/test_flops.py checks it against the tensors autograd saves.
-    """
-    s, b, h, a, V = seq_len, micro_batch, cfg.n_embd, cfg.n_head, cfg.vocab_size
-    r = compute if residual is None else residual
-    return {"block": s * b * (16 * compute * h + 2 * (r - compute) * h + 4 * a),
-            "block_input": s * b * h * r,
-            "head": s * b * ((r + compute) * h + compute * V + 4 * V)}
-
-
-def activation_bytes(cfg: GPTConfig, micro_batch: int, seq_len: int, checkpointing: bool = False,
-                     compute: int = 2, residual: int | None = None) -> float:
-    """Peak activation bytes of a micro-step (see activation_parts). With activation checkpointing
-    (per block) a block keeps only its input, and backward recomputes one block at a time, whose
-    activations then live on top of the inputs."""
-    p = activation_parts(cfg, micro_batch, seq_len, compute, residual)
-    if checkpointing:
-        return cfg.n_layer * p["block_input"] + p["block"] + p["head"]
-    return cfg.n_layer * p["block"] + p["head"]
-
-
-def memory_plan(cfg: GPTConfig, nproc: int, micro_batch: int, seq_len: int | None = None,
-                gpu_mem_gb: float = 80.0, checkpointing: bool = False, mixed_precision: bool = True) -> dict:
-    """Estimated bytes per GPU under DDP and under FSDP (full shard) as train.py runs them, and
-    whether each fits.
-
-    Training state, 16 bytes per parameter (the ZeRO paper's accounting, Rajbhandari et al. 2020):
-    fp32 weights 4, fp32 gradients 4, AdamW's fp32 moments m, v 8. DDP holds all of it on every
-    GPU; its gradient buckets are views of the gradients (train.py: gradient_as_bucket_view), so
-    they add nothing, but bf16 autocast adds the bf16 copy of every weight that it casts for the
-    matmuls and keeps for backward (2 bytes per parameter). FSDP holds 1/nproc of the state plus a
-    working set: the unsharded compute-dtype weights and gradients of the root unit (embeddings,
-    final norm, head; gathered through forward and backward) and of two blocks (the current one and
-    the prefetched next), and one block's fp32 gradients for the reduce-scatter. Activations are per
-    GPU under both (activation_bytes): fp32 residual stream under DDP's autocast, all bf16 under
-    FSDP's mixed precision. mixed_precision=False is an fp32 run (CPU's default): no copies, 4-byte
-    activations. A strategy fits when its total is at most GPU_MEM_USABLE of gpu_mem_gb.
-    """
-    if nproc < 1:
-        raise UserError(f"nproc must be >= 1, got {nproc}")
-    if micro_batch < 1:
-        raise UserError(f"micro_batch must be >= 1, got {micro_batch}")
-    if not gpu_mem_gb > 0:
-        raise UserError(f"gpu_mem_gb must be > 0, got {gpu_mem_gb}")
-    seq_len = cfg.block_size if seq_len is None else seq_len
-    n = count_params(cfg)
-    root = n["embedding"] + cfg.vocab_size * cfg.n_embd + 2 * cfg.n_embd  # wte, wpe, head, ln_f
-    block = (n["total"] - root) / cfg.n_layer
-    compute = 2 if mixed_precision else 4
-    state = {"weights": 4 * n["total"], "grads": 4 * n["total"], "moments": 8 * n["total"]}
-    usable = GPU_MEM_USABLE * gpu_mem_gb * GB
-    ddp = {**state, "state": sum(state.values()), "working_set": 2 * n["total"] if mixed_precision else 0,
-           "activations": activation_bytes(cfg, micro_batch, seq_len, checkpointing, compute, residual=4)}
-    fsdp = {**{k: v / nproc for k, v in state.items()}, "state": sum(state.values()) / nproc,
-            "working_set": 2 * compute * (root + 2 * block) + 4 * block,
-            "activations": activation_bytes(cfg, micro_batch, seq_len, checkpointing, compute)}
-    for d in (ddp, fsdp):
-        d["total"] = d["state"] + d["working_set"] + d["activations"]
-        d["fits"] = d["total"] <= usable
-    return {"params": n["total"], "nproc": nproc, "micro_batch": micro_batch, "seq_len": seq_len,
-            "gpu_mem_gb": gpu_mem_gb, "usable_bytes": usable, "checkpointing": checkpointing,
-            "ddp": ddp, "fsdp": fsdp}
-
-
-def choose_strategy(cfg: GPTConfig, nproc: int, micro_batch: int, seq_len: int | None = None,
-                    gpu_mem_gb: float = 80.0, strategy: str = "auto", checkpointing: str = "auto",
-                    mixed_precision: bool = True) -> dict:
-    """How train.py runs a micro-batch: the first that fits of DDP, then FSDP, without activation
-    checkpointing, then the same with it (a recomputed forward costs a third more FLOPs, FSDP only
-    communication). strategy ("ddp", "fsdp") and checkpointing ("on", "off") other than "auto" pin
-    that choice; one process is "single" (planned as DDP). When nothing fits, the last candidate,
-    with fits False: {"strategy", "checkpointing", "bytes", "usable_bytes", "fits"}."""
-    strategies = ["single"] if nproc == 1 else ["ddp", "fsdp"] if strategy == "auto" else [strategy]
-    for ckpt in [False, True] if checkpointing == "auto" else [checkpointing == "on"]:
-        m = memory_plan(cfg, nproc, micro_batch, seq_len, gpu_mem_gb, ckpt, mixed_precision)
-        for s in strategies:
-            row = m["fsdp" if s == "fsdp" else "ddp"]
-            choice = {"strategy": s, "checkpointing": ckpt, "bytes": row["total"],
-                      "usable_bytes": m["usable_bytes"], "fits": row["fits"]}
-            if choice["fits"]:
-                return choice
-    return choice
-
-
-def choose_layout(cfg: GPTConfig, nproc: int, global_batch: int, seq_len: int | None = None,
-                  gpu_mem_gb: float = 80.0) -> dict:
-    """Micro-batch, gradient accumulation, strategy and activation checkpointing of a stage whose
-    optimizer step sees global_batch sequences: global_batch = nproc x micro_batch x grad_accum.
-    The largest micro-batch (a divisor of the per-process batch, at most MAX_MICRO_BATCH) that fits
-    without activation checkpointing, down to MIN_MICRO_BATCH; else the largest that fits with it;
-    else the smallest, with fits False."""
-    if nproc < 1 or global_batch % nproc:
-        raise UserError(f"{nproc} processes do not divide the global batch of {global_batch} sequences; "
-                        f"use a process count (NPROC) that divides it")
-    per_rank = global_batch // nproc
-    micros = [m for m in range(min(per_rank, MAX_MICRO_BATCH), 0, -1) if per_rank % m == 0]
-    for ckpt in ("off", "on"):
-        for m in micros:
-            if ckpt == "off" and m < min(MIN_MICRO_BATCH, per_rank):
-                break
-            choice = choose_strategy(cfg, nproc, m, seq_len, gpu_mem_gb, checkpointing=ckpt)
-            if choice["fits"]:
-                break
-        if choice["fits"]:
-            break
-    return {"micro_batch": m, "grad_accum": per_rank // m, **choice}
-
-
-# ---------------------------------------------------------------------------------------------
 # CLI
 
 def _si(x: float) -> str:
@@ -387,6 +256,7 @@ def print_plan(p: dict, mfu: float, peak: float, gpus: int):
 
 
 def print_memory(sizes: list[str], nproc: int, micro_batch: int, gpu_mem_gb: float):
+    from parallel import GB, GPU_MEM_USABLE, choose_strategy, memory_plan
     plans = [memory_plan(get_config(s), nproc, micro_batch, gpu_mem_gb=gpu_mem_gb) for s in sizes]
     gb = lambda x: f"{x / GB:.1f}"  # noqa: E731
     print(f"per-GPU memory (GB) on {nproc} GPUs of {gpu_mem_gb:g} GB ({GPU_MEM_USABLE:.0%} usable), "
@@ -408,6 +278,7 @@ def print_memory(sizes: list[str], nproc: int, micro_batch: int, gpu_mem_gb: flo
 
 def check_family(sizes: list[str], global_batch: int, nproc: int, gpu_mem_gb: float) -> list[dict]:
     """choose_layout for every member; prints one line each, returns the layouts."""
+    from parallel import GB, choose_layout
     layouts = [{"size": s, **choose_layout(get_config(s), nproc, global_batch, gpu_mem_gb=gpu_mem_gb)}
                for s in sizes]
     for r in layouts:
@@ -439,6 +310,7 @@ def main():
     if args.presets:
         return print_presets()
     if args.layout:
+        from parallel import GB, choose_layout
         family, _ = _resolve_family([args.layout])
         r = choose_layout(get_config(args.layout), args.nproc, args.global_batch or FAMILY_BATCH[family],
                           gpu_mem_gb=args.gpu_mem)

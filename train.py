@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -122,48 +121,13 @@ def parse_args(argv=None) -> TrainConfig:
 check_args(__name__, parse_args)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 
 import checkpoint  # noqa: E402
 from data import open_split, val_windows  # noqa: E402
 from flops import device_peak, train_flops_per_token  # noqa: E402
 from expand import block_label, twins  # noqa: E402
-from model import GPT, get_config, group_names, param_groups  # noqa: E402
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed setup (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    if "RANK" not in os.environ:
-        return Dist(), pick_device(device_name)
-    try:
-        d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
-    except (KeyError, ValueError) as e:
-        raise UserError("bad torchrun environment: RANK, WORLD_SIZE and LOCAL_RANK must be integers; "
-                        "launch with torchrun") from e
-    device = pick_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
-    else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, d.world)))
-    import datetime
-    # a rank that dies must make the others fail, not wait forever in a collective
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            timeout=datetime.timedelta(minutes=int(os.environ.get("DIST_TIMEOUT_MIN", 10))))
-    return d, device
+from model import get_config, param_groups  # noqa: E402
+import parallel  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,13 +165,6 @@ def source_ids(data_meta: dict, init: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule
 
-def optim_by_name(osd: dict, model) -> dict:
-    """The inverse of checkpoint.optim_by_index, for a model laid out as group_names() says."""
-    names = [n for group in group_names(model) for n in group]
-    return {"state": {names[i]: v for i, v in osd["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
-
-
 def compute_choices(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype, bool]:
     """(compute dtype, torch.compile?) as --dtype and --compile resolve on this device. auto:
     bfloat16 autocast and compile on CUDA; float32 eager on CPU, where compile and bfloat16 did not
@@ -216,77 +173,6 @@ def compute_choices(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype
     dtype = {"auto": torch.bfloat16 if use_cuda else torch.float32,
              "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     return dtype, cfg.compile == "on" or (cfg.compile == "auto" and use_cuda)
-
-
-def shard(model: GPT, dtype: torch.dtype):
-    """FSDP2: each block, then the root, owns a shard of its parameters, gradients and AdamW state.
-    bf16 runs compute in bf16 with fp32 master weights and fp32 gradient reductions."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    for block in model.blocks:
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-
-
-def checkpoint_activations(model: GPT):
-    """Each block keeps only its input for backward and recomputes the rest (torch.utils.checkpoint).
-    The forward is replaced on the instance, so parameter names (checkpoints, FSDP) do not change."""
-    from functools import partial
-    from torch.utils.checkpoint import checkpoint
-    for block in model.blocks:
-        block.forward = partial(checkpoint, type(block).forward, block, use_reentrant=False)
-
-
-def load_weights(model: GPT, weights: dict):
-    """A full state dict into a model built on the meta device: its tensors become the parameters
-    (memory-mapped ones stay mapped until moved to the device)."""
-    try:
-        model.load_state_dict(weights, assign=True)
-    except RuntimeError as e:
-        raise checkpoint.CheckpointError(f"checkpoint weights do not match the model: "
-                                         f"{str(e).splitlines()[0]}") from e
-
-
-def replace_path(tmp: Path, path: Path):
-    """Put `tmp` at `path`, either of them a file or a folder (a run resumed on another world size may
-    switch between one-file and sharded checkpoints); a run killed in between keeps PATH.old."""
-    old = path.with_name(path.name + ".old")
-    remove_path(old)  # left by a run killed in here (finish_replace)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    remove_path(old)
-
-
-def remove_path(path: Path):
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def finish_replace(path: Path):
-    """A run killed between replace_path's two renames left no `path`: put back the newest complete
-    checkpoint beside it (PATH.tmp when it was fully written, else PATH.old)."""
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    if path.exists():
-        return
-    for src in (tmp, old):  # a sharded .tmp is complete once its SHARDED_META is written, the last file
-        if src.is_file() or (src / checkpoint.SHARDED_META).is_file():
-            try:
-                src.rename(path)
-            except FileNotFoundError:  # another rank put it back first
-                pass
-            return
-
-
-def available_ram() -> float:
-    """Bytes of host memory available to new allocations (Linux: MemAvailable; else the total)."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def decay_start(cfg: TrainConfig, max_iters: int) -> int:
@@ -310,16 +196,85 @@ def lr_at(step: int, cfg: TrainConfig, max_iters: int, warmup: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 class Trainer:
+    """One stage of training. run() is the loop; the rest sets it up (__init__, _build), checkpoints
+    it (save, _resume), and logs; parallel.py does the process group, wrapping and sharded state."""
+
+    def run(self):
+        """The stage: optimizer steps on the LR schedule, with log lines, evaluations and checkpoints at
+        their intervals; a stop request (signal, Ctrl-C, --stop_at) checkpoints and leaves."""
+        cfg, log = self.cfg, self.log
+        # tok/s and MFU count the steps timed in the window: training steps only (not evaluations,
+        # checkpoint writes or skipped steps), and not a run's first step (torch.compile, warm-up)
+        t_start, window_time, window_steps, bad_steps = time.time(), 0.0, 0, 0
+        if not self.begin():
+            return
+        while self.step < self.max_iters:
+            if cfg.stable_ckpt and self.step == self.stable_step:
+                self.save(path=cfg.stable_ckpt)
+                log(f"step {self.step}: end of the stable phase, written to {cfg.stable_ckpt}")
+            lr = lr_at(self.step, cfg, self.max_iters, self.warmup)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            t0 = time.time()
+            loss, gnorm = self.train_step()
+            if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                bad_steps = self.skip_step(loss, gnorm, bad_steps + 1)
+                continue
+            bad_steps = 0
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.step > self.start_step:
+                window_time += time.time() - t0
+                window_steps += 1
+            self.step += 1
+            self.tokens_seen += self.step_tokens
+            self.flops += self.step_tokens * self.flops_per_token
+            if self.step % self.log_interval == 0 or self.step == self.max_iters:
+                self.log_step(loss, lr, gnorm, window_steps, window_time, time.time() - t_start)
+                window_time, window_steps = 0.0, 0
+            done = self.step == self.max_iters
+            if self.step % self.eval_interval == 0 or done:
+                self.record_eval()
+            self.stop_requested = parallel.any_rank(self.dist, self.stop_requested or self.step == cfg.stop_at,
+                                                 self.device)
+            if self.step % self.ckpt_interval == 0 or done or self.stop_requested:
+                self.save(done=done)
+            if self.stop_requested and not done:
+                log(f"stop requested: checkpoint at step {self.step} written to {self.ckpt_path}")
+                break
+        self.finish()
+
+    def train_step(self) -> tuple[float, float]:
+        cfg, model = self.cfg, self.train_model
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, y = get_batch(self.train_tokens, self.seq_len, cfg.batch_size * self.dist.world,
+                             cfg.seed, self.step, micro, self.stage)
+            lo = self.dist.rank * cfg.batch_size
+            x, y = x[lo:lo + cfg.batch_size].to(self.device), y[lo:lo + cfg.batch_size].to(self.device)
+            sync = parallel.gradient_sync(self.model, model, self.dist, self.fsdp, micro == cfg.grad_accum - 1)
+            with sync, self.autocast():
+                _, loss = model(x, y)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        parallel.all_sum(self.dist, loss_sum)
+        loss = loss_sum.item() / (cfg.grad_accum * self.dist.world)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+        gnorm = (gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm).item()  # FSDP: DTensor
+        return loss, gnorm
+
+    # -- setup ----------------------------------------------------------------------------------
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.dist, self.device = init_distributed(cfg.device)
+        self.dist, self.device = parallel.init_distributed(cfg.device)
         self.model_cfg = get_config(cfg.size)
         self.seq_len = cfg.seq_len or self.model_cfg.block_size
         if self.seq_len > self.model_cfg.block_size:
             raise UserError(f"--seq_len {self.seq_len} exceeds the {cfg.size} context "
                             f"({self.model_cfg.block_size})")
         self.dtype, self.compile = compute_choices(cfg, self.device)
-        self.layout = self._memory_layout()  # before anything big is read or built
+        # before anything big is read or built
+        self.layout = parallel.memory_layout(cfg, self.model_cfg, self.dist, self.device, self.seq_len, self.dtype)
         self.fsdp = self.layout["strategy"] == "fsdp"
         self.train_tokens, meta = open_split(cfg.data, "train")
         self.val_tokens, _ = open_split(cfg.data, "val")
@@ -369,102 +324,26 @@ class Trainer:
         self.step, self.tokens_seen, self.flops, self.history = 0, 0, 0.0, []
         resume = None
         if cfg.resume:
-            finish_replace(self.ckpt_path)
+            parallel.finish_replace(self.ckpt_path)
         if cfg.resume and self.ckpt_path.exists():  # a sharded one: its shards are read once the model is built
             path = self.ckpt_path
             resume = (checkpoint.load_sharded(path, model=False, optimizer=False) if path.is_dir()
                       else checkpoint.load(path, mmap=True))
             self._check_resumable(resume)
             weights = resume["model"]
-        self.model = self._new_model(weights, initialise=resume is None)
+        self.model = parallel.build_model(self.model_cfg, self.layout, self.dist, self.device, self.dtype,
+                                          cfg.seed, cfg.kernels, weights, initialise=resume is None)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=not self.fsdp)
         if resume is not None:
             self._resume(resume)
         elif opt_state is not None:
-            self.load_optimizer(opt_state)
+            parallel.load_optimizer(self.model, self.optimizer, opt_state, self.fsdp)
             for g, wd in zip(self.optimizer.param_groups, (cfg.weight_decay, 0.0)):  # this stage's settings,
                 g.update(betas=(cfg.beta1, cfg.beta2), weight_decay=wd)  # not the source stage's
-        self.train_model = self._wrap(self.model)
+        self.train_model = parallel.wrap(self.model, self.dist, self.device, self.fsdp, self.compile)
         # the family's stage (ancestors of this model): each stage draws its own data stream
         self.stage = len(self.meta["lineage"])
-
-    def _new_model(self, weights: dict | None, initialise: bool = True) -> GPT:
-        """The model on its device, its blocks checkpointed, sharded under FSDP (before the optimizer
-        is built: it must see the sharded parameters), with `weights` (a full state dict, memory-mapped)
-        or else the seeded initialisation (initialise=False: neither, a sharded checkpoint fills it).
-        Under FSDP it is built on the meta device and sharded first; each process then reads its
-        shard of `weights`, or rank 0 alone initialises the full model, as one process does, and
-        broadcasts it. No process builds a full copy it does not need."""
-        cfg = self.cfg
-        seeded = weights is None and initialise and not self.fsdp
-        if seeded:
-            torch.manual_seed(cfg.seed)
-            with self.device:  # on CUDA, drawn there: a billion normal draws on the host take minutes
-                model = GPT(self.model_cfg, use_kernels=cfg.kernels)
-        else:
-            with torch.device("meta"):
-                model = GPT(self.model_cfg, use_kernels=cfg.kernels)
-        if self.layout["checkpointing"]:
-            checkpoint_activations(model)
-        if not self.fsdp:
-            if weights is not None:
-                load_weights(model, weights)
-            elif not seeded:
-                model.to_empty(device=self.device)
-            return model.to(self.device)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-        shard(model, self.dtype)
-        model.to_empty(device=self.device)
-        if not initialise:
-            return model
-        broadcast = weights is None
-        if broadcast:
-            weights = {}
-            if self.dist.master:
-                torch.manual_seed(cfg.seed)
-                with self.device:
-                    weights = GPT(self.model_cfg, use_kernels=False).state_dict()
-        # the model's and the optimizer's setters apart: set_state_dict with empty dicts on the other
-        # ranks hangs (../shared/docs/cpu-distributed.md)
-        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True,
-                                                                      broadcast_from_rank0=broadcast))
-        return model
-
-    def _memory_layout(self) -> dict:
-        """Strategy (single, ddp, fsdp) and activation checkpointing from flops.py's memory plan of
-        this run on this device (auto: the first that fits); refuses a run that does not fit. On CPU
-        the ranks of a host share its available RAM, and --fsdp auto stays DDP."""
-        from flops import GB, choose_strategy
-        cfg = self.cfg
-        if self.device.type == "cuda":
-            mem, where = torch.cuda.get_device_properties(self.device).total_memory / GB, "GPU memory"
-            strategy = cfg.fsdp
-        else:
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world))
-            mem, where = available_ram() / GB / local, "available host RAM per process"
-            strategy = "fsdp" if cfg.fsdp == "on" else "ddp"
-        if self.dist.world == 1 or cfg.fsdp == "off":
-            strategy = "ddp"
-        c = choose_strategy(self.model_cfg, self.dist.world, cfg.batch_size, self.seq_len, mem, strategy,
-                            cfg.activation_checkpointing, mixed_precision=self.dtype != torch.float32)
-        if cfg.memory_check and not c["fits"]:
-            raise UserError(f"--size {cfg.size} does not fit: planned {c['bytes'] / GB:.1f} GB per process "
-                            f"({c['strategy']}, micro-batch {cfg.batch_size}, activation checkpointing "
-                            f"{'on' if c['checkpointing'] else 'off'}) > {c['usable_bytes'] / GB:.1f} GB usable "
-                            f"of {mem:.1f} GB {where}; lower --batch_size and raise --grad_accum, use "
-                            f"--activation_checkpointing on or --fsdp on, or more GPUs (python flops.py --check)")
-        return c
-
-    def _wrap(self, model):
-        if self.dist.world > 1 and not self.fsdp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            # buckets as views of the gradients: no second gradient copy (flops.memory_plan)
-            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                        gradient_as_bucket_view=True)
-        if self.compile:
-            model = torch.compile(model)
-        return model
 
     def run_args(self) -> dict:
         """The settings a checkpoint records, for _check_resumable."""
@@ -488,9 +367,10 @@ class Trainer:
     def _resume(self, ck):
         saved = ck["train"]
         if self.ckpt_path.is_dir():
-            self._load_sharded(self.ckpt_path)
+            parallel.load_sharded(self.model, self.optimizer, self.ckpt_path)
         else:
-            self.load_optimizer(ck["optimizer"])  # the weights were loaded where the model was built
+            # the weights were loaded where the model was built
+            parallel.load_optimizer(self.model, self.optimizer, ck["optimizer"], self.fsdp)
         self.step, self.tokens_seen, self.flops = saved["step"], saved["tokens"], saved["flops"]
         self.saved_step = self.step
         self.flops_base, self.history, self.meta = saved["flops_base"], saved["history"], ck["meta"]
@@ -498,42 +378,6 @@ class Trainer:
         if self.dist.master:  # drop lines logged after this checkpoint by the run that died
             write_jsonl(Path(self.cfg.out) / "metrics.jsonl", self.history)
             print(f"resumed {self.ckpt_path} at step {self.step}/{self.max_iters}")
-
-    def load_optimizer(self, optim_sd):
-        """Load the full (unsharded) AdamW state, as checkpoint files hold it, whatever the world size."""
-        if not self.fsdp:
-            self.optimizer.load_state_dict(optim_sd)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        set_optimizer_state_dict(self.model, self.optimizer, optim_by_name(optim_sd, self.model),
-                                 options=StateDictOptions(full_state_dict=True))
-
-    def _load_sharded(self, path: Path):
-        """Model and AdamW state from a sharded checkpoint, whatever world size and wrapper wrote or
-        reads it: each rank reads what it keeps (torch.distributed.checkpoint reshards)."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-        msd, osd = get_state_dict(self.model, self.optimizer)  # templates; also creates AdamW's state
-        state = {"model": msd, "optim": osd}
-        dcp.load(state, checkpoint_id=path)
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-
-    def _save_sharded(self, path: Path, head: dict):
-        """FSDP: every rank writes its shards and rank 0 the rest (checkpoint.SHARDED_META) into a
-        folder beside `path`, which then replaces it: nothing is gathered, and a run killed while
-        writing keeps the previous checkpoint."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-        tmp = path.with_name(path.name + ".tmp")
-        if self.dist.master:
-            shutil.rmtree(tmp, ignore_errors=True)
-        dist.barrier()
-        msd, osd = get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
-        if self.dist.master:
-            checkpoint.save(tmp / checkpoint.SHARDED_META, head)
-            replace_path(tmp, path)
-        dist.barrier()
 
     def save(self, done=False, path=None):
         """The training checkpoint; with `path`, the stable-phase one (--stable_ckpt) there. Under FSDP
@@ -552,15 +396,7 @@ class Trainer:
             # pays for the whole stage, so its descendants count all of it among their ancestors' FLOPs
             meta.update(flops_total=self.flops_base + self.stage_flops,
                         stable_phase_end={"step": self.step, "of": self.max_iters})
-        if self.fsdp:
-            self._save_sharded(path, checkpoint.pack(self.model_cfg, {}, None, train, meta))
-        elif self.dist.master:
-            ckpt = checkpoint.pack(self.model_cfg, self.model.state_dict(), self.optimizer.state_dict(), train, meta)
-            if path.is_dir():  # resumed from a sharded checkpoint on one process or under DDP
-                checkpoint.save(path.with_name(path.name + ".tmp"), ckpt)
-                replace_path(path.with_name(path.name + ".tmp"), path)
-            else:
-                checkpoint.save(path, ckpt)
+        parallel.save_state(path, self.model_cfg, self.model, self.optimizer, train, meta, self.dist, self.fsdp)
         if not stable:
             self.saved_step = self.step
 
@@ -574,7 +410,7 @@ class Trainer:
         """FLOPs of this stage and of every stage the initial checkpoint came from."""
         return self.flops_base + self.flops
 
-    # -- loop -------------------------------------------------------------------------------------
+    # -- around the loop ----------------------------------------------------------------------------
     def autocast(self):
         if self.dtype == torch.float32:
             return nullcontext()
@@ -595,37 +431,13 @@ class Trainer:
                 _, loss = self.model(xy[:, :-1], xy[:, 1:])
             total += torch.tensor([loss.item() * xy.shape[0], xy.shape[0]], device=self.device,
                                   dtype=torch.float64)
-        if self.dist.world > 1:
-            dist.all_reduce(total)
+        parallel.all_sum(self.dist, total)
         self.model.train()
         return (total[0] / total[1]).item()
 
-    def train_step(self) -> tuple[float, float]:
-        cfg, model = self.cfg, self.train_model
-        loss_sum = torch.zeros((), device=self.device)
-        for micro in range(cfg.grad_accum):
-            x, y = get_batch(self.train_tokens, self.seq_len, cfg.batch_size * self.dist.world,
-                             cfg.seed, self.step, micro, self.stage)
-            lo = self.dist.rank * cfg.batch_size
-            x, y = x[lo:lo + cfg.batch_size].to(self.device), y[lo:lo + cfg.batch_size].to(self.device)
-            last = micro == cfg.grad_accum - 1  # gradients are reduced across ranks on the last only
-            sync = nullcontext()
-            if self.fsdp:
-                self.model.set_requires_gradient_sync(last)
-            elif self.dist.world > 1 and not last:
-                sync = model.no_sync()
-            with sync, self.autocast():
-                _, loss = model(x, y)
-                (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach()
-        if self.dist.world > 1:
-            dist.all_reduce(loss_sum)
-        loss = loss_sum.item() / (cfg.grad_accum * self.dist.world)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
-        gnorm = (gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm).item()  # FSDP: DTensor
-        return loss, gnorm
-
-    def run(self):
+    def begin(self) -> bool:
+        """Checks, the stage's summary line, the signal handlers and the first evaluation; False when
+        the checkpoint is already complete."""
         cfg, log = self.cfg, self.log
         if cfg.stable_ckpt and self.step > self.stable_step and not Path(cfg.stable_ckpt).exists():
             raise UserError(f"--stable_ckpt {cfg.stable_ckpt} is missing, but {self.ckpt_path} is past the "
@@ -633,7 +445,7 @@ class Trainer:
                             f"with a new --out and --ckpt")
         if self.step == self.max_iters:
             log(f"stage {cfg.size}: {self.ckpt_path} is already complete ({self.step} steps); nothing to do")
-            return
+            return False
         if self.dist.master:
             n = sum(p.numel() for p in self.model.parameters())
             log(f"stage {cfg.size}: {n:,} params, {self.max_iters} steps of {self.step_tokens:,} tokens "
@@ -645,57 +457,28 @@ class Trainer:
                 + (f", from {cfg.init}" if cfg.init else ""))
         for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: checkpoint, then exit
             signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
-        # tok/s and MFU count the steps timed in the window: training steps only (not evaluations,
-        # checkpoint writes or skipped steps), and not a run's first step (torch.compile, warm-up)
-        t_start, window_time, window_steps, bad_steps = time.time(), 0.0, 0, 0
         self.start_step = self.step
         self.model.train()
         if self.step == 0 and not self.history:
             self.record_eval()
-        while self.step < self.max_iters:
-            if cfg.stable_ckpt and self.step == self.stable_step:
-                self.save(path=cfg.stable_ckpt)
-                log(f"step {self.step}: end of the stable phase, written to {cfg.stable_ckpt}")
-            lr = lr_at(self.step, cfg, self.max_iters, self.warmup)
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
-            t0 = time.time()
-            loss, gnorm = self.train_step()
-            if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                self.optimizer.zero_grad(set_to_none=True)
-                bad_steps += 1
-                if cfg.on_nan == "stop" or bad_steps >= 10:
-                    raise UserError(f"non-finite loss/gradient at step {self.step} (loss {loss}, grad norm "
-                                    f"{gnorm}); the last good checkpoint is {self.ckpt_path}; lower --lr "
-                                    f"or use --on_nan skip")
-                log(f"step {self.step}: non-finite loss or gradient, step skipped ({bad_steps} in a row)")
-                self.step += 1
-                continue
-            bad_steps = 0
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.step > self.start_step:
-                window_time += time.time() - t0
-                window_steps += 1
-            self.step += 1
-            self.tokens_seen += self.step_tokens
-            self.flops += self.step_tokens * self.flops_per_token
-            if self.step % self.log_interval == 0 or self.step == self.max_iters:
-                self.log_step(loss, lr, gnorm, window_steps, window_time, time.time() - t_start)
-                window_time, window_steps = 0.0, 0
-            done = self.step == self.max_iters
-            if self.step % self.eval_interval == 0 or done:
-                self.record_eval()
-            self.stop_requested = self.any_rank(self.stop_requested or self.step == cfg.stop_at)
-            if self.step % self.ckpt_interval == 0 or done or self.stop_requested:
-                self.save(done=done)
-            if self.stop_requested and not done:
-                log(f"stop requested: checkpoint at step {self.step} written to {self.ckpt_path}")
-                break
+        return True
+
+    def skip_step(self, loss: float, gnorm: float, bad_steps: int) -> int:
+        """A non-finite loss or gradient (the bad_steps-th in a row): stop, keeping the last good
+        checkpoint (--on_nan stop, or 10 in a row), or skip the step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.on_nan == "stop" or bad_steps >= 10:
+            raise UserError(f"non-finite loss/gradient at step {self.step} (loss {loss}, grad norm "
+                            f"{gnorm}); the last good checkpoint is {self.ckpt_path}; lower --lr "
+                            f"or use --on_nan skip")
+        self.log(f"step {self.step}: non-finite loss or gradient, step skipped ({bad_steps} in a row)")
+        self.step += 1
+        return bad_steps
+
+    def finish(self):
         if self.step == self.max_iters and self.meta.get("expansion") and self.dist.master:
             self.check_growth()
-        if self.dist.world > 1:
-            dist.barrier()
+        parallel.barrier(self.dist)
         if self.interrupted and self.step < self.max_iters:
             raise KeyboardInterrupt  # main() says how to continue; the exit status stops a launcher
 
@@ -724,14 +507,6 @@ class Trainer:
         self.log(f"warning: copied units are still exact twins of their source after this stage ({where}); "
                  f"they add no capacity. Grow with expand.py --noise > 0 (details: python expand.py "
                  f"--inspect {self.ckpt_path})")
-
-    def any_rank(self, flag: bool) -> bool:
-        """True on every rank if it is true on one: a signal may reach the ranks at different steps."""
-        if self.dist.world == 1:
-            return flag
-        t = torch.tensor(float(flag), device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
 
     # -- logging ------------------------------------------------------------------------------------
     def log(self, msg: str):
@@ -784,17 +559,8 @@ def main(argv=None):
         sys.exit(130)
     finally:
         signal.signal(signal.SIGINT, previous)
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    if trainer.dist.world > 1:
-        # DDP and FSDP keep the process group alive after destroy_process_group, and with it gloo's
-        # worker threads. Were the interpreter torn down under them, a worker that still drops a
-        # finished collective's tensors needs the GIL and Python ends it with pthread_exit, which
-        # aborts the finished rank ("terminate called without an active exception", exit -6) on a
-        # busy machine. Every rank is past the final barrier and the checkpoint is written: leave.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        parallel.teardown()
+    parallel.leave(trainer.dist)  # os._exit under torchrun: see parallel.leave
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from flops import GB, device_peak
+from flops import device_peak
 from model import GPT, PRESETS
+from parallel import GB
 from util import UserError, atomic_write, write_json
 
 # relative error allowed against float64: float32 rounds at 6e-8 per operation; 16-bit outputs

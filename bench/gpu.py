@@ -54,7 +54,8 @@ import torch.nn.functional as F  # noqa: E402
 from bench.common import (TOLERANCE, StepMode, TrainStep, attention_errors, causal_sdpa, check_run,  # noqa: E402
                           layer_norm_errors, machine, poisoned_outputs, random_batches, save_results, sdpa_with,
                           time_steps)
-from flops import GB, device_peak, train_flops_per_token  # noqa: E402
+from flops import device_peak, train_flops_per_token  # noqa: E402
+from parallel import GB  # noqa: E402
 from model import GPT, get_config  # noqa: E402
 
 

@@ -9,10 +9,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import flops
 from conftest import assert_user_error, run_script
-from flops import (FAMILY_LR, MAX_MICRO_BATCH, activation_bytes, activation_parts, choose_layout,
-                   choose_strategy, memory_plan, plan, progressive_flops, train_flops_per_token)
+from flops import FAMILY_LR, plan, progressive_flops, train_flops_per_token
 from model import FAMILIES, GPT, GPTConfig, count_params, get_config
-from train import checkpoint_activations
+from parallel import (MAX_MICRO_BATCH, activation_bytes, activation_parts, checkpoint_activations, choose_layout,
+                      choose_strategy, memory_plan)
 from util import UserError
 
 

@@ -7,7 +7,8 @@ import checkpoint
 from conftest import assert_user_error, run_script
 from flops import train_flops_per_token
 from model import PRESETS
-from train import Trainer, finish_replace, parse_args
+from parallel import finish_replace
+from train import Trainer, parse_args
 from util import UserError
 
 
