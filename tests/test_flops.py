@@ -114,11 +114,15 @@ def test_sub_chain_and_stage_fractions():
     assert p["progressive_flops"] == pytest.approx(p["independent"][-1]["flops"], abs=half_token)
     assert p["progressive"][0]["tokens"] == p["independent"][0]["tokens"]
 
-    weights = [random.uniform(0.1, 2) for _ in range(3)]
+    rng = random.Random(0)  # seeded: the same test every run
+    weights = [rng.uniform(0.1, 2) for _ in range(2)] + [0.1]
     base, split = plan("tiny"), plan("tiny", stage_fractions=weights)
     assert split["progressive_flops"] == pytest.approx(base["progressive_flops"], rel=1e-6)
     grown = [s["flops"] for s in split["progressive"][1:]]
-    assert [g / sum(grown) for g in grown] == pytest.approx([w / sum(weights) for w in weights], rel=1e-6)
+    # tokens are whole numbers: each stage is within half a token's FLOPs of its share, so a share
+    # of the sum is within 2 tokens' FLOPs of the sum
+    tol = 2 * max(s["flops_per_token"] for s in split["progressive"]) / sum(grown)
+    assert [g / sum(grown) for g in grown] == pytest.approx([w / sum(weights) for w in weights], abs=tol)
 
 
 def test_lr_schedule_and_recipe():
