@@ -156,8 +156,9 @@ def source_ids(data_meta: dict, init: str) -> dict:
     def digest(obj) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
     records = []
-    if init:
-        with zipfile.ZipFile(init) as z:  # names lose the archive's folder, which follows the file name
+    if init:  # a sharded checkpoint (a folder): its meta file, rewritten with every save, stands for it
+        archive = Path(init) / checkpoint.SHARDED_META if Path(init).is_dir() else init
+        with zipfile.ZipFile(archive) as z:  # names lose the archive's folder, which follows the file name
             records = sorted((i.filename.split("/", 1)[-1], i.CRC, i.file_size) for i in z.infolist())
     return {"data": digest(data_meta), "init": digest(records) if init else ""}
 
@@ -497,8 +498,8 @@ class Trainer:
         """After a grown stage every copied unit should have learned apart from its source; a copy
         that is still its twin never will (equal gradients and updates), so its width is wasted."""
         path = self.ckpt_path  # the weights only: a sharded checkpoint would read AdamW's state too
-        rows = twins(checkpoint.load_sharded(path, optimizer=False) if path.is_dir()
-                     else checkpoint.load(path, mmap=True))
+        rows = twins(checkpoint.load_sharded(path, optimizer=False) if path.is_dir()  # just written by
+                     else checkpoint.load(path, mmap=True, verify=False))  # this run: no second read to verify
         stuck = [r for r in rows if r["twins"]]
         if not stuck:
             self.log(f"growth check: all {sum(r['copies'] for r in rows)} copied units differ from their source")

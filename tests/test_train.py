@@ -210,3 +210,14 @@ def test_a_save_killed_between_its_renames_leaves_a_checkpoint_to_resume(tmp_pat
     assert (path / "meta.pt").read_text() == "complete" and (tmp_path / "ckpt.pt.old").exists()
     finish_replace(path)  # PATH present: nothing to do
     assert path.is_dir()
+
+
+def test_source_ids_of_a_sharded_init_follow_its_meta_file(tmp_path):
+    """--init may be a sharded checkpoint (a folder): its meta file identifies it, without a traceback."""
+    from train import source_ids
+    folder = tmp_path / "ckpt_20k.pt"
+    checkpoint.save(folder / checkpoint.SHARDED_META, {"format": checkpoint.FORMAT, "train": {"step": 1}})
+    first = source_ids({"tokenizer": "bytes"}, str(folder))
+    assert first == source_ids({"tokenizer": "bytes"}, str(folder)) and first["init"]
+    checkpoint.save(folder / checkpoint.SHARDED_META, {"format": checkpoint.FORMAT, "train": {"step": 2}})
+    assert source_ids({"tokenizer": "bytes"}, str(folder))["init"] != first["init"]
