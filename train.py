@@ -53,6 +53,12 @@ class TrainConfig:
     schedule: str = _opt("cosine", "cosine: warmup, cosine decay to min_lr; wsd: warmup, constant, "
                                    "linear decay over the last --decay_frac", choices=["cosine", "wsd"])
     decay_frac: float = _opt(0.2, "wsd: share of the steps spent decaying")
+    branches: str = _opt("", "wsd: comma-separated fractions F of this run's steps; at the step where a run "
+                             "of F x the steps would start its decay, also write CKPT_branchN.pt (N = that "
+                             "run's steps), from which --branch_from finishes that shorter run")
+    branch_from: str = _opt("", "wsd: continue a --branches checkpoint of a longer run as this run (same "
+                                "settings, fewer steps): its stable phase is this run's, so only the rest "
+                                "is trained")
     stable_ckpt: str = _opt("", "wsd: also write a checkpoint here when the decay starts (the end of the "
                                 "stable phase), to grow the next member from (run_family.sh GROW_FROM=stable)")
     weight_decay: float = _opt(0.1, "AdamW weight decay (matrices and embeddings only)")
@@ -112,8 +118,16 @@ def parse_args(argv=None) -> TrainConfig:
         raise UserError(f"--seed {cfg.seed} is out of range; use an integer from 0 to 2**63 - 1")
     if min(cfg.batch_size, cfg.grad_accum) < 1 or cfg.lr <= 0 or cfg.seq_len < 0:
         raise UserError("--batch_size and --grad_accum must be >= 1, --lr > 0, --seq_len >= 0")
-    if cfg.stable_ckpt and cfg.schedule != "wsd":
-        raise UserError("--stable_ckpt needs --schedule wsd: only WSD has a stable phase to end")
+    if (cfg.stable_ckpt or cfg.branches or cfg.branch_from) and cfg.schedule != "wsd":
+        raise UserError("--stable_ckpt, --branches and --branch_from need --schedule wsd: only WSD has a "
+                        "stable phase to branch from")
+    try:
+        fractions = [float(f) for f in cfg.branches.split(",") if f.strip()]
+    except ValueError:
+        fractions = [-1.0]
+    if not all(0 < f < 1 for f in fractions):
+        raise UserError(f"--branches {cfg.branches!r}: give comma-separated fractions between 0 and 1 "
+                        f"(exclusive) of this run's steps, e.g. 0.25,0.5,0.75")
     return cfg
 
 
@@ -181,6 +195,25 @@ def decay_start(cfg: TrainConfig, max_iters: int) -> int:
     return int(max_iters * (1 - cfg.decay_frac))
 
 
+def resolve_warmup(cfg: TrainConfig, max_iters: int) -> int:
+    return cfg.warmup if cfg.warmup >= 0 else max(1, round(0.02 * max_iters))
+
+
+def branch_points(cfg: TrainConfig, max_iters: int) -> dict[int, list[int]]:
+    """--branches: {step: [N, ...]}, the steps at which runs of N = round(F x max_iters) steps start
+    their decay. Up to there such a run's schedule is this run's (the same warmup steps, then the same
+    constant LR), so a checkpoint written there is also theirs (Hagele et al. 2024)."""
+    points = {}
+    for f in (float(x) for x in cfg.branches.split(",") if x.strip()):
+        n = max(1, round(f * max_iters))
+        points.setdefault(decay_start(cfg, n), []).append(n)
+    return points
+
+
+def branch_path(ckpt: Path, n: int) -> Path:
+    return ckpt.with_name(f"{ckpt.stem}_branch{n}{ckpt.suffix}")
+
+
 def lr_at(step: int, cfg: TrainConfig, max_iters: int, warmup: int) -> float:
     min_lr = cfg.lr / 10 if cfg.min_lr < 0 else cfg.min_lr
     if step < warmup:
@@ -211,8 +244,12 @@ class Trainer:
             return
         while self.step < self.max_iters:
             if cfg.stable_ckpt and self.step == self.stable_step:
-                self.save(path=cfg.stable_ckpt)
+                self.save(path=cfg.stable_ckpt, kind="stable")
                 log(f"step {self.step}: end of the stable phase, written to {cfg.stable_ckpt}")
+            for n in self.branch_points.get(self.step, []):
+                self.save(path=branch_path(self.ckpt_path, n), kind="branch")
+                log(f"step {self.step}: the decay of a {n}-step run starts here; --branch_from "
+                    f"{branch_path(self.ckpt_path, n)} --max_iters {n} trains it")
             lr = lr_at(self.step, cfg, self.max_iters, self.warmup)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
@@ -294,8 +331,9 @@ class Trainer:
         self.step_tokens = cfg.batch_size * cfg.grad_accum * self.dist.world * self.seq_len
         # nearest whole number of steps: the FLOPs spent stay within half a step of the budget
         self.max_iters = cfg.max_iters or max(1, round(cfg.tokens / self.step_tokens))
-        self.warmup = cfg.warmup if cfg.warmup >= 0 else max(1, round(0.02 * self.max_iters))
+        self.warmup = resolve_warmup(cfg, self.max_iters)
         self.stable_step = decay_start(cfg, self.max_iters)  # wsd: --stable_ckpt is written here
+        self.branch_points = branch_points(cfg, self.max_iters)
         self.flops_per_token = train_flops_per_token(self.model_cfg, self.seq_len)
         self.eval_interval = cfg.eval_interval or max(1, self.max_iters // 10)
         self.log_interval = cfg.log_interval or max(1, self.max_iters // 50)
@@ -332,12 +370,20 @@ class Trainer:
                       else checkpoint.load(path, mmap=True))
             self._check_resumable(resume)
             weights = resume["model"]
+        elif cfg.branch_from:  # a longer run's state at a step where both schedules still agree
+            path = Path(cfg.branch_from)
+            if not path.exists():
+                raise UserError(f"--branch_from {path} does not exist; write it with --branches in a longer run")
+            resume = (checkpoint.load_sharded(path, model=False, optimizer=False) if path.is_dir()
+                      else checkpoint.load(path, mmap=True))
+            self._check_branchable(resume, path)
+            weights = resume["model"]
         self.model = parallel.build_model(self.model_cfg, self.layout, self.dist, self.device, self.dtype,
                                           cfg.seed, cfg.kernels, weights, initialise=resume is None)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=not self.fsdp)
         if resume is not None:
-            self._resume(resume)
+            self._resume(resume, path)
         elif opt_state is not None:
             parallel.load_optimizer(self.model, self.optimizer, opt_state, self.fsdp)
             for g, wd in zip(self.optimizer.param_groups, (cfg.weight_decay, 0.0)):  # this stage's settings,
@@ -365,25 +411,52 @@ class Trainer:
             raise UserError(f"{self.ckpt_path} is not a {self.cfg.size} training checkpoint "
                             f"({checkpoint.size_name(ck['config'])}); use a new --out or --ckpt")
 
-    def _resume(self, ck):
+    def _check_branchable(self, ck, path: Path):
+        """--branch_from: the longer run trained exactly what this run would have up to its step."""
+        saved = ck["train"] or {}
+        old = saved.get("args", {})
+        if ck["config"] != self.model_cfg or "step" not in saved:
+            raise UserError(f"--branch_from {path} is not a {self.cfg.size} training checkpoint; "
+                            f"write it with train.py --size {self.cfg.size} --branches")
+        keys = ("size", "grad_accum", "seq_len", "seed", "global_batch", "schedule", "weight_decay",
+                "beta1", "beta2", "grad_clip")
+        now = self.run_args()
+        changed = [f"--{k}" for k in keys if old.get(k) != now[k]]
+        changed += [f"--{k}" for k in SOURCE_KEYS if old.get("sources", {}).get(k) != now["sources"][k]]
+        step = saved["step"]
+        if not changed:  # the LR of every step trained so far, under both plans
+            theirs = TrainConfig(**{f.name: old.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)})
+            their_warmup = resolve_warmup(theirs, saved["max_iters"])
+            if any(lr_at(t, theirs, saved["max_iters"], their_warmup) != lr_at(t, self.cfg, self.max_iters, self.warmup)
+                   for t in range(step)):
+                changed.append("the LR schedule (--lr, --warmup in steps, or a decay already begun)")
+        if changed:
+            raise UserError(f"cannot branch from {path}: {', '.join(changed)} differ from the run that wrote "
+                            f"it; give the same settings (only --max_iters/--tokens may be smaller)")
+        if step > self.max_iters:
+            raise UserError(f"--branch_from {path} is at step {step}, past this run's {self.max_iters} steps")
+
+    def _resume(self, ck, path: Path):
+        """Continue from a checkpoint: this run's own (--resume) or a longer run's (--branch_from)."""
         saved = ck["train"]
-        if self.ckpt_path.is_dir():
-            parallel.load_sharded(self.model, self.optimizer, self.ckpt_path)
+        if path.is_dir():
+            parallel.load_sharded(self.model, self.optimizer, path)
         else:
             # the weights were loaded where the model was built
             parallel.load_optimizer(self.model, self.optimizer, ck["optimizer"], self.fsdp)
         self.step, self.tokens_seen, self.flops = saved["step"], saved["tokens"], saved["flops"]
-        self.saved_step = self.step
+        self.saved_step = self.step if path == self.ckpt_path else None
         self.flops_base, self.history, self.meta = saved["flops_base"], saved["history"], ck["meta"]
         torch.set_rng_state(saved["rng"])
         if self.dist.master:  # drop lines logged after this checkpoint by the run that died
             write_jsonl(Path(self.cfg.out) / "metrics.jsonl", self.history)
-            print(f"resumed {self.ckpt_path} at step {self.step}/{self.max_iters}")
+            print(f"resumed {path} at step {self.step}/{self.max_iters}")
 
-    def save(self, done=False, path=None):
-        """The training checkpoint; with `path`, the stable-phase one (--stable_ckpt) there. Under FSDP
-        a sharded folder (resumable on any world size; checkpoint.load reads it), else one file."""
-        stable, path = path is not None, Path(path or self.ckpt_path)
+    def save(self, done=False, path=None, kind="train"):
+        """The training checkpoint; with `path`, a stable-phase one there: kind "stable" (--stable_ckpt)
+        or "branch" (--branches). Under FSDP a sharded folder (resumable on any world size;
+        checkpoint.load reads it), else one file."""
+        path = Path(path or self.ckpt_path)
         train = {"step": self.step, "max_iters": self.max_iters, "tokens": self.tokens_seen,
                  "flops": self.flops, "flops_base": self.flops_base, "done": done,
                  "rng": torch.get_rng_state(),
@@ -392,13 +465,13 @@ class Trainer:
                  "data_position": {"seed": self.cfg.seed, "stage": self.stage, "next_step": self.step}}
         meta = {**self.meta, "flops_total": self.flops_total,
                 "metrics": str(Path(self.cfg.out) / "metrics.jsonl")}
-        if stable:
+        if kind == "stable":
             # the next member grows from here, but this member still finishes its decay: the family
             # pays for the whole stage, so its descendants count all of it among their ancestors' FLOPs
             meta.update(flops_total=self.flops_base + self.stage_flops,
                         stable_phase_end={"step": self.step, "of": self.max_iters})
         parallel.save_state(path, self.model_cfg, self.model, self.optimizer, train, meta, self.dist, self.fsdp)
-        if not stable:
+        if kind == "train":
             self.saved_step = self.step
 
     @property

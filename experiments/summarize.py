@@ -1,9 +1,13 @@
 """
-Turn the reports of experiments/reproduce.sh into the measured section of RESULTS.md (between the
-`<!-- results:begin -->` and `<!-- results:end -->` markers; the prose around them is kept),
-results/loss_vs_flops.png and results/recipes.png. Every number comes from a report.json.
+Turn measured runs into RESULTS.md's measured sections (the prose around them is kept) and figures.
 
-    python experiments/summarize.py --runs runs/exp
+    python experiments/summarize.py --runs results/runs   # the committed results: the equal-loss section
+    python experiments/summarize.py --runs runs/exp       # the reports of experiments/reproduce.sh
+
+A folder holding equal_loss.json (experiments/equal_loss.py collect) rewrites the section between
+`<!-- equal-loss:begin -->` and `<!-- equal-loss:end -->` and results/equal_loss.png; one holding
+*/seed_*/report/report.json rewrites the section between `<!-- results:begin -->` and
+`<!-- results:end -->`, results/loss_vs_flops.png and results/recipes.png.
 """
 import argparse
 import json
@@ -15,12 +19,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import checkpoint  # noqa: E402
 from expand import twins  # noqa: E402
 from util import ArgumentParser, UserError, atomic_write, md_table, run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+EQ_BEGIN, EQ_END = "<!-- equal-loss:begin -->", "<!-- equal-loss:end -->"
 
 
 def load_reports(runs: Path) -> dict:
@@ -373,25 +379,41 @@ def render(rep, runs: Path) -> str:
     return "\n".join(parts)
 
 
+def replace_section(path: str, begin: str, end: str, body: str):
+    if not Path(path).is_file():
+        raise UserError(f"--results {path} does not exist; give the file whose results section to replace")
+    text = Path(path).read_text()
+    if begin not in text or end not in text:
+        raise UserError(f"{path} has no {begin} ... {end} section")
+    new = f"{begin}\n{body}\n{end}"
+    atomic_write(path, lambda f: f.write(re.sub(f"{begin}.*?{end}", lambda _: new, text, flags=re.S)), mode="w")
+
+
+def equal_loss_section(runs: Path, results: str):
+    import equal_loss  # experiments/equal_loss.py, beside this file
+    data = json.loads((runs / "equal_loss.json").read_text())
+    equal_loss.plot(data, ROOT / "results" / "equal_loss.png")
+    replace_section(results, EQ_BEGIN, EQ_END, equal_loss.tables(data))
+    print(f"updated {results} (equal-loss section) and results/equal_loss.png")
+
+
 def main():
     ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default="runs/exp", help="folder of experiments/reproduce.sh")
+    ap.add_argument("--runs", default="results/runs",
+                    help="results/runs (committed: equal_loss.json) or the folder of experiments/reproduce.sh")
     ap.add_argument("--results", "--readme", default=str(ROOT / "RESULTS.md"),
-                    help=f"file whose {BEGIN} ... {END} section to replace (--readme: the same flag)")
+                    help="the file whose measured sections to replace (--readme: the same flag)")
     args = ap.parse_args()
-    rep = load_reports(Path(args.runs))
+    runs = Path(args.runs)
+    if (runs / "equal_loss.json").is_file():
+        equal_loss_section(runs, args.results)
+        return
+    rep = load_reports(runs)
     if "main_adjusted" not in rep:
         raise UserError("the main_adjusted run is missing; it is the reference of every table")
-    if not Path(args.results).is_file():
-        raise UserError(f"--results {args.results} does not exist; give the file whose results section to replace")
-    text = Path(args.results).read_text()
-    if BEGIN not in text or END not in text:
-        raise UserError(f"{args.results} has no {BEGIN} ... {END} section")
     plot(rep, ROOT / "results" / "loss_vs_flops.png")
     plot_recipes(rep, ROOT / "results" / "recipes.png")
-    body = f"{BEGIN}\n{render(rep, Path(args.runs))}\n{END}"
-    atomic_write(args.results, lambda f: f.write(re.sub(f"{BEGIN}.*?{END}", lambda _: body, text, flags=re.S)),
-                 mode="w")
+    replace_section(args.results, BEGIN, END, render(rep, runs))
     print(f"updated {args.results}, results/loss_vs_flops.png and results/recipes.png")
 
 

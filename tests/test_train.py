@@ -221,3 +221,46 @@ def test_source_ids_of_a_sharded_init_follow_its_meta_file(tmp_path):
     assert first == source_ids({"tokenizer": "bytes"}, str(folder)) and first["init"]
     checkpoint.save(folder / checkpoint.SHARDED_META, {"format": checkpoint.FORMAT, "train": {"step": 2}})
     assert source_ids({"tokenizer": "bytes"}, str(folder))["init"] != first["init"]
+
+
+def _weights(path):
+    return checkpoint.load(path)["model"]
+
+
+def test_a_decay_branch_equals_the_run_planned_to_end_there(byte_data, tmp_path):
+    """WSD: one 40-step run with --branches 0.5 keeps the state where a 20-step run starts its decay
+    (step 16); --branch_from finishes that 20-step run, and it equals the 20-step run planned alone
+    (same warmup steps), weights and losses, bit for bit."""
+    wsd = ["--schedule", "wsd", "--warmup", 4, "--eval_interval", 10]
+    long = Trainer(args(byte_data, tmp_path / "long", "--max_iters", 40, "--branches", "0.5", *wsd))
+    assert long.branch_points == {16: [20]}
+    long.run()
+    point = tmp_path / "long" / "ckpt_branch20.pt"
+    assert checkpoint.load(point)["train"]["step"] == 16
+    planned = Trainer(args(byte_data, tmp_path / "planned", "--max_iters", 20, *wsd))
+    planned.run()
+    branch = Trainer(args(byte_data, tmp_path / "branch", "--max_iters", 20, "--branch_from", point, *wsd))
+    assert branch.step == 16
+    branch.run()
+    assert losses(branch.history) == losses(planned.history)
+    a, b = _weights(tmp_path / "planned" / "ckpt.pt"), _weights(tmp_path / "branch" / "ckpt.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the branch's FLOPs are the whole 20 steps, its metrics the whole curve from step 0
+    assert branch.flops == planned.flops
+    rows = [json.loads(line) for line in open(tmp_path / "branch" / "metrics.jsonl")]
+    assert rows[0]["step"] == 0 and rows[-1]["step"] == 20
+
+
+def test_a_branch_from_a_different_schedule_is_refused(byte_data, tmp_path):
+    wsd = ["--schedule", "wsd", "--eval_interval", 10]
+    Trainer(args(byte_data, tmp_path / "long", "--max_iters", 20, "--branches", "0.5", "--warmup", 2, *wsd)).run()
+    point = tmp_path / "long" / "ckpt_branch10.pt"
+    with pytest.raises(UserError, match="LR schedule"):  # another warmup
+        Trainer(args(byte_data, tmp_path / "b", "--max_iters", 10, "--branch_from", point, "--warmup", 3, *wsd))
+    with pytest.raises(UserError, match="--seed"):
+        Trainer(args(byte_data, tmp_path / "c", "--max_iters", 10, "--branch_from", point, "--warmup", 2,
+                     "--seed", 7, *wsd))
+    with pytest.raises(UserError, match="fractions"):
+        parse_args(["--size", "20k", "--data", "d", "--max_iters", "5", "--schedule", "wsd", "--branches", "1.5"])
+    with pytest.raises(UserError, match="wsd"):
+        parse_args(["--size", "20k", "--data", "d", "--max_iters", "5", "--branches", "0.5"])

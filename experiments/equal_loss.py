@@ -1,0 +1,457 @@
+"""
+What a family saves at equal loss, against a baseline tuned as carefully as the method.
+
+Every run is WSD with a fixed number of warmup steps, so one long run gives the final loss at many
+budgets: it keeps its state where a shorter run would start its decay (train.py --branches), and a
+short decay from there (--branch_from) is that shorter run, bit for bit (tests/test_train.py).
+
+    python experiments/equal_loss.py sweep            # seed 1: max LR (and decay to 0 or 10%) per member
+    python experiments/equal_loss.py curves --seeds 1 2 3   # loss at 0.5 .. 2x each member's budget
+    python experiments/equal_loss.py collect          # the compact results -> results/runs/equal_loss.json
+
+sweep: each independent member at its planned budget for max LRs a factor of 2 apart around the
+family's adjusted LR, widened until the best is bracketed, then the best LR decaying to 0 instead
+of lr/10; the progressive chain likewise, stage by stage, each grown from the best previous member.
+curves: with the chosen settings, every independent member and every progressive stage trained to
+2x its budget with branches at 0.5, 0.75, 1, 1.25 and 1.5x; the 1x branch is the member the next
+stage grows from. Runs are resumable and skipped when done; two run side by side (--jobs).
+"""
+import argparse
+import concurrent.futures as cf
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from util import ArgumentParser, UserError, run_cli, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MULTIPLES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # budgets of a curve, x the member's planned budget
+LR_MULTS = (0.5, 1.0, 2.0, 4.0)  # the first sweep, x the family's adjusted LR; widened by 2x at an edge
+MIN_LR_RATIOS = (0.1, 0.0)  # the decay ends at lr/10 (the recipe) or at 0
+
+
+def parse_args(argv=None):
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("phase", choices=["sweep", "curves", "collect"], help="what to run (see above)")
+    ap.add_argument("--family", default="tiny", help="family of model.py (default tiny)")
+    ap.add_argument("--chinchilla", type=float, default=1.0, help="x 20 tokens/param per member (default 1)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1], help="curves: seeds (default 1)")
+    ap.add_argument("--families", nargs="+", choices=["independent", "progressive"],
+                    default=["independent", "progressive"], help="sweep: which families (default both)")
+    ap.add_argument("--settings", choices=["plan", "sweep"], default="sweep",
+                    help="curves: max LR and final LR from the family plan (flops.py, adjusted) or from "
+                         "the sweep (default)")
+    ap.add_argument("--data", default="data/openstax_bytes", help="folder from data/prepare.py")
+    ap.add_argument("--out", default="runs/equal_loss", help="run folder (default runs/equal_loss)")
+    ap.add_argument("--results", default="results/runs/equal_loss.json", help="collect: output JSON")
+    ap.add_argument("--jobs", type=int, default=2, help="training runs side by side (default 2)")
+    ap.add_argument("--eval_tokens", type=int, default=131072, help="validation tokens per evaluation")
+    return ap.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# One training run (train.py) and its result
+
+def run_dir(out: Path, family: str, size: str, seed: int, lr: float, min_lr_ratio: float, tag: str) -> Path:
+    """family: independent | progressive; tag: the run's budget (e.g. 1x, 2x) or branch."""
+    return out / f"seed_{seed}" / family / f"{size}_lr{lr:.3g}_min{min_lr_ratio:g}" / tag
+
+
+def train(args, d: Path, size: str, steps: int, warmup: int, lr: float, min_lr_ratio: float, seed: int,
+          batch: int, init: str = "", branches=(), branch_from: str = "") -> dict:
+    """train.py for `steps` optimizer steps (WSD), resumable; its final validation loss and FLOPs."""
+    d.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "train.py", "--size", size, "--data", args.data, "--max_iters", str(steps),
+           "--warmup", str(warmup), "--lr", repr(lr), "--min_lr", repr(lr * min_lr_ratio), "--schedule", "wsd",
+           "--batch_size", str(batch), "--seed", str(seed), "--eval_tokens", str(args.eval_tokens),
+           "--out", str(d), "--resume"]
+    cmd += ["--init", init] if init else []
+    cmd += ["--branches", ",".join(f"{b:g}" for b in branches)] if branches else []
+    cmd += ["--branch_from", branch_from] if branch_from else []
+    with open(d / "stdout.log", "a") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    rows = [json.loads(line) for line in open(d / "metrics.jsonl") if line.endswith("}\n")] \
+        if (d / "metrics.jsonl").exists() else []
+    vals = [r for r in rows if "val_loss" in r]
+    ok = proc.returncode == 0 and vals and vals[-1]["step"] == steps
+    # a diverged run (non-finite loss) counts as infinitely bad, so the sweep moves away from it
+    return {"size": size, "seed": seed, "lr": lr, "min_lr_ratio": min_lr_ratio, "steps": steps,
+            "init": init, "ckpt": str(d / "ckpt.pt"), "ok": bool(ok),
+            "val_loss": vals[-1]["val_loss"] if ok and math.isfinite(vals[-1]["val_loss"]) else math.inf,
+            "flops": vals[-1]["flops"] if vals else 0.0, "flops_total": vals[-1]["flops_total"] if vals else 0.0,
+            "curve": [[r["step"], r["flops_total"], r["val_loss"]] for r in vals]}
+
+
+def recipe(args) -> dict:
+    """The family plan (flops.py, adjusted LR) as steps: {family: [stage]}, with warmup in steps."""
+    from flops import plan
+    p = plan(args.family, args.chinchilla, "adjusted")
+    out = {}
+    for fam in ("progressive", "independent"):
+        out[fam] = [{"size": s["size"], "lr": s["lr"], "batch": s["batch_size"],
+                     "steps": max(1, round(s["tokens"] / (s["batch_size"] * s["seq_len"]))),
+                     "warmup": s["warmup_tokens"] // (s["batch_size"] * s["seq_len"])} for s in p[fam]]
+    return out
+
+
+def grow(args, src: str, size: str, seed: int) -> str:
+    """expand.py with the family's defaults (AKI, stacked depth, noisy split)."""
+    out = Path(src).with_name(Path(src).stem + f"_to_{size}.pt")
+    if not out.exists():
+        subprocess.run([sys.executable, "expand.py", "--src", src, "--size", size, "--seed", str(seed),
+                        "--out", str(out)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return str(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep: the best max LR and final LR of each member, at its planned budget, seed 1
+
+def sweep_member(args, pool, family: str, stage: dict, init: str = "") -> dict:
+    """Max LR x LR_MULTS around the plan's, widened by 2x while the best is at an edge, then the
+    best LR decaying to 0 too. Returns every run; the best is the lowest final loss."""
+    seed, runs = 1, {}
+
+    def launch(mults, ratio):
+        todo = [(m, ratio) for m in mults if (m, ratio) not in runs]
+        futures = {k: pool.submit(train, args, run_dir(Path(args.out) / "sweep", family, stage["size"], seed,
+                                                        stage["lr"] * k[0], k[1], "1x"),
+                                  stage["size"], stage["steps"], stage["warmup"], stage["lr"] * k[0], k[1], seed,
+                                  stage["batch"], init) for k in todo}
+        runs.update({k: f.result() for k, f in futures.items()})
+
+    launch(LR_MULTS, MIN_LR_RATIOS[0])
+    for _ in range(3):  # at most 3 widenings: 8x or 1/8 x beyond the first grid
+        mults = sorted(m for m, r in runs if r == MIN_LR_RATIOS[0])
+        best = min(mults, key=lambda m: runs[(m, MIN_LR_RATIOS[0])]["val_loss"])
+        if best not in (mults[0], mults[-1]):
+            break
+        launch([best * 2 if best == mults[-1] else best / 2], MIN_LR_RATIOS[0])
+    best = min((m for m, r in runs), key=lambda m: runs[(m, MIN_LR_RATIOS[0])]["val_loss"])
+    launch([best], MIN_LR_RATIOS[1])
+    return {"family": family, "size": stage["size"], "runs": list(runs.values()),
+            "best": min(runs.values(), key=lambda r: r["val_loss"])}
+
+
+def pools(args):
+    """(trainings: --jobs at once, the threads that plan and wait for them)."""
+    return cf.ThreadPoolExecutor(args.jobs), cf.ThreadPoolExecutor(32)
+
+
+def sweep(args) -> list[dict]:
+    rec = recipe(args)
+    out = []
+    pool, outer = pools(args)
+    with pool, outer:
+        # the independent members' sweeps queue their runs beside the progressive chain's
+        indep = [outer.submit(sweep_member, args, pool, "independent", s) for s in rec["independent"][1:]
+                 if "independent" in args.families]
+        first = sweep_member(args, pool, "independent", rec["independent"][0])
+        out.append(first)
+        src = first["best"]["ckpt"]  # the smallest member is the first progressive stage
+        for stage in rec["progressive"][1:] if "progressive" in args.families else []:
+            res = sweep_member(args, pool, "progressive", stage, grow(args, src, stage["size"], 1))
+            out.append(res)
+            src = res["best"]["ckpt"]
+        out += [f.result() for f in indep]
+    write_json(Path(args.out) / f"sweep_{'_'.join(args.families)}.json", out)
+    for r in out:
+        b = r["best"]
+        print(f"{r['family']:12s} {r['size']:>5s}: best max LR {b['lr']:.3g}, final LR {b['min_lr_ratio']:g} x max,"
+              f" val loss {b['val_loss']:.4f}  (" + ", ".join(f"{x['lr']:.3g}/{x['min_lr_ratio']:g}: "
+                                                            f"{x['val_loss']:.4f}" for x in r["runs"]) + ")")
+    return out
+
+
+def sweeps(out) -> list[dict]:
+    """Every member's sweep, once (a later sweep of the same member wins: it holds the same runs)."""
+    found = {(r["family"], r["size"]): r for p in sorted(Path(out).glob("sweep_*.json")) for r in json.loads(p.read_text())}
+    return list(found.values())
+
+
+def chosen(args) -> dict:
+    """{(family, size): (lr, min_lr_ratio)} from the sweep, or from the plan (--settings plan)."""
+    rec = recipe(args)
+    if args.settings == "plan":
+        return {(fam, st["size"]): (st["lr"], MIN_LR_RATIOS[0]) for fam in rec for st in rec[fam]}
+    best = {(r["family"], r["size"]): (r["best"]["lr"], r["best"]["min_lr_ratio"]) for r in sweeps(args.out)}
+    first = rec["independent"][0]["size"]
+    best[("progressive", first)] = best.get(("independent", first))  # one run for both
+    missing = [f"{fam} {st['size']}" for fam in rec for st in rec[fam] if (fam, st["size"]) not in best]
+    if missing:
+        raise UserError(f"no sweep for {', '.join(missing)} in {args.out}; run `python experiments/equal_loss.py "
+                        f"sweep` first, or use --settings plan")
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# curves: every member at MULTIPLES x its budget from one long run and its decay branches
+
+def curve(args, pool, family: str, stage: dict, lr: float, ratio: float, seed: int, init: str = "") -> list[dict]:
+    base = run_dir(Path(args.out) / "curves", family, stage["size"], seed, lr, ratio, "")
+    longest = max(MULTIPLES)
+    steps = {m: round(m * stage["steps"]) for m in MULTIPLES}
+    long = pool.submit(train, args, base / f"{longest:g}x", stage["size"], steps[longest], stage["warmup"], lr,
+                       ratio, seed, stage["batch"], init,
+                       branches=[m / longest for m in MULTIPLES if m < longest]).result()
+    points = {m: pool.submit(train, args, base / f"{m:g}x", stage["size"], steps[m], stage["warmup"], lr, ratio,
+                             seed, stage["batch"], init,
+                             branch_from=str(base / f"{longest:g}x" / f"ckpt_branch{steps[m]}.pt"))
+              for m in MULTIPLES if m < longest}
+    out = [{**points[m].result(), "multiple": m} for m in sorted(points)] + [{**long, "multiple": longest}]
+    for r in out:
+        r["family"] = family
+    return out
+
+
+def curves_of_seed(args, pool, outer, seed: int, best: dict) -> list[dict]:
+    rec, out = recipe(args), []
+    # the independent members do not wait for each other
+    indep = [outer.submit(curve, args, pool, "independent", s, *best[("independent", s["size"])], seed)
+             for s in rec["independent"][1:]]
+    first = rec["progressive"][0]
+    runs = curve(args, pool, "independent", first, *best[("independent", first["size"])], seed)
+    out += runs + [{**r, "family": "progressive"} for r in runs]
+    src = next(r["ckpt"] for r in runs if r["multiple"] == 1.0)
+    for stage in rec["progressive"][1:]:
+        runs = curve(args, pool, "progressive", stage, *best[("progressive", stage["size"])], seed,
+                     grow(args, src, stage["size"], seed))
+        out += runs
+        src = next(r["ckpt"] for r in runs if r["multiple"] == 1.0)
+    for f in indep:
+        out += f.result()
+    return out
+
+
+def curves(args) -> list[dict]:
+    best = chosen(args)
+    pool, outer = pools(args)
+    with pool, outer:
+        per_seed = [outer.submit(curves_of_seed, args, pool, outer, s, best) for s in args.seeds]
+        out = [r for f in per_seed for r in f.result()]
+    write_json(Path(args.out) / f"curves_{args.settings}_{'_'.join(map(str, args.seeds))}.json", out)
+    return out
+
+
+def collect(args):
+    """The compact results of every sweep and curve run (no checkpoints), for RESULTS.md."""
+    out = Path(args.out)
+    runs = [{**r, "settings": p.stem.split("_")[1]} for p in sorted(out.glob("curves_*.json"))
+            for r in json.loads(p.read_text())]
+    keep = ("family", "size", "seed", "settings", "lr", "min_lr_ratio", "steps", "multiple", "val_loss",
+            "flops", "flops_total", "curve", "ok")
+    slim = lambda r: {k: r[k] for k in keep if k in r}  # noqa: E731
+    result = {"recipe": recipe(args), "family": args.family, "chinchilla": args.chinchilla,
+              "eval_tokens": args.eval_tokens, "data": os.path.basename(args.data.rstrip("/")),
+              "sweep": [{"family": s["family"], "size": s["size"], "runs": [slim(r) for r in s["runs"]]}
+                        for s in sweeps(out)],
+              "curves": [slim(r) for r in runs]}
+    write_json(args.results, result)
+    print(f"wrote {args.results}: {len(result['sweep'])} sweeps, {len(result['curves'])} curve runs")
+
+
+# ---------------------------------------------------------------------------------------------
+# The saving at equal loss, from collect's JSON
+
+def crossing(points: list[tuple[float, float]], target: float) -> tuple[str, float]:
+    """The compute at which a curve of (FLOPs, final loss) points, one per budget, first reaches
+    `target`, interpolated linearly in log FLOPs between the two budgets around the crossing:
+    ("=", C); ("<=", C of the first point) when that one is already there; (">", C of the last
+    point) when none is."""
+    points = sorted(points)
+    if points[0][1] <= target:
+        return "<=", points[0][0]
+    for (c0, l0), (c1, l1) in zip(points, points[1:]):
+        if l1 <= target:
+            t = (l0 - target) / (l0 - l1)
+            return "=", math.exp(math.log(c0) + t * (math.log(c1) - math.log(c0)))
+    return ">", points[-1][0]
+
+
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """y at x on a curve of (x, y) points, linear in log x; None outside the points."""
+    points = sorted(points)
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 + (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0)) * (y1 - y0)
+    return None
+
+
+FLIP = {"=": "=", "<=": ">=", ">": "<"}  # a bound on the compute, as a bound on 1 - compute / cost
+
+
+def member_savings(prog: dict, ind: dict) -> dict:
+    """One member, one seed; prog/ind: {multiple: run}. (a) the compute at which the progressive
+    member (its lineage included) first reaches the independent member's final loss, as a saving
+    against the independent member's cost; (b) the compute the independent member needs to reach the
+    progressive member's final loss, against which the progressive member's cost is a saving."""
+    curve = lambda runs: [(r["flops_total"], r["val_loss"]) for r in runs.values()]  # noqa: E731
+    p1, i1 = prog[1.0], ind[1.0]
+    how_a, c_a = crossing(curve(prog), i1["val_loss"])
+    how_b, c_b = crossing(curve(ind), p1["val_loss"])
+    return {"loss_progressive": p1["val_loss"], "loss_independent": i1["val_loss"],
+            "cost_progressive": p1["flops_total"], "cost_independent": i1["flops_total"],
+            "a": (FLIP[how_a], 1 - c_a / i1["flops_total"]), "compute_a": c_a,
+            # 1 - cost / c grows with c: a bound on c is the same bound on the saving
+            "b": (how_b, 1 - p1["flops_total"] / c_b), "compute_b": c_b}
+
+
+def by_seed(results: dict) -> dict:
+    """{seed: {family: {size: {multiple: run}}}} from collect's curves."""
+    out = {}
+    for r in results["curves"]:
+        out.setdefault(r["seed"], {}).setdefault(r["family"], {}).setdefault(r["size"], {})[r["multiple"]] = r
+    return out
+
+
+def family_savings(seed_runs: dict, sizes: list[str]) -> dict:
+    """The whole family, one seed. (b): the progressive family's cost (its largest member's lineage)
+    against what independent training needs to reach every progressive member's final loss. (a): the
+    compute at which the progressive lineage's largest member reaches its independent counterpart's
+    loss, against the independent family's cost; it holds only when every smaller progressive
+    member, at its planned budget, is already at or below its counterpart's loss ("holds")."""
+    prog, ind = seed_runs["progressive"], seed_runs["independent"]
+    needs, bounds = 0.0, set()
+    for s in sizes:
+        how, c = crossing([(r["flops_total"], r["val_loss"]) for r in ind[s].values()], prog[s][1.0]["val_loss"])
+        needs += c
+        bounds |= {how} - {"="}
+    cost = prog[sizes[-1]][1.0]["flops_total"]
+    largest = member_savings(prog[sizes[-1]], ind[sizes[-1]])
+    indep_cost = sum(ind[s][1.0]["flops_total"] for s in sizes)
+    bound = bounds.pop() if len(bounds) == 1 else "=" if not bounds else "?"  # "?": bounds both ways
+    return {"b": (bound, 1 - cost / needs), "cost_progressive": cost,
+            "independent_needs": needs, "independent_cost": indep_cost,
+            "a": (largest["a"][0], 1 - largest["compute_a"] / indep_cost),
+            "holds": all(prog[s][1.0]["val_loss"] <= ind[s][1.0]["val_loss"] for s in sizes[:-1])}
+
+
+def token_matched(seed_runs: dict, recipe_: dict, size: str) -> dict:
+    """The independent member trained on as many tokens as the progressive lineage saw (its curve,
+    interpolated), against the progressive member: is the edge the growth or the extra tokens?"""
+    prog_steps = 0
+    for st in recipe_["progressive"]:
+        prog_steps += st["steps"]
+        if st["size"] == size:
+            break
+    ind_steps = next(st["steps"] for st in recipe_["independent"] if st["size"] == size)
+    m = prog_steps / ind_steps  # same batch and sequence length in every stage
+    ind = seed_runs["independent"][size]
+    return {"multiple": m, "loss_independent": interpolate([(k, r["val_loss"]) for k, r in ind.items()], m),
+            "loss_progressive": seed_runs["progressive"][size][1.0]["val_loss"]}
+
+
+def _fmt(bound: tuple[str, float]) -> str:
+    how, x = bound
+    return ("" if how == "=" else {"<=": "≤ ", ">=": "≥ ", "<": "< ", ">": "> ", "?": "~"}[how]) + f"{100 * x:.1f}%"
+
+
+def _mean_spread(xs: list[float], scale=100.0, fmt="{:.1f}") -> str:
+    """The convention of every table here: the mean over seeds ± half their range."""
+    xs = [scale * x for x in xs]
+    mean = sum(xs) / len(xs)
+    return fmt.format(mean) + ("" if len(xs) == 1 else " ± " + fmt.format((max(xs) - min(xs)) / 2))
+
+
+def tables(results: dict) -> str:
+    """The measured section: savings per member and for the family, seed by seed, the token-matched
+    control, and the LR sweep."""
+    from util import md_table
+    seeds = by_seed(results)
+    sizes = [st["size"] for st in results["recipe"]["progressive"]]
+    complete = sorted(s for s, fam in seeds.items()
+                      if all(len(fam.get(f, {}).get(z, {})) == len(MULTIPLES) for f in ("progressive", "independent")
+                             for z in sizes))
+    if not complete:
+        raise UserError("no seed has every curve complete; run `experiments/equal_loss.py curves` first")
+    per = {s: {z: member_savings(seeds[s]["progressive"][z], seeds[s]["independent"][z]) for z in sizes[1:]}
+           for s in complete}
+    fam = {s: family_savings(seeds[s], sizes) for s in complete}
+    rows = []
+    for z in sizes[1:]:
+        ms = [per[s][z] for s in complete]
+        exact = lambda key: all(m[key][0] == "=" for m in ms)  # noqa: E731
+        rows.append([z, _mean_spread([m["loss_progressive"] for m in ms], 1, "{:.3f}"),
+                     _mean_spread([m["loss_independent"] for m in ms], 1, "{:.3f}"),
+                     _mean_spread([m["a"][1] for m in ms]) if exact("a") else "see seeds",
+                     _mean_spread([m["b"][1] for m in ms]) if exact("b") else "see seeds",
+                     ", ".join(_fmt(m["a"]) for m in ms), ", ".join(_fmt(m["b"]) for m in ms)])
+    fs = [fam[s] for s in complete]
+    rows.append(["family", "", "", _mean_spread([f["a"][1] for f in fs]) if all(f["a"][0] == "=" for f in fs)
+                 else "see seeds", _mean_spread([f["b"][1] for f in fs]) if all(f["b"][0] == "=" for f in fs)
+                 else "see seeds", ", ".join(_fmt(f["a"]) + ("" if f["holds"] else " (†)") for f in fs),
+                 ", ".join(_fmt(f["b"]) for f in fs)])
+    seeds_txt = ", ".join(map(str, complete))
+    out = [f"Seeds {seeds_txt}; mean ± half the range over seeds; the per-seed columns list the seeds in that "
+           f"order. A bound (≥, ≤, >, <) means the crossing lies outside the budgets run "
+           f"({MULTIPLES[0]:g}× to {MULTIPLES[-1]:g}× of each member's planned budget).", "",
+           md_table(["member", "final loss, progressive", "final loss, independent",
+                     "(a) saving to reach the independent loss", "(b) saving against the independent compute "
+                     "for the progressive loss", "(a) per seed", "(b) per seed"], rows), ""]
+    if not all(f["holds"] for f in fs):
+        out += ["(†) in that seed a smaller progressive member ended above its independent counterpart at its "
+                "planned budget, so (a) for the family is only the largest member's.", ""]
+    largest = sizes[-1]
+    tm = [token_matched(seeds[s], results["recipe"], largest) for s in complete]
+    out += [f"Token-matched control: the progressive {largest}'s lineage saw {tm[0]['multiple']:.2f}× the tokens "
+            f"of its independent counterpart's budget. The independent {largest} at that many tokens (its curve, "
+            f"interpolated): " + ", ".join(f"{t['loss_independent']:.3f}" for t in tm)
+            + f" against the progressive {largest}'s " + ", ".join(f"{t['loss_progressive']:.3f}" for t in tm)
+            + f" (seeds {seeds_txt}).", ""]
+    out += ["LR sweep (seed 1, each member at its planned budget, WSD, final LR lr/10 unless marked /0; the "
+            "chosen setting in bold):", ""]
+    rows = []
+    for sw in results["sweep"]:
+        best = min(sw["runs"], key=lambda r: r["val_loss"])
+        cells = []
+        for r in sorted(sw["runs"], key=lambda r: (r["min_lr_ratio"] == 0, r["lr"])):
+            c = f"{r['lr']:.3g}{'/0' if r['min_lr_ratio'] == 0 else ''}: {r['val_loss']:.3f}"
+            cells.append(f"**{c}**" if r is best else c)
+        rows.append([sw["family"], sw["size"], ", ".join(cells)])
+    out += [md_table(["family", "member", "max LR: final val loss"], rows)]
+    return "\n".join(out)
+
+
+def plot(results: dict, path):
+    """Final loss against FLOPs (lineage included) at every budget, both families, one panel a member."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    seeds = by_seed(results)
+    sizes = [st["size"] for st in results["recipe"]["progressive"]][1:]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.6))
+    for ax, z in zip(axes, sizes):
+        for fam, color in (("progressive", "tab:blue"), ("independent", "tab:orange")):
+            for i, (seed, runs) in enumerate(sorted(seeds.items())):
+                pts = sorted((r["flops_total"], r["val_loss"]) for r in runs.get(fam, {}).get(z, {}).values())
+                if pts:
+                    ax.plot(*zip(*pts), "o-", color=color, alpha=0.7, ms=3,
+                            label=fam if i == 0 else None)
+                    one = runs[fam][z].get(1.0)
+                    if one:
+                        ax.plot(one["flops_total"], one["val_loss"], "s", color=color, ms=6)
+        ax.set_xscale("log")
+        ax.set_title(f"{z}: final loss at 0.5–2× its budget")
+        ax.set_xlabel("training FLOPs (progressive: lineage included)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("final val loss (nats/byte)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not (Path(args.data) / "meta.json").exists():
+        raise UserError(f"{args.data} is not a prepared data folder; run data/prepare.py (as run_family.sh does)")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # --jobs runs side by side, one core each
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    {"sweep": sweep, "curves": curves, "collect": collect}[args.phase](args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

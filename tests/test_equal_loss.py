@@ -1,0 +1,84 @@
+"""experiments/equal_loss.py: the saving at equal loss, on curves with known answers."""
+import importlib.util
+import math
+
+import pytest
+
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("equal_loss", ROOT / "experiments" / "equal_loss.py")
+equal_loss = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(equal_loss)
+
+
+def power_law(c: float, scale: float = 1.0) -> float:
+    """A loss curve L(C) = 10 * (scale * C)^-0.5: a family that is `scale` times as efficient."""
+    return 10 * (scale * c) ** -0.5
+
+
+def runs(cost_1x: float, scale: float = 1.0, lineage: float = 0.0) -> dict:
+    """{multiple: run}: a stage of cost_1x at 1x, on top of `lineage` FLOPs of ancestors."""
+    return {m: {"flops_total": lineage + m * cost_1x, "val_loss": power_law(lineage + m * cost_1x, scale)}
+            for m in equal_loss.MULTIPLES}
+
+
+def test_crossing_interpolates_in_log_flops_and_bounds_outside():
+    pts = [(1.0, 3.0), (4.0, 2.0), (16.0, 1.0)]
+    assert equal_loss.crossing(pts, 2.5) == ("=", pytest.approx(2.0))  # halfway in log: sqrt(1 * 4)
+    assert equal_loss.crossing(pts, 2.0) == ("=", pytest.approx(4.0))
+    assert equal_loss.crossing(pts, 3.5) == ("<=", 1.0)  # already there at the smallest budget
+    assert equal_loss.crossing(pts, 0.5) == (">", 16.0)  # never within the budgets run
+    # a curve that goes up again: the first crossing counts
+    assert equal_loss.crossing([(1, 3.0), (2, 1.0), (4, 2.5)], 2.0)[1] == pytest.approx(2 ** 0.5)
+
+
+def test_member_savings_known_answer():
+    """A progressive member 1.6x as efficient as the independent one (L_p(C) = L_i(1.6 C)): (a) it
+    reaches the independent loss at 1/1.6 of the compute (saving 37.5%); (b) the independent member
+    needs 1.6x the progressive compute (saving 37.5% again)."""
+    prog, ind = runs(100.0, scale=1.6), runs(100.0)
+    # the points are power laws, and the interpolation is linear in log C but not in log L:
+    # the two budgets around the crossing bracket it; the answer is within their gap's curvature
+    s = equal_loss.member_savings(prog, ind)
+    assert s["a"][0] == "=" and s["a"][1] == pytest.approx(0.375, abs=0.01)
+    assert s["b"][0] == "=" and s["b"][1] == pytest.approx(0.375, abs=0.01)
+    # on exactly linear-in-log-C curves the answer is exact
+    lin = lambda c, k: {m: {"flops_total": m * c, "val_loss": 5 - math.log(m * c * k)} for m in equal_loss.MULTIPLES}  # noqa: E731
+    s = equal_loss.member_savings(lin(100.0, 1.6), lin(100.0, 1.0))
+    assert s["a"] == ("=", pytest.approx(0.375)) and s["b"] == ("=", pytest.approx(0.375))
+    # a useless growth: the same curve, shifted by the lineage's cost, saves nothing at equal loss
+    s = equal_loss.member_savings(lin(100.0, 1.0), lin(100.0, 1.0))
+    assert s["a"][1] == pytest.approx(0.0, abs=1e-12) and s["b"][1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_savings_outside_the_budgets_are_bounds():
+    lin = lambda c, k: {m: {"flops_total": m * c, "val_loss": 5 - math.log(m * c * k)} for m in equal_loss.MULTIPLES}  # noqa: E731
+    s = equal_loss.member_savings(lin(100.0, 10.0), lin(100.0, 1.0))  # 10x as efficient: beyond 0.5..2x
+    assert s["a"] == (">=", 0.5) and s["b"] == (">", pytest.approx(0.5))
+    s = equal_loss.member_savings(lin(100.0, 0.1), lin(100.0, 1.0))  # 10x worse
+    assert s["a"] == ("<", -1.0) and s["b"] == ("<=", pytest.approx(-1.0))
+
+
+def test_family_saving_counts_every_member_and_the_lineage():
+    """Two members; the progressive largest grows from the smallest (lineage cost 100) and is 1.25x as
+    efficient. (b): independent training needs 100 (the smallest, the same run) + what the largest
+    needs for the progressive loss; the progressive family costs its largest member's lineage."""
+    lin = lambda c, k, base=0.0: {m: {"flops_total": base + m * c, "val_loss": 5 - math.log((base + m * c) * k)}  # noqa: E731
+                                  for m in equal_loss.MULTIPLES}
+    small = lin(100.0, 1.0)
+    seed = {"progressive": {"s": small, "l": lin(300.0, 1.25, base=100.0)}, "independent": {"s": small, "l": lin(400.0, 1.0)}}
+    f = equal_loss.family_savings(seed, ["s", "l"])
+    # progressive largest at 1x: lineage 400 FLOPs at loss 5 - log(500): independent needs 500
+    assert f["cost_progressive"] == 400.0 and f["independent_needs"] == pytest.approx(100.0 + 500.0)
+    assert f["b"] == ("=", pytest.approx(1 - 400 / 600))
+    # (a): the progressive largest reaches 5 - log(400) at lineage 320, against 100 + 400 independent
+    assert f["a"] == ("=", pytest.approx(1 - 320 / 500)) and f["holds"]
+
+
+def test_token_matched_interpolates_the_independent_curve():
+    recipe = {"progressive": [{"size": "s", "steps": 10}, {"size": "l", "steps": 15}],
+              "independent": [{"size": "s", "steps": 10}, {"size": "l", "steps": 20}]}
+    ind = {m: {"val_loss": 3.0 - math.log(m)} for m in equal_loss.MULTIPLES}
+    seed = {"independent": {"l": ind}, "progressive": {"l": {1.0: {"val_loss": 2.5}}}}
+    t = equal_loss.token_matched(seed, recipe, "l")
+    assert t["multiple"] == 1.25 and t["loss_independent"] == pytest.approx(3.0 - math.log(1.25))
