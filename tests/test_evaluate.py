@@ -14,7 +14,7 @@ import checkpoint
 import evaluate as ev
 import report as rp
 import zeroshot as zs
-from conftest import SHARED, run_script
+from conftest import SHARED, need_shared, run_script
 from expand import expand
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
@@ -153,9 +153,7 @@ def test_encode_pair_moves_trailing_spaces_bytes():
 
 
 def test_encode_pair_gpt2(monkeypatch):
-    if not (SHARED / "tiktoken_cache").is_dir():
-        pytest.skip("no offline tiktoken cache")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(need_shared("tiktoken_cache")))
     tok = get_tokenizer("gpt2")
     # " world" is one token: the space belongs to the continuation, not to the context
     assert zs.encode_pair(tok, "Hello", " world") == ([15496], [995])
@@ -226,6 +224,25 @@ def test_uniform_model_acc_vs_acc_norm_follow_lengths(tmp_path):
     gold = np.array([r["label"] for r in records])
     assert metrics["acc"] == pytest.approx(np.mean(lengths.argmin(1) == gold))
     assert metrics["acc_norm"] == pytest.approx(np.mean(lengths.argmax(1) == gold))
+
+
+@pytest.mark.fast
+def test_acc_norm_divides_by_characters_not_tokens(tmp_path):
+    """Every letter costs ln 510 and the space ln 2: " " + n letters scores -ln 2 - n ln 510.
+    acc picks the shortest ending; acc_norm, per character, the longest (the space's cost shrinks with
+    n); per token (n + 1 of them) the shortest again. Fixed items: acc 1/3, acc_norm 2/3 (1/3 per token)."""
+    probs = np.full(256, 0.5 / 255)
+    probs[ord(" ")] = 0.5
+    records = [{"query": "Question: which?", "choices": ["ab", "abcdef", "abcd"], "gold": 1},  # longest
+               {"query": "Question: which?", "choices": ["abcdefg", "abc", "abcde"], "gold": 0},  # longest
+               {"query": "Question: which?", "choices": ["abcde", "abcdefgh", "ab"], "gold": 2}]  # shortest
+    write_jsonl(tmp_path / zs.LOCAL_FILES["arc_easy"], records)
+    items = zs.load_items("arc_easy", tmp_path, None)
+    assert [it.choice_chars for it in items] == [[2, 6, 4], [7, 3, 5], [5, 8, 2]]
+    m = zs.evaluate_task(constant_lm(probs), "arc_easy", items, requests_of(items), batch_size=4)
+    assert m["n"] == 3 and m["acc"] == pytest.approx(1 / 3) and m["acc_norm"] == pytest.approx(2 / 3)
+    loglik = np.log(0.5) - np.array([2, 6, 4]) * np.log(510)  # the first item, by hand
+    assert zs.choose(loglik, [2, 6, 4]) == (0, 1) and np.argmax(loglik / np.array([3, 7, 5])) == 0
 
 
 @pytest.mark.fast
@@ -326,8 +343,7 @@ def test_context_is_cut_from_the_left_keeping_the_whole_continuation():
 
 def test_real_eval_files_too_long_counts_at_256_bytes():
     """The counts fits' docstring quotes: items with a continuation over 256 bytes."""
-    if not EVAL_DIR.is_dir():
-        pytest.skip(f"no offline eval data at {EVAL_DIR}")
+    need_shared("data/eval")
     for task, (first_200, total) in {"piqa": (15, 139), "hellaswag": (0, 1143)}.items():
         items = zs.load_items(task, EVAL_DIR, None)
         starts = np.cumsum([0] + [len(it.requests) for it in items])
@@ -361,9 +377,7 @@ def test_uniform_model_perplexity_and_bits_per_byte():
 def test_gpt2_bits_per_byte_and_scoring(monkeypatch):
     """GPT-2 BPE: a uniform model's bpb is its nats over the UTF-8 bytes the target tokens decode
     to; a tiny GPT-2-vocabulary model scores real items."""
-    if not (SHARED / "tiktoken_cache").is_dir():
-        pytest.skip("no offline tiktoken cache")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(need_shared("tiktoken_cache")))
     tok = get_tokenizer("gpt2")
     rng = np.random.default_rng()
     tokens = np.array(tok.encode(random_text(rng, 400)))  # ASCII: windows decode to whole characters
@@ -433,8 +447,7 @@ def test_greedy_speculation_accepts_while_argmaxes_agree():
 # Loading task data, the real files, offline behaviour
 
 def test_real_eval_files_parse_with_full_counts():
-    if not EVAL_DIR.is_dir():
-        pytest.skip(f"no offline eval data at {EVAL_DIR}")
+    need_shared("data/eval")
     counts = {"lambada": 5153, "piqa": 1838, "hellaswag": 10042, "arc_easy": 2376, "arc_challenge": 1172,
               "openbookqa": 500, "winogrande": 1267}
     for task, n in counts.items():
@@ -447,8 +460,7 @@ def test_real_eval_files_parse_with_full_counts():
 
 
 def test_real_eval_files_smoke_with_a_tiny_gpt():
-    if not EVAL_DIR.is_dir():
-        pytest.skip(f"no offline eval data at {EVAL_DIR}")
+    need_shared("data/eval")
     model = tiny_gpt(block_size=128)
     for task in zs.ZERO_SHOT:
         items = zs.load_items(task, EVAL_DIR, 3)
