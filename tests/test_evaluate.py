@@ -13,6 +13,7 @@ import torch.nn as nn
 import checkpoint
 import evaluate as ev
 import report as rp
+import sample
 import zeroshot as zs
 from conftest import SHARED, need_shared, run_script
 from expand import expand
@@ -121,6 +122,28 @@ def write_task_files(folder, rng, n=6):
         write_jsonl(folder / zs.LOCAL_FILES[task], records)
     (folder / zs.PIQA_LABELS).write_text("".join(f"{rng.integers(2)}\n" for _ in range(n)))
     return folder
+
+
+@torch.no_grad()
+def reference_metrics(model, task, items, tok=BYTES) -> dict:
+    """acc (and acc_norm) the plain way, one request at a time and unbatched: the continuation's
+    log-likelihood from a forward over the request's last block_size + 1 tokens; an item with a
+    continuation longer than the context is left out; LAMBADA counts greedy hits."""
+    block, correct, correct_norm = model.cfg.block_size, [], []
+    for it in items:
+        loglik, hits = [], []
+        for ctx, cont in (zs.encode_pair(tok, c, x) for c, x in it.requests):
+            if len(cont) > block:
+                break
+            seq = torch.tensor(ctx + cont)[-(block + 1):]
+            logp = torch.log_softmax(model(seq[None, :-1])[0][0, -len(cont):].float(), dim=-1)
+            loglik.append(logp[torch.arange(len(cont)), seq[-len(cont):]].sum().item())
+            hits.append(bool((logp.argmax(-1) == seq[-len(cont):]).all()))
+        else:
+            correct.append(hits[0] if task == "lambada" else int(np.argmax(loglik)) == it.gold)
+            if it.choice_chars is not None:
+                correct_norm.append(int(np.argmax(np.array(loglik) / it.choice_chars)) == it.gold)
+    return {"acc": np.mean(correct), "n": len(correct), **({"acc_norm": np.mean(correct_norm)} if correct_norm else {})}
 
 
 def cli_error(capsys, argv) -> str:
@@ -376,8 +399,9 @@ def test_uniform_model_perplexity_and_bits_per_byte():
 
 def test_gpt2_bits_per_byte_and_scoring(monkeypatch):
     """GPT-2 BPE: a uniform model's bpb is its nats over the UTF-8 bytes the target tokens decode
-    to; a tiny GPT-2-vocabulary model scores real items."""
+    to; a tiny GPT-2-vocabulary model scores real items as the plain reference does."""
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(need_shared("tiktoken_cache")))
+    need_shared("data/eval")
     tok = get_tokenizer("gpt2")
     rng = np.random.default_rng()
     tokens = np.array(tok.encode(random_text(rng, 400)))  # ASCII: windows decode to whole characters
@@ -387,10 +411,11 @@ def test_gpt2_bits_per_byte_and_scoring(monkeypatch):
     n_bytes = sum(len(tok.decode(w[1:].tolist()).encode()) for w in windows)
     assert r["bytes"] == n_bytes
     assert r["bpb"] == pytest.approx(r["tokens"] * math.log2(50304) / n_bytes, rel=1e-5)
-    if EVAL_DIR.is_dir():
-        items = zs.load_items("piqa", EVAL_DIR, 2)
-        m = zs.evaluate_task(tiny_gpt(tokenizer="gpt2"), "piqa", items, requests_of(items, tok), batch_size=2)
-        assert m["n"] == 2 and 0 <= m["acc"] <= 1
+    items = zs.load_items("piqa", EVAL_DIR, 4)
+    model = tiny_gpt(tokenizer="gpt2", seed=0)
+    m = zs.evaluate_task(model, "piqa", items, requests_of(items, tok), batch_size=3)
+    want = reference_metrics(model, "piqa", items, tok)
+    assert m["n"] == want["n"] == 4 and m["acc"] == want["acc"] and m["acc_norm"] == want["acc_norm"]
 
 
 def test_val_windows_deterministic_evenly_spread_and_disjoint():
@@ -459,13 +484,17 @@ def test_real_eval_files_parse_with_full_counts():
     assert zs.load_items("arc_easy", EVAL_DIR, 1)[0].requests[0][0].endswith("?\nAnswer:")
 
 
-def test_real_eval_files_smoke_with_a_tiny_gpt():
+def test_real_eval_files_score_as_the_plain_reference_does():
+    """The first items of every real task, a random tiny GPT: batched, padded scoring gives the
+    accuracies of scoring each request alone (reference_metrics)."""
     need_shared("data/eval")
-    model = tiny_gpt(block_size=128)
+    model = tiny_gpt(block_size=128, seed=0)
     for task in zs.ZERO_SHOT:
-        items = zs.load_items(task, EVAL_DIR, 3)
+        items = zs.load_items(task, EVAL_DIR, 6)
         m = zs.evaluate_task(model, task, items, requests_of(items), batch_size=8)
-        assert m["n"] + m["n_excluded_too_long"] == 3 and 0 <= m["acc"] <= 1  # PIQA: 1 over 128 bytes
+        want = reference_metrics(model, task, items)
+        assert m["n"] == want["n"] and m["n"] + m["n_excluded_too_long"] == 6, task  # PIQA: some over 128 bytes
+        assert m["acc"] == pytest.approx(want["acc"]) and m.get("acc_norm") == pytest.approx(want.get("acc_norm")), task
 
 
 def test_wikitext_from_a_file_or_skipped_with_a_note(tmp_path, monkeypatch):
@@ -549,8 +578,14 @@ def test_report_renders_for_two_tiny_families(family):
         assert m["ppl"]["tokens"] == 512 and m["ppl"]["bpb"] > 0
     assert len(report["members"][0]["history"]) == 10 and report["members"][2]["history"] == []
     assert [p["family"] for p in report["pairs"]] == ["progressive", "independent"]
-    for p in report["pairs"]:
-        assert 0 <= p["spec"]["greedy"]["acceptance"] <= 1
+    # speculative acceptance: the grown member drafted for by its own source (the same function) keeps
+    # every draft; the independent pair's is sample.py's on the report's prompts (the validation
+    # windows' starts), recomputed here
+    assert all(v["acceptance"] == 1.0 for v in report["pairs"][0]["spec"].values())
+    prompts = ev.val_windows(np.fromfile(family.val / "val.bin", dtype=np.uint8), 64, 512)[:2, :32]
+    target, draft = sample.load_pair(family.base[1], family.base[0], torch.device("cpu"))
+    for mode, v in report["pairs"][1]["spec"].items():
+        assert v == ev.speculative_acceptance(draft, target, prompts, 8, 4, mode == "greedy", 0), mode
     # the grown member is its source under FPI (untrained): the same function, KL 0 up to rounding
     assert abs(report["pairs"][0]["kl"]["kl_large_small"]) < 1e-6 and report["pairs"][1]["kl"]["kl_large_small"] > 0
     assert report["flops"] == {"progressive": 3e9, "independent": 5e9, "saving": pytest.approx(0.4),
