@@ -22,6 +22,7 @@ SHARED = Path(os.environ.get("PGF_SHARED", ROOT.parent / "shared"))
 
 def need_shared(relative: str) -> Path:
     """SHARED / relative, which the calling test needs: skip without it (fail under PGF_REQUIRE_SHARED=1)."""
+    __tracebackhide__ = True  # the skip is reported at the calling test's line, not here
     path = SHARED / relative
     if not path.exists():
         message = f"{path} not found (offline data from ../shared; set PGF_SHARED)"

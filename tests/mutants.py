@@ -1,9 +1,10 @@
 """A short mutation check, run by hand (not by CI, not collected by pytest): each mutant is a one-line
-mistake in the recipe that once went unnoticed by the not-slow suite. It is applied to a copy of the
-working tree, the test files that guard it run there, and the mutant must make them fail.
+mistake in the recipe or the scoring (the LR, accumulation, acc_norm and RNG ones once passed the
+whole not-slow suite). It is applied to a copy of the working tree, the not-slow tests that guard it run there, and one of them must
+fail, and pass again without the mutant. A few minutes on 2 cores.
 
-    python tests/mutants.py            # every mutant; prints caught/survived per mutant, exit 1 if any survived
-    python tests/mutants.py lr_warmup  # the named ones
+    python tests/mutants.py                       # every mutant: caught/SURVIVED each; exit 1 if any survived
+    python tests/mutants.py lr_warmup_off_by_one  # the named ones
 """
 import os
 import shutil
@@ -45,6 +46,11 @@ MUTANTS = {
 }
 
 
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def working_tree(dest: Path):
     """The files git tracks or would track (untracked, not ignored), as they are now."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
@@ -55,35 +61,43 @@ def working_tree(dest: Path):
             shutil.copy2(ROOT / f, dest / f)
 
 
+def pytest(tree: Path, *args) -> subprocess.CompletedProcess:
+    shared = ROOT.parent / "shared"  # a copy has no ../shared beside it: point the tests at this one
+    env = {**os.environ, **({"PGF_SHARED": str(shared)} if shared.is_dir() else {})}
+    return subprocess.run([sys.executable, "-m", "pytest", "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider",
+                           *args], cwd=tree, capture_output=True, text=True, env=env)
+
+
 def run(name: str) -> bool:
-    """True when the mutant is caught: its tests fail (exit status 1), not merely fail to run."""
+    """True when the mutant is caught: a test fails (not merely fails to run) that passes without it."""
     path, line, mutant, tests = MUTANTS[name]
     with tempfile.TemporaryDirectory(prefix=f"mutant_{name}_") as tmp:
         tree = Path(tmp)
         working_tree(tree)
         source = (tree / path).read_text()
         if source.count(line) != 1:
-            raise SystemExit(f"error: {name}: {path} holds {source.count(line)} copies of {line!r}, not one")
+            fail(f"{name}: {path} holds {source.count(line)} copies of {line!r}, not one")
         (tree / path).write_text(source.replace(line, mutant))
         t0 = time.time()
-        shared = ROOT.parent / "shared"  # the copy has no ../shared beside it: point the tests at this one
-        env = {**os.environ, **({"PGF_SHARED": str(shared)} if shared.is_dir() else {})}
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider",
-                               *tests], cwd=tree, capture_output=True, text=True, env=env)
+        proc = pytest(tree, *tests)
         if proc.returncode not in (0, 1):
-            raise SystemExit(f"error: {name}: pytest exited {proc.returncode}\n{proc.stdout[-3000:]}")
-        caught = proc.returncode == 1
-        failed = [ln.split(" - ")[0] for ln in proc.stdout.splitlines() if ln.startswith("FAILED")]
-        print(f"{name:32s} {'caught' if caught else 'SURVIVED':8s} {time.time() - t0:5.0f} s  "
-              f"{failed[0] if failed else ' '.join(tests)}", flush=True)
-        return caught
+            print(proc.stdout[-3000:])
+            fail(f"{name}: pytest exited {proc.returncode} (not a test failure: see above)")
+        failed = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith(("FAILED ", "ERROR "))]
+        if failed:  # the test that caught it must pass on the tree as it is
+            (tree / path).write_text(source)
+            if pytest(tree, failed[0]).returncode != 0:
+                fail(f"{name}: {failed[0]} fails without the mutant too")
+        print(f"{name:40s} {'caught' if failed else 'SURVIVED':8s} {time.time() - t0:5.0f} s  "
+              f"{'by ' + failed[0] if failed else ' '.join(tests)}", flush=True)
+        return bool(failed)
 
 
 def main(argv):
     names = argv or list(MUTANTS)
     unknown = [n for n in names if n not in MUTANTS]
     if unknown:
-        raise SystemExit(f"error: unknown mutant {', '.join(unknown)}; known: {', '.join(MUTANTS)}")
+        fail(f"unknown mutant {', '.join(unknown)}; known: {', '.join(MUTANTS)}")
     survived = [n for n in names if not run(n)]
     print(f"{len(names) - len(survived)} of {len(names)} caught" + (f"; survived: {', '.join(survived)}" if survived else ""))
     return 1 if survived else 0
