@@ -73,7 +73,8 @@ def random_bytes(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "random_bytes"
     out.mkdir()
     rng = np.random.default_rng(0)
-    splits = {"train": rng.integers(0, 255, 200_000, dtype=np.uint8), "val": rng.integers(0, 255, 20_000, dtype=np.uint8)}
+    splits = {"train": rng.integers(0, 255, 200_000, dtype=np.uint8),
+              "val": rng.integers(0, 255, 20_000, dtype=np.uint8)}
     for name, tokens in splits.items():
         tokens.tofile(out / f"{name}.bin")
     (out / "meta.json").write_text(json.dumps({"tokenizer": "bytes", "vocab_size": 256, "dtype": "uint8",

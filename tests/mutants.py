@@ -1,7 +1,7 @@
 """A short mutation check, run by hand (not by CI, not collected by pytest): each mutant is a one-line
 mistake in the recipe or the scoring (the LR, accumulation, acc_norm and RNG ones once passed the
-whole not-slow suite). It is applied to a copy of the working tree, the not-slow tests that guard it run there, and one of them must
-fail, and pass again without the mutant. A few minutes on 2 cores.
+whole not-slow suite). It is applied to a copy of the working tree, the not-slow tests that guard it
+run there, and one of them must fail, and pass again without the mutant. A few minutes on 2 cores.
 
     python tests/mutants.py                       # every mutant: caught/SURVIVED each; exit 1 if any survived
     python tests/mutants.py lr_warmup_off_by_one  # the named ones
@@ -99,7 +99,8 @@ def main(argv):
     if unknown:
         fail(f"unknown mutant {', '.join(unknown)}; known: {', '.join(MUTANTS)}")
     survived = [n for n in names if not run(n)]
-    print(f"{len(names) - len(survived)} of {len(names)} caught" + (f"; survived: {', '.join(survived)}" if survived else ""))
+    print(f"{len(names) - len(survived)} of {len(names)} caught"
+          + (f"; survived: {', '.join(survived)}" if survived else ""))
     return 1 if survived else 0
 
 
