@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SHARED, assert_user_error, run_script
+from conftest import assert_user_error, need_shared, run_script
 from data import open_split
 from tokenizer import get_tokenizer
 
@@ -19,9 +19,7 @@ def test_byte_round_trip():
 
 
 def test_gpt2_round_trip(monkeypatch):
-    cache = SHARED / "tiktoken_cache"
-    if not cache.is_dir():
-        pytest.skip("no offline tiktoken cache")
+    cache = need_shared("tiktoken_cache")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     tok = get_tokenizer("gpt2")
     assert tok.encode("hello world") == [31373, 995]
@@ -74,9 +72,7 @@ def test_prepare_openstax_uses_its_val_file(byte_data):
 
 
 def test_prepare_gpt2_uint16(tmp_path, monkeypatch):
-    cache = SHARED / "tiktoken_cache"
-    if not cache.is_dir():
-        pytest.skip("no offline tiktoken cache")
+    cache = need_shared("tiktoken_cache")
     write_corpus(tmp_path / "c.jsonl", 50)
     proc = run_script("data/prepare.py", "--dataset", tmp_path / "c.jsonl", "--tokenizer", "gpt2",
                       "--out", tmp_path / "o", "--val_fraction", "0.2",

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import checkpoint
-from conftest import ROOT
+from conftest import ROOT, mean_loss_gradient
 from model import get_config
+from train import Trainer, parse_args
 
 GLOBAL_BATCH = 8
 
@@ -96,5 +97,17 @@ def test_dead_rank_fails_loudly(byte_data, tmp_path):
 
 @pytest.mark.parametrize("fsdp", ["off", "on"])
 def test_gradient_accumulation_syncs_once_and_matches(byte_data, tmp_path, fsdp):
-    ref = train(byte_data, tmp_path / "one", 1, "--grad_accum", 2)
-    assert_same_run(train(byte_data, tmp_path / "two", 2, "--grad_accum", 2, "--fsdp", fsdp), ref)
+    """2 ranks x 2 micro-steps give the 1-process run; and the first step's gradient norm (clipping
+    off) is that of the mean loss over the two global micro-batches, computed here: a 1-process
+    comparison alone would pass a gradient scaled the same wrong way in both (Adam hides the scale)."""
+    accum = ("--grad_accum", 2, "--grad_clip", 0, "--log_interval", 1)
+    ref = train(byte_data, tmp_path / "one", 1, *accum)
+    two = train(byte_data, tmp_path / "two", 2, *accum, "--fsdp", fsdp)
+    assert_same_run(two, ref)
+    init = Trainer(parse_args(["--size", "20k", "--data", str(byte_data), "--out", str(tmp_path / "init"),
+                               "--max_iters", "6", "--seq_len", "64", "--batch_size", str(GLOBAL_BATCH)]))
+    grads = mean_loss_gradient(init.model_cfg, init.model.state_dict(), init.train_tokens, 64, GLOBAL_BATCH,
+                               init.cfg.seed, 0, 2)
+    want = torch.cat([g.flatten() for g in grads.values()]).norm().item()
+    first = next(r for r in two["train"]["history"] if "grad_norm" in r)
+    assert first["step"] == 1 and first["grad_norm"] == pytest.approx(want, rel=1e-5)

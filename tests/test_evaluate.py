@@ -13,8 +13,9 @@ import torch.nn as nn
 import checkpoint
 import evaluate as ev
 import report as rp
+import sample
 import zeroshot as zs
-from conftest import SHARED, run_script
+from conftest import SHARED, need_shared, run_script
 from expand import expand
 from model import GPT, GPTConfig
 from tokenizer import get_tokenizer
@@ -123,6 +124,28 @@ def write_task_files(folder, rng, n=6):
     return folder
 
 
+@torch.no_grad()
+def reference_metrics(model, task, items, tok=BYTES) -> dict:
+    """acc (and acc_norm) the plain way, one request at a time and unbatched: the continuation's
+    log-likelihood from a forward over the request's last block_size + 1 tokens; an item with a
+    continuation longer than the context is left out; LAMBADA counts greedy hits."""
+    block, correct, correct_norm = model.cfg.block_size, [], []
+    for it in items:
+        loglik, hits = [], []
+        for ctx, cont in (zs.encode_pair(tok, c, x) for c, x in it.requests):
+            if len(cont) > block:
+                break
+            seq = torch.tensor(ctx + cont)[-(block + 1):]
+            logp = torch.log_softmax(model(seq[None, :-1])[0][0, -len(cont):].float(), dim=-1)
+            loglik.append(logp[torch.arange(len(cont)), seq[-len(cont):]].sum().item())
+            hits.append(bool((logp.argmax(-1) == seq[-len(cont):]).all()))
+        else:
+            correct.append(hits[0] if task == "lambada" else int(np.argmax(loglik)) == it.gold)
+            if it.choice_chars is not None:
+                correct_norm.append(int(np.argmax(np.array(loglik) / it.choice_chars)) == it.gold)
+    return {"acc": np.mean(correct), "n": len(correct), **({"acc_norm": np.mean(correct_norm)} if correct_norm else {})}
+
+
 def cli_error(capsys, argv) -> str:
     """A user mistake: exit code 2 and exactly one `error:` line."""
     capsys.readouterr()  # what ran before is not part of this error
@@ -153,9 +176,7 @@ def test_encode_pair_moves_trailing_spaces_bytes():
 
 
 def test_encode_pair_gpt2(monkeypatch):
-    if not (SHARED / "tiktoken_cache").is_dir():
-        pytest.skip("no offline tiktoken cache")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(need_shared("tiktoken_cache")))
     tok = get_tokenizer("gpt2")
     # " world" is one token: the space belongs to the continuation, not to the context
     assert zs.encode_pair(tok, "Hello", " world") == ([15496], [995])
@@ -226,6 +247,25 @@ def test_uniform_model_acc_vs_acc_norm_follow_lengths(tmp_path):
     gold = np.array([r["label"] for r in records])
     assert metrics["acc"] == pytest.approx(np.mean(lengths.argmin(1) == gold))
     assert metrics["acc_norm"] == pytest.approx(np.mean(lengths.argmax(1) == gold))
+
+
+@pytest.mark.fast
+def test_acc_norm_divides_by_characters_not_tokens(tmp_path):
+    """Every letter costs ln 510 and the space ln 2: " " + n letters scores -ln 2 - n ln 510.
+    acc picks the shortest ending; acc_norm, per character, the longest (the space's cost shrinks with
+    n); per token (n + 1 of them) the shortest again. Fixed items: acc 1/3, acc_norm 2/3 (1/3 per token)."""
+    probs = np.full(256, 0.5 / 255)
+    probs[ord(" ")] = 0.5
+    records = [{"query": "Question: which?", "choices": ["ab", "abcdef", "abcd"], "gold": 1},  # longest
+               {"query": "Question: which?", "choices": ["abcdefg", "abc", "abcde"], "gold": 0},  # longest
+               {"query": "Question: which?", "choices": ["abcde", "abcdefgh", "ab"], "gold": 2}]  # shortest
+    write_jsonl(tmp_path / zs.LOCAL_FILES["arc_easy"], records)
+    items = zs.load_items("arc_easy", tmp_path, None)
+    assert [it.choice_chars for it in items] == [[2, 6, 4], [7, 3, 5], [5, 8, 2]]
+    m = zs.evaluate_task(constant_lm(probs), "arc_easy", items, requests_of(items), batch_size=4)
+    assert m["n"] == 3 and m["acc"] == pytest.approx(1 / 3) and m["acc_norm"] == pytest.approx(2 / 3)
+    loglik = np.log(0.5) - np.array([2, 6, 4]) * np.log(510)  # the first item, by hand
+    assert zs.choose(loglik, [2, 6, 4]) == (0, 1) and np.argmax(loglik / np.array([3, 7, 5])) == 0
 
 
 @pytest.mark.fast
@@ -326,8 +366,7 @@ def test_context_is_cut_from_the_left_keeping_the_whole_continuation():
 
 def test_real_eval_files_too_long_counts_at_256_bytes():
     """The counts fits' docstring quotes: items with a continuation over 256 bytes."""
-    if not EVAL_DIR.is_dir():
-        pytest.skip(f"no offline eval data at {EVAL_DIR}")
+    need_shared("data/eval")
     for task, (first_200, total) in {"piqa": (15, 139), "hellaswag": (0, 1143)}.items():
         items = zs.load_items(task, EVAL_DIR, None)
         starts = np.cumsum([0] + [len(it.requests) for it in items])
@@ -360,10 +399,9 @@ def test_uniform_model_perplexity_and_bits_per_byte():
 
 def test_gpt2_bits_per_byte_and_scoring(monkeypatch):
     """GPT-2 BPE: a uniform model's bpb is its nats over the UTF-8 bytes the target tokens decode
-    to; a tiny GPT-2-vocabulary model scores real items."""
-    if not (SHARED / "tiktoken_cache").is_dir():
-        pytest.skip("no offline tiktoken cache")
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+    to; a tiny GPT-2-vocabulary model scores real items as the plain reference does."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(need_shared("tiktoken_cache")))
+    need_shared("data/eval")
     tok = get_tokenizer("gpt2")
     rng = np.random.default_rng()
     tokens = np.array(tok.encode(random_text(rng, 400)))  # ASCII: windows decode to whole characters
@@ -373,10 +411,11 @@ def test_gpt2_bits_per_byte_and_scoring(monkeypatch):
     n_bytes = sum(len(tok.decode(w[1:].tolist()).encode()) for w in windows)
     assert r["bytes"] == n_bytes
     assert r["bpb"] == pytest.approx(r["tokens"] * math.log2(50304) / n_bytes, rel=1e-5)
-    if EVAL_DIR.is_dir():
-        items = zs.load_items("piqa", EVAL_DIR, 2)
-        m = zs.evaluate_task(tiny_gpt(tokenizer="gpt2"), "piqa", items, requests_of(items, tok), batch_size=2)
-        assert m["n"] == 2 and 0 <= m["acc"] <= 1
+    items = zs.load_items("piqa", EVAL_DIR, 4)
+    model = tiny_gpt(tokenizer="gpt2", seed=0)
+    m = zs.evaluate_task(model, "piqa", items, requests_of(items, tok), batch_size=3)
+    want = reference_metrics(model, "piqa", items, tok)
+    assert m["n"] == want["n"] == 4 and m["acc"] == want["acc"] and m["acc_norm"] == want["acc_norm"]
 
 
 def test_val_windows_deterministic_evenly_spread_and_disjoint():
@@ -433,8 +472,7 @@ def test_greedy_speculation_accepts_while_argmaxes_agree():
 # Loading task data, the real files, offline behaviour
 
 def test_real_eval_files_parse_with_full_counts():
-    if not EVAL_DIR.is_dir():
-        pytest.skip(f"no offline eval data at {EVAL_DIR}")
+    need_shared("data/eval")
     counts = {"lambada": 5153, "piqa": 1838, "hellaswag": 10042, "arc_easy": 2376, "arc_challenge": 1172,
               "openbookqa": 500, "winogrande": 1267}
     for task, n in counts.items():
@@ -446,14 +484,17 @@ def test_real_eval_files_parse_with_full_counts():
     assert zs.load_items("arc_easy", EVAL_DIR, 1)[0].requests[0][0].endswith("?\nAnswer:")
 
 
-def test_real_eval_files_smoke_with_a_tiny_gpt():
-    if not EVAL_DIR.is_dir():
-        pytest.skip(f"no offline eval data at {EVAL_DIR}")
-    model = tiny_gpt(block_size=128)
+def test_real_eval_files_score_as_the_plain_reference_does():
+    """The first items of every real task, a random tiny GPT: batched, padded scoring gives the
+    accuracies of scoring each request alone (reference_metrics)."""
+    need_shared("data/eval")
+    model = tiny_gpt(block_size=128, seed=0)
     for task in zs.ZERO_SHOT:
-        items = zs.load_items(task, EVAL_DIR, 3)
+        items = zs.load_items(task, EVAL_DIR, 6)
         m = zs.evaluate_task(model, task, items, requests_of(items), batch_size=8)
-        assert m["n"] + m["n_excluded_too_long"] == 3 and 0 <= m["acc"] <= 1  # PIQA: 1 over 128 bytes
+        want = reference_metrics(model, task, items)
+        assert m["n"] == want["n"] and m["n"] + m["n_excluded_too_long"] == 6, task  # PIQA: some over 128 bytes
+        assert m["acc"] == pytest.approx(want["acc"]) and m.get("acc_norm") == pytest.approx(want.get("acc_norm")), task
 
 
 def test_wikitext_from_a_file_or_skipped_with_a_note(tmp_path, monkeypatch):
@@ -537,8 +578,14 @@ def test_report_renders_for_two_tiny_families(family):
         assert m["ppl"]["tokens"] == 512 and m["ppl"]["bpb"] > 0
     assert len(report["members"][0]["history"]) == 10 and report["members"][2]["history"] == []
     assert [p["family"] for p in report["pairs"]] == ["progressive", "independent"]
-    for p in report["pairs"]:
-        assert 0 <= p["spec"]["greedy"]["acceptance"] <= 1
+    # speculative acceptance: the grown member drafted for by its own source (the same function) keeps
+    # every draft; the independent pair's is sample.py's on the report's prompts (the validation
+    # windows' starts), recomputed here
+    assert all(v["acceptance"] == 1.0 for v in report["pairs"][0]["spec"].values())
+    prompts = ev.val_windows(np.fromfile(family.val / "val.bin", dtype=np.uint8), 64, 512)[:2, :32]
+    target, draft = sample.load_pair(family.base[1], family.base[0], torch.device("cpu"))
+    for mode, v in report["pairs"][1]["spec"].items():
+        assert v == ev.speculative_acceptance(draft, target, prompts, 8, 4, mode == "greedy", 0), mode
     # the grown member is its source under FPI (untrained): the same function, KL 0 up to rounding
     assert abs(report["pairs"][0]["kl"]["kl_large_small"]) < 1e-6 and report["pairs"][1]["kl"]["kl_large_small"] > 0
     assert report["flops"] == {"progressive": 3e9, "independent": 5e9, "saving": pytest.approx(0.4),

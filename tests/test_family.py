@@ -41,7 +41,13 @@ def test_quick_family_spends_the_planned_flops(quick):
     assert largest["meta"]["flops_total"] == pytest.approx(sum(spent["progressive"]))
     assert largest["meta"]["expansion"]["method"] == "aki"
     report = json.loads((run / "report" / "report.json").read_text())
-    assert report and (run / "report" / "report.md").is_file()
+    # the report evaluates every member of both families, and counts the FLOPs they were trained with
+    assert [(m["family"], m["name"]) for m in report["members"]] == \
+        [(kind, size) for kind in ("progressive", "independent") for size in plan["members"]]
+    assert report["flops"]["progressive"] == pytest.approx(sum(spent["progressive"]))
+    assert report["flops"]["independent"] == pytest.approx(sum(spent["independent"]))
+    assert report["flops"]["planned"]["saving"] == pytest.approx(plan["saving"])
+    assert (run / "report" / "report.md").read_text().startswith("# Family evaluation\n\n## Verdict\n\nFLOPs: ")
     assert (run / "report" / "loss_vs_flops.png").stat().st_size > 10_000
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import checkpoint
-from conftest import SHARED, assert_user_error, run_script
+from conftest import SHARED, assert_user_error, need_shared, run_script
 from expand import expand
 from model import FAMILIES, GPT, GPTConfig, PRESETS, count_params
 from util import UserError
@@ -79,8 +79,7 @@ def test_imported_logits_equal_transformers(source):
 def test_import_grow_export_keeps_the_function(source, tmp_path, capsys):
     """import -> FPI growth (heads 2 -> 4, FFN 4x, a zero block: exact) -> export -> transformers:
     the same logits as the source GPT-2."""
-    if not SHARED_GPT2.is_dir():
-        pytest.skip(f"GPT-2 BPE files not found at {SHARED_GPT2}")
+    need_shared("tokenizer/gpt2")
     folder, hf, _ = source
     export_hf.main(["--import", str(folder), "--out", str(tmp_path / "ckpt.pt")])
     assert capsys.readouterr().out == (f"wrote {tmp_path / 'ckpt.pt'}: custom(L2,d32), 2 layers, width 32, "

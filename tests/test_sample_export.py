@@ -10,7 +10,7 @@ import torch
 
 import checkpoint
 import sample
-from conftest import SHARED, assert_user_error, run_script
+from conftest import SHARED, assert_user_error, need_shared, run_script
 from model import GPT, GPTConfig
 from sample import family_members, generate, stream_text
 from tokenizer import get_tokenizer
@@ -134,9 +134,7 @@ def exported(request, tmp_path_factory):
     import export_hf
     tokenizer_dir = None
     if request.param == "gpt2":
-        if not SHARED_GPT2.is_dir():
-            pytest.skip(f"GPT-2 BPE files not found at {SHARED_GPT2}")
-        tokenizer_dir = SHARED_GPT2
+        tokenizer_dir = need_shared("tokenizer/gpt2")
     model = random_model(request.param)
     tmp = tmp_path_factory.mktemp(request.param)
     export_hf.export(save_model(model, tmp / "ckpt.pt"), tmp / "hf", tokenizer_dir)

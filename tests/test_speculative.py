@@ -11,6 +11,7 @@ import torch
 
 import checkpoint
 import sample
+from checkpoint import size_name
 from conftest import ROOT
 from model import GPT, GPTConfig, KVCache
 from sample import CachedModel, generate, speculative_acceptance, speculative_generate, verify
@@ -207,7 +208,7 @@ def two_token_frequencies(draft, target, prompt, temperature, top_k, n=1000) -> 
 
 
 # TV distance. 1000 draws from these 16-outcome laws land 0.03-0.04 from them on average, and in
-# 99.9% of simulated multinomial draws within 0.073; the wrong rule below lands ~0.2 away.
+# 99.9% of simulated multinomial draws within 0.073.
 TOLERANCE = 0.08
 
 
@@ -219,16 +220,19 @@ def test_speculative_samples_follow_the_target(temperature, top_k):
     assert total_variation(two_token_frequencies(draft, target, prompt, temperature, top_k), law) < TOLERANCE
 
 
-def test_resampling_from_p_would_miss_the_target(monkeypatch):
-    """The same check catches the rule that resamples from p instead of max(0, p - q): already the
-    first token's law, min(p, q) + (1 - a) p, is far from p."""
-    target, draft, prompt = target_and_draft()
-    with torch.no_grad():
-        p, q = (sample.next_token_probs(m(prompt)[0][0, -1, :4], 1.0, None).numpy() for m in (target, draft))
-    assert total_variation(np.minimum(p, q) + (1 - np.minimum(p, q).sum()) * p, p) > 1.5 * TOLERANCE
-    monkeypatch.setattr(sample, "verify", resample_from_p)
-    wrong = two_token_frequencies(draft, target, prompt, 1.0, None)
-    assert total_variation(wrong, two_token_law(target, prompt, 1.0, None)) > TOLERANCE
+def test_a_rejected_draft_is_replaced_from_the_residual():
+    """sample.verify on distributions where every outcome is known: p = (.5, .5, 0, 0), q = (0, .5,
+    .5, 0). Draft 2 has p = 0: always rejected, and its replacement comes from norm(max(0, p - q)) =
+    token 0 alone (resampling from p would give token 1 half the time). Draft 1 has p = q: always
+    kept, followed by the bonus token from the last p."""
+    ps = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    qs = torch.tensor([[0.0, 0.5, 0.5, 0.0]])
+    for seed in range(32):
+        generator = torch.Generator().manual_seed(seed)
+        accepted, token = verify(ps, qs, torch.tensor([2]), generator)
+        assert (accepted, int(token)) == (0, 0), seed
+        accepted, token = verify(ps, qs, torch.tensor([1]), generator)
+        assert (accepted, int(token)) == (1, 3), seed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,18 +266,29 @@ def test_cli_samples_speculatively_and_benches(tmp_path, capsys):
 
 
 def test_family_experiment_measures_every_pair(tmp_path):
-    """experiments/speculative.py on a fake run folder of three members per family."""
+    """experiments/speculative.py on a fake run folder of three members per family. The progressive
+    members are one model saved three times: a draft identical to its target is always accepted. The
+    independent rows hold what sample.py measures for the same pair, prompts, mode and seed."""
     spec = importlib.util.spec_from_file_location("speculative", ROOT / "experiments" / "speculative.py")
     experiment = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(experiment)
-    for family in ("progressive", "independent"):
-        for i, size in enumerate(["20k", "50k", "120k"]):
-            save(random_gpt(50 + i, n_layer=i + 1, block_size=64), tmp_path / "run" / family / f"ckpt_{size}.pt")
+    independent = {}
+    for i, size in enumerate(["20k", "50k", "120k"]):
+        save(random_gpt(49, block_size=64), tmp_path / "run" / "progressive" / f"ckpt_{size}.pt")
+        independent[size] = random_gpt(50 + i, n_layer=i + 1, block_size=64)
+        save(independent[size], tmp_path / "run" / "independent" / f"ckpt_{size}.pt")
     experiment.main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--tokens", "5",
-                     "--repeats", "1", "--clock", "wall"])  # cpu would set one thread for the session
+                     "--repeats", "1", "--clock", "wall", "--seed", "3"])  # cpu would set one thread for the session
     result = json.loads((tmp_path / "out" / "speculative.json").read_text())
-    pairs = {(r["family"], r["draft"], r["target"], r["mode"]) for r in result["rows"]}
-    assert len(result["rows"]) == len(pairs) == 2 * 3 * 2  # families x (2 adjacent + smallest->largest) x modes
-    assert all(0 <= r["acceptance"] <= 1 and r["speculative_tokens_per_s"] > 0 for r in result["rows"])
+    rows = {(r["family"], r["draft"], r["target"], r["mode"]): r for r in result["rows"]}
+    assert len(result["rows"]) == 2 * 3 * 2  # families x (2 adjacent + smallest->largest) x modes
+    assert len(rows) == 3 * 2 + 2  # the progressive pairs share one name
+    prompts = [torch.tensor(list(p.encode())) for p in experiment.PROMPTS]
+    for draft, target in (("20k", "50k"), ("50k", "120k"), ("20k", "120k")):
+        d, t = independent[draft], independent[target]
+        for mode, temperature in experiment.MODES.items():
+            want = speculative_acceptance(d, t, prompts, 5, 4, temperature, seed=3, n_vocab=256)["acceptance"]
+            assert rows[("independent", size_name(d.cfg), size_name(t.cfg), mode)]["acceptance"] == want
+    assert all(r["acceptance"] == 1.0 for r in result["rows"] if r["family"] == "progressive")
     md = (tmp_path / "out" / "speculative.md").read_text()
     assert result["command"] in md and md.count("\n| progressive |") == 6

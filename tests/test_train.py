@@ -53,12 +53,21 @@ def test_val_loss_falls_and_flops_are_counted(byte_data, tmp_path):
 
 
 def test_init_carries_flops_and_lineage(byte_data, tmp_path):
+    """A stage started from a grown checkpoint adds its own FLOPs to its ancestors' and keeps their
+    lineage (the members it grew from, oldest first) and the expansion it came from."""
+    from expand import expand
     Trainer(args(byte_data, tmp_path / "a", "--max_iters", 4)).run()
-    t = Trainer(args(byte_data, tmp_path / "b", "--max_iters", 4, "--init", tmp_path / "a" / "ckpt.pt"))
+    a = checkpoint.load(tmp_path / "a" / "ckpt.pt")
+    grown = expand(a, PRESETS["50k"], method="aki")
+    grown["meta"]["lineage"] = ["10k", *grown["meta"]["lineage"]]  # as if 20k had been grown from a 10k
+    checkpoint.save(tmp_path / "grown.pt", grown)
+    t = Trainer(args(byte_data, tmp_path / "b", "--size", "50k", "--max_iters", 4, "--init", tmp_path / "grown.pt"))
     t.run()
-    a, b = checkpoint.load(tmp_path / "a" / "ckpt.pt"), checkpoint.load(tmp_path / "b" / "ckpt.pt")
-    assert b["meta"]["flops_total"] == pytest.approx(2 * a["meta"]["flops_total"])
-    assert b["meta"]["init"] == str(tmp_path / "a" / "ckpt.pt")
+    b = checkpoint.load(tmp_path / "b" / "ckpt.pt")
+    assert b["meta"]["lineage"] == ["10k", "20k"] and b["meta"]["expansion"]["method"] == "aki"
+    assert b["meta"]["flops_total"] == pytest.approx(a["meta"]["flops_total"] +
+                                                     4 * 8 * 64 * train_flops_per_token(PRESETS["50k"], 64))
+    assert b["meta"]["init"] == str(tmp_path / "grown.pt")
 
 
 def test_bad_inputs_give_one_clear_line(byte_data, tmp_path):
