@@ -85,7 +85,7 @@ from model import FAMILIES, GPTConfig, count_params, get_config  # noqa: E402
 
 # Training recipe per family. Max LR of the smallest and of the largest member: the "adjusted"
 # schedule interpolates between them, "fixed" uses the first for every member.
-# paper: the paper's values. tiny: the best of 1e-3..1.6e-2 for 20k and 250k trained alone
+# paper: our reading of the paper (its appendix configs were not available). tiny: the best of 1e-3..1.6e-2 for 20k and 250k trained alone
 # (experiments/lr_sweep.sh, README): 20k still improved at 1.6e-2, 250k was best at 8e-3.
 # gpt2: GPT-3's (Brown et al. 2020, Table 2.1) for its 125M and 1.3B models, the nearest in shape.
 FAMILY_LR = {"paper": (1.5e-3, 3e-4), "tiny": (1.6e-2, 8e-3), "gpt2": (6e-4, 2e-4)}

@@ -122,7 +122,7 @@ def test_stable_ckpt_is_the_state_where_the_decay_starts(byte_data, tmp_path):
         assert torch.equal(stable["model"][k], stopped["model"][k]), k
     assert stable["meta"]["flops_total"] == pytest.approx(full.flops_total)
     assert stable["meta"]["stable_phase_end"] == {"step": 16, "of": 20}
-    with pytest.raises(UserError, match="needs --schedule wsd"):
+    with pytest.raises(UserError, match="need --schedule wsd"):
         args(byte_data, tmp_path / "c", "--max_iters", 20, "--stable_ckpt", tmp_path / "x.pt")
     (tmp_path / "stable.pt").unlink()  # a finished stage whose stable checkpoint was removed
     with pytest.raises(UserError, match="missing"):
