@@ -24,6 +24,9 @@ from util import UserError
     (get_config("250k"), 256),
     (GPTConfig(2, 4, 16, 256, 256, 1024, "bytes"), 1024),  # long context: attention dominates
     (GPTConfig(2, 2, 32, 256, 512, 512, "bytes"), 64),  # seq_len shorter than the context
+    (get_config("llama-50k"), 256),  # RMSNorm, SwiGLU, RoPE, 2 query heads per key/value head
+    # one key/value head for 4 queries, a tied head, biases, LayerNorm with SwiGLU
+    (GPTConfig(2, 4, 16, 96, 256, 128, "bytes", 1e-5, "layernorm", "swiglu", "rope", 1e4, 1, True, True), 128),
 ])
 def test_flops_per_token_matches_flop_counter(cfg, seq_len):
     torch.manual_seed(random.randrange(2**31))
