@@ -85,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 check_args(__name__, parse_args)  # --help and usage errors before torch loads
-from model import FAMILIES, GPTConfig, count_params, get_config  # noqa: E402
+from model import FAMILIES, PRESETS, GPTConfig, count_params, get_config  # noqa: E402
 
 # Training recipe per family. Max LR of the smallest and of the largest member: the "adjusted"
 # schedule interpolates between them, "fixed" uses the first for every member.
@@ -299,14 +299,16 @@ def check_family(sizes: list[str], global_batch: int, nproc: int, gpu_mem_gb: fl
 
 def print_presets():
     """Every preset of every family: shape, parameter counts, training FLOPs per token."""
-    head = f"{'family':7s} {'size':>5s} {'layers':>6s} {'width':>6s} {'heads':>5s} {'hd':>4s} " \
+    head = f"{'family':10s} {'size':>12s} {'layers':>6s} {'width':>6s} {'heads':>5s} {'kv':>3s} {'hd':>4s} " \
            f"{'FFN':>6s} {'vocab':>6s} {'ctx':>5s} {'total':>14s} {'non-emb':>14s} {'train FLOPs/tok':>16s}"
     print(head)
     print("-" * len(head))
-    for fam, sizes in FAMILIES.items():
+    in_family = {s for sizes in FAMILIES.values() for s in sizes}
+    rows = [*FAMILIES.items(), ("-", [s for s in PRESETS if s not in in_family])]  # "-": in no family
+    for fam, sizes in rows:
         for s in sizes:
             c, n = get_config(s), count_params(get_config(s))
-            print(f"{fam:7s} {s:>5s} {c.n_layer:6d} {c.n_embd:6d} {c.n_head:5d} {c.head_dim:4d} "
+            print(f"{fam:10s} {s:>12s} {c.n_layer:6d} {c.n_embd:6d} {c.n_head:5d} {c.kv_heads:3d} {c.head_dim:4d} "
                   f"{c.d_ff:6d} {c.vocab_size:6d} {c.block_size:5d} {n['total']:14,d} "
                   f"{n['non_embedding']:14,d} {train_flops_per_token(c):16.4g}")
 
