@@ -276,8 +276,7 @@ def copies_equal_to_source(ckpt: dict, tol: float = 1e-6) -> list[str]:
     """Every (matrix, growing axis, copy) whose slice is still within tol of its source unit's."""
     exp = ckpt["meta"]["expansion"]
     cfg = GPTConfig.from_dict(ckpt["config"]) if isinstance(ckpt["config"], dict) else ckpt["config"]
-    maps = all_maps(*(index_map(torch.tensor(exp["maps"][d])) for d in ("hidden", "heads", "ffn")),
-                    cfg.head_dim, cfg.n_embd)
+    maps = all_maps(*(index_map(torch.tensor(exp["maps"][d])) for d in ("hidden", "heads", "ffn")), cfg)
     found = []
     for name, t in ckpt["model"].items():
         for axis, spec in enumerate(LAYOUT[split_name(name)[1]]):
