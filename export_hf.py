@@ -70,7 +70,7 @@ import torch  # noqa: E402
 
 from checkpoint import load, pack, save  # noqa: E402
 from model import GPTConfig  # noqa: E402
-from tokenizer import ByteTokenizer, GPT2Tokenizer  # noqa: E402
+from tokenizer import ByteTokenizer, GPT2Tokenizer, tokenizers_dir  # noqa: E402
 
 # Our parameter names -> GPT2LMHeadModel's: the model's own, then those of each block (a weight
 # and a bias each, under blocks.{i}. and transformer.h.{i}.). Export and import both read them.
@@ -215,9 +215,10 @@ def byte_tokenizer(block_size: int):
 def folder_tokenizer(tokenizer_dir, block_size: int):
     """(tokenizer, end-of-text id) of a folder's tokenizer.json (SmolLM2's, as imported)."""
     from transformers import PreTrainedTokenizerFast
-    if tokenizer_dir is None or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
-        raise UserError("a SmolLM2-vocabulary model needs --tokenizer_dir DIR holding its tokenizer.json "
-                        "(the folder it was imported from)")
+    tokenizer_dir = tokenizer_dir or tokenizers_dir() / "smollm2"  # where tokenizer.py finds it
+    if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise UserError(f"a SmolLM2-vocabulary model needs its tokenizer.json, not found in {tokenizer_dir}: "
+                        "pass --tokenizer_dir DIR (the folder it was imported from)")
     tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(tokenizer_dir) / "tokenizer.json"),
                                   model_max_length=block_size, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
     return tok, tok.eos_token_id
