@@ -56,9 +56,10 @@ and qkv's rows [q | k | v] use g_q, g_kv, g_kv. Query head b' of the grown model
 head b' div G, a copy of the source's g_h(b' div G), which is exactly the key/value head that its
 source query head reads: every query head stays in its group, so copied heads compute the same
 attention, exact for any ratio of groups. Why whole groups rather than keeping the key/value heads
-and copying queries within groups: that changes G, which transformers' Llama and SDPA need uniform
-(n_head a multiple of n_kv_head), and it could grow the attention only by multiples of the group
-count; a fixed G is to GQA what a fixed head_dim is to heads. Without GQA (G = 1) it is the head map.
+and copying query heads within their groups: that grows G with the model, so a family's members
+would differ in group size, and every group must grow alike to stay uniform, as transformers'
+Llama and SDPA need (n_head = G n_kv_head), so the query heads could only grow by whole multiples.
+A fixed G is to GQA what a fixed head_dim is to heads; without GQA (G = 1) the rule is the head map.
 
 SwiGLU. y = proj(silu(gate x) * fc x): an FFN unit u is a row of gate, a row of fc (up) and a
 column of proj (down), so gate and fc use one map g_f (gate' as fc' above), and proj's columns are

@@ -10,7 +10,7 @@ Design choices that the rest of the project leans on:
   of the residual width, widened by the same index map as `wte`, and it maps 1:1 onto the standard
   GPT-2 architecture for export (export_hf.py) without custom code.
 
-The architecture is configuration, so the same module is also a Llama (Llama 3, SmolLM2, Qwen2 shaped):
+The architecture is configuration, so the same module is also a Llama (Llama 3, SmolLM2):
 GPTConfig's `norm` (layernorm | rmsnorm), `mlp` (gelu | swiglu), `pos` (learned | rope, base
 `rope_theta`), `n_kv_head` (grouped-query attention: n_head / n_kv_head query heads share one key and
 value head), `bias` (biases of every Linear and LayerNorm) and `tie_embeddings` (head = wte). The
@@ -40,7 +40,7 @@ class GPTConfig:
     d_ff: int  # hidden size of the MLP (4 * n_embd in every preset)
     vocab_size: int  # padded size of the embedding/head; tokens >= tokenizer vocab are never seen
     block_size: int  # context length
-    tokenizer: str  # "bytes" or "gpt2": data and checkpoints must agree on it
+    tokenizer: str  # "bytes", "gpt2" or "smollm2" (tokenizer.py): data and checkpoints must agree on it
     norm_eps: float = 1e-5
     norm: str = "layernorm"  # or "rmsnorm"
     mlp: str = "gelu"  # tanh-GELU, or "swiglu": proj(silu(gate x) * fc x)
@@ -119,8 +119,9 @@ def _tiny_llama(n_layer, n_head, d_ff):
 # (head_dim 128, 4 query heads per KV head, Llama 3 8B's body exactly, Llama 3.2 1B's width and
 # depth) on the paper family's GPT-2 vocabulary and context, so the paper's data and recipe apply.
 # smollm2: SmolLM2's shapes (export_hf.py --import reads its folders into them; its own counts are
-# 135M, 362M and 1.71B with the tied head). 360m -> 1.7b changes the group size (3 -> 1): expand.py
-# grows only within one group size, like head_dim.
+# 135M, 362M and 1.71B with the tied head). The 1.7b is in no family: it is shallower than the 360m
+# (24 blocks against 32) and has no query groups (group size 3 -> 1), and expand.py grows within one
+# group size only, as within one head_dim.
 LLAMA_PRESETS = {
     "llama-20k": _tiny_llama(2, 2, 96),  # width 16
     "llama-50k": _tiny_llama(2, 4, 144),  # width 32

@@ -143,37 +143,24 @@ def assert_same_training(ref: GPT, fused: GPT, losses):
         assert (p - q).abs().max() < 1e-5, name
 
 
-def count_calls(monkeypatch, names) -> dict:
-    """Count the calls of these kernels: the model really goes through them."""
-    calls = dict.fromkeys(names, 0)
-    for name in names:
+# a Llama member: RMSNorm, and attention with each key/value head expanded to its group of query heads
+TINY_LLAMA = GPTConfig(**{**TINY.to_dict(), "n_head": 4, "n_kv_head": 2, "norm": "rmsnorm", "mlp": "swiglu",
+                          "pos": "rope", "bias": False})
+
+
+@pytest.mark.parametrize("cfg, norm", [(TINY, "layer_norm"), (TINY_LLAMA, "rms_norm")], ids=["gpt2", "llama"])
+def test_training_steps_match_pytorch_ops(monkeypatch, cfg, norm):
+    ref = GPT(cfg, use_kernels=False)
+    fused = copy.deepcopy(ref)
+    fused.set_kernels(True, on_cpu=True)
+    calls = {norm: 0, "causal_attention": 0}
+    for name in calls:  # count the calls: the model really goes through the kernels
         def counted(*args, _f=getattr(kernels, name), _name=name):
             calls[_name] += 1
             return _f(*args)
         monkeypatch.setattr(kernels, name, counted)
-    return calls
-
-
-def test_training_steps_match_pytorch_ops(monkeypatch):
-    ref = GPT(TINY, use_kernels=False)
-    fused = copy.deepcopy(ref)
-    fused.set_kernels(True, on_cpu=True)
-    calls = count_calls(monkeypatch, ["layer_norm", "causal_attention"])
     assert_same_training(ref, fused, train_losses([ref, fused]))
-    assert calls == {"layer_norm": 3 * (2 * TINY.n_layer + 1), "causal_attention": 3 * TINY.n_layer}
-
-
-def test_llama_training_steps_match_pytorch_ops(monkeypatch):
-    """A Llama member through the kernels: RMSNorm's, and attention with each key/value head
-    expanded to its group of query heads."""
-    llama = GPTConfig(**{**TINY.to_dict(), "n_head": 4, "n_kv_head": 2, "norm": "rmsnorm", "mlp": "swiglu",
-                         "pos": "rope", "bias": False})
-    ref = GPT(llama, use_kernels=False)
-    fused = copy.deepcopy(ref)
-    fused.set_kernels(True, on_cpu=True)
-    calls = count_calls(monkeypatch, ["rms_norm", "causal_attention"])
-    assert_same_training(ref, fused, train_losses([ref, fused]))
-    assert calls == {"rms_norm": 3 * (2 * llama.n_layer + 1), "causal_attention": 3 * llama.n_layer}
+    assert calls == {norm: 3 * (2 * cfg.n_layer + 1), "causal_attention": 3 * cfg.n_layer}
 
 
 @pytest.mark.slow
