@@ -82,8 +82,9 @@ The residual becomes x'_i = s(i) x_{g(i)}, so sum_i x'_i^2 = sum_j c(j) (d'/(d c
 gamma_{g(i)}, exactly. A copy and its source have the same c, so the same s: they stay equal
 (twins() finds them as for GPT members). Adam's moments follow the gradient, which scales the
 other way: m/s, v/s^2 for producers, m s, v s^2 for gains (with the counts below). LayerNorm has
-no such rescue: its mean and its variance would need sum over copies of s = and sum of s^2 = the
-same constant, which only uniform counts allow.
+no such rescue: keeping both its mean and its variance needs sum_{copies of j} s = a and
+sum_{copies of j} s^2 = b for every j; a unit with one copy forces a^2 = b, and then the two copies
+of another unit would need s_1 s_2 = 0.
 
 A tied head (head = wte) cannot grow exactly: wte' copies, head' divides. Members are untied;
 check_growth refuses a tied one, and export_hf.py --import unties.
