@@ -320,7 +320,12 @@ def activation_parts(cfg: GPTConfig, micro_batch: int, seq_len: int, compute: in
     """
     s, b, h, a, V = seq_len, micro_batch, cfg.n_embd, cfg.n_head, cfg.vocab_size
     r = compute if residual is None else residual
-    return {"block": s * b * (16 * compute * h + 2 * (r - compute) * h + 4 * a),
+    # the 16 h: two norm inputs and outputs, q, k, v, attention output (8 h), the MLP's hidden
+    # twice (8 h at d_ff = 4 h). Llama members: k and v are n_kv_head heads wide, and SwiGLU keeps
+    # four d_ff-wide tensors (gate, silu(gate), up, their product) where GELU keeps two
+    kv = cfg.kv_heads * cfg.head_dim
+    elements = 6 * h + 2 * kv + (4 if cfg.mlp == "swiglu" else 2) * cfg.d_ff
+    return {"block": s * b * (elements * compute + 2 * (r - compute) * h + 4 * a),
             "block_input": s * b * h * r,
             "head": s * b * ((r + compute) * h + compute * V + 4 * V)}
 

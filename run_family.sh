@@ -7,7 +7,7 @@
 #   bash run_family.sh --family tiny --seeds "1 2" --lr_schedule fixed --out runs/fixed
 #
 # Options, as environment variables or as flags (--name value, name in lower case: --lr_schedule; '-' works too):
-#   FAMILY=tiny|paper|gpt2   CHINCHILLA=1   LR_SCHEDULE=adjusted|fixed   SEED=1337 or SEEDS="1 2 3"
+#   FAMILY=tiny|paper|gpt2|tiny-llama|llama   CHINCHILLA=1   LR_SCHEDULE=adjusted|fixed   SEED=1337 or SEEDS="1 2 3"
 #   METHOD=aki|fpi   DEPTH=stack|interpolate|zero   OPT_STATE=0|1 (grow AdamW moments too)
 #   NOISE=0.1 (expand.py --noise; 0: copies split exactly)   AKI_TOP=noise|below (expand.py --aki_top)
 #   MEMBERS=20k,250k (a sub-chain: skip members)   SCHEDULE=cosine|wsd

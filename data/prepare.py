@@ -255,8 +255,10 @@ def main(argv=None):
     p.add_argument("--dataset", default="fineweb-edu",
                    help="'fineweb-edu' (streams HuggingFaceFW/fineweb-edu, sample-10BT) or a local "
                         ".jsonl (with a 'text' field) / .txt / .parquet file or folder")
-    p.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"],
-                   help="gpt2: tiktoken BPE (paper family); bytes: UTF-8 bytes (tiny family)")
+    p.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes", "smollm2"],
+                   help="gpt2: tiktoken BPE (paper and llama families); bytes: UTF-8 bytes (tiny families); "
+                        "smollm2: SmolLM2's tokenizer.json, from $PGF_TOKENIZERS/smollm2/ (default "
+                        "../shared/tokenizer/smollm2/)")
     p.add_argument("--out", required=True, help="output folder for train.bin, val.bin, meta.json")
     p.add_argument("--tokens", type=int, default=0,
                    help="stop after this many training tokens (0: the whole source)")

@@ -16,7 +16,7 @@ def dry_run(tmp_path, **env):
                           timeout=600)
 
 
-STAGE = re.compile(r"stage (\w+): micro-batch (\d+) x accumulation (\d+) x (\d+) processes = 1024; "
+STAGE = re.compile(r"stage ([\w.-]+): micro-batch (\d+) x accumulation (\d+) x (\d+) processes = 1024; "
                    r"(ddp|fsdp), activation checkpointing (on|off); planned ([\d.]+) GB of ([\d.]+) GB")
 
 
@@ -42,6 +42,11 @@ def test_two_paper_stages_on_8_gpus(tmp_path):
 @pytest.mark.parametrize("nproc", [8, 16, 64])  # what the issue asks CI to check; ~8 s each when idle
 def test_paper_family(tmp_path, nproc):
     check_paper(dry_run(tmp_path, NPROC=str(nproc)), tmp_path, nproc)
+
+
+def test_llama_family_on_8_gpus(tmp_path):
+    """The llama family (Llama 3's architecture and shapes) plans, fits and grows like the paper's."""
+    check_paper(dry_run(tmp_path, FAMILY="llama", NPROC="8"), tmp_path, 8, ("llama-1b", "llama-2b", "llama-4b", "llama-8b"))
 
 
 def test_stages_that_do_not_fit_fail(tmp_path):

@@ -1,0 +1,115 @@
+"""export_hf.py with Llama members: a transformers LlamaForCausalLM imports with its logits, grows
+exactly (FPI, integral and non-integral widths) and exports back to transformers with the same
+logits. Small random Llamas made here stand in for SmolLM2's and Llama 3's folders."""
+import pytest
+import torch
+
+import checkpoint
+from expand import expand
+from model import GPT, PRESETS, GPTConfig
+from util import UserError
+
+transformers = pytest.importorskip("transformers", reason="transformers is optional (export/import only)")
+export_hf = pytest.importorskip("export_hf")
+
+
+def random_llama(tied: bool, seed: int = 0, **shape):
+    """A LlamaForCausalLM on bytes, 4 query heads sharing 2 key/value heads, every weight random
+    (RMSNorm gains around 1), in eval mode."""
+    cfg = transformers.LlamaConfig(**{
+        "vocab_size": 256, "hidden_size": 32, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}, **shape},
+        tie_word_embeddings=tied)
+    torch.manual_seed(seed)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.normal_(1.0 if "norm" in name else 0.0, 0.2 if "norm" in name else 0.1)
+    return hf
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def source(request, tmp_path_factory):
+    """(folder of a saved random Llama, the transformers model, its imported checkpoint)."""
+    hf = random_llama(tied=request.param)
+    folder = tmp_path_factory.mktemp("llama") / "hf"
+    hf.save_pretrained(folder)
+    checkpoint.save(folder.parent / "ckpt.pt", export_hf.import_hf(str(folder)))
+    return folder, hf, checkpoint.load(folder.parent / "ckpt.pt")
+
+
+def logits(model, idx):
+    with torch.no_grad():
+        out = model(idx)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def test_imported_logits_equal_transformers(source):
+    _, hf, ckpt = source
+    assert ckpt["config"] == GPTConfig(2, 4, 8, 80, 256, 64, "bytes", 1e-5, "rmsnorm", "swiglu", "rope", 5e5, 2, False)
+    model = checkpoint.build_model(ckpt, use_kernels=False).eval()
+    idx = torch.randint(0, 256, (3, 64))
+    assert (logits(model, idx) - logits(hf, idx)).abs().max() <= 1e-5
+    sd = ckpt["model"]  # untied, with the source's values
+    assert torch.equal(sd["head.weight"], hf.lm_head.weight)
+    assert sd["head.weight"].data_ptr() != sd["wte.weight"].data_ptr()
+    assert ckpt["meta"]["origin"]["architecture"] == "LlamaForCausalLM"
+
+
+@pytest.mark.parametrize("groups, n_layer", [(4, 3), (3, 2)], ids=["2x", "1.5x"])
+def test_import_grow_export_keeps_the_function(source, tmp_path, groups, n_layer):
+    """import -> FPI growth (query groups 2 -> 4 or 3, SwiGLU 80 -> 160, a zero block) -> export ->
+    transformers: the source's logits. 1.5x is exact too, by RMSNorm's residual scale."""
+    _, hf, ckpt = source
+    target = GPTConfig(**{**ckpt["config"].to_dict(), "n_head": 2 * groups, "n_kv_head": groups,
+                          "d_ff": 160, "n_layer": n_layer})
+    checkpoint.save(tmp_path / "grown.pt", expand(ckpt, target, method="fpi", depth="zero"))
+    export_hf.main(["--ckpt", str(tmp_path / "grown.pt"), "--out", str(tmp_path / "hf")])
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(back).__name__ == "LlamaForCausalLM" and back.config.num_key_value_heads == groups
+    idx = torch.randint(0, 256, (2, 64))
+    assert (logits(back, idx) - logits(hf, idx)).abs().max() <= 1e-5
+
+
+def test_export_then_import_is_the_identity(tmp_path):
+    """A tiny-llama member exported and imported again: the same preset, the same tensors."""
+    torch.manual_seed(0)
+    model = GPT(PRESETS["llama-50k"], use_kernels=False)
+    checkpoint.save(tmp_path / "ckpt.pt", checkpoint.make_checkpoint(model))
+    export_hf.export(tmp_path / "ckpt.pt", tmp_path / "hf")
+    checkpoint.save(tmp_path / "back.pt", export_hf.import_hf(str(tmp_path / "hf")))
+    back = checkpoint.load(tmp_path / "back.pt")
+    assert back["config"] == PRESETS["llama-50k"] and back["meta"]["size"] == "llama-50k"
+    sd = model.state_dict()
+    assert back["model"].keys() == sd.keys() and all(torch.equal(back["model"][k], sd[k]) for k in sd)
+
+
+def test_smollm2_configs_are_the_presets():
+    """SmolLM2's config.json values (135M, 360M, 1.7B) import as the smollm2 presets."""
+    shapes = {"smollm2-135m": (30, 576, 9, 3, 1536, 1e5), "smollm2-360m": (32, 960, 15, 5, 2560, 1e5),
+              "smollm2-1.7b": (24, 2048, 32, 32, 8192, 1.3e5)}
+    for size, (n_layer, width, heads, kv, d_ff, theta) in shapes.items():
+        hc = transformers.LlamaConfig(
+            vocab_size=49152, hidden_size=width, intermediate_size=d_ff, num_hidden_layers=n_layer,
+            num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=8192,
+            rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": theta},
+            tie_word_embeddings=True)
+        assert export_hf.config_from_llama(hc) == PRESETS[size], size
+
+
+def test_bad_llamas_are_refused(tmp_path):
+    scaled = random_llama(tied=True, rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0,
+                                                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                      "original_max_position_embeddings": 8192})
+    scaled.save_pretrained(tmp_path / "scaled")
+    with pytest.raises(UserError, match="rope_type=llama3"):
+        export_hf.main(["--import", str(tmp_path / "scaled"), "--out", str(tmp_path / "c.pt")])
+    random_llama(tied=True, vocab_size=1000).save_pretrained(tmp_path / "vocab")
+    with pytest.raises(UserError, match="1000 tokens is none of"):
+        export_hf.main(["--import", str(tmp_path / "vocab"), "--out", str(tmp_path / "c.pt")])
+    assert not (tmp_path / "c.pt").exists()
+    mixed = GPTConfig(1, 2, 8, 32, 256, 16, "bytes", mlp="swiglu")  # LayerNorm with SwiGLU: no class
+    checkpoint.save(tmp_path / "mixed.pt", checkpoint.make_checkpoint(GPT(mixed)))
+    with pytest.raises(UserError, match="no transformers class"):
+        export_hf.export(tmp_path / "mixed.pt", tmp_path / "out")
