@@ -174,12 +174,14 @@ def wrap(model: GPT, d: Dist, device: torch.device, fsdp: bool, compile: bool):
     return model
 
 
-def gradient_sync(model: GPT, wrapped, d: Dist, fsdp: bool, last: bool):
-    """Gradients are reduced across ranks on a step's last micro-step only: FSDP is told so, DDP
-    skips the others under no_sync (the context returned)."""
-    if fsdp:
-        model.set_requires_gradient_sync(last)
-    elif d.world > 1 and not last:
+def gradient_sync(wrapped, d: Dist, fsdp: bool, last: bool):
+    """The context of a micro-step's backward. DDP all-reduces on a step's last micro-step only and
+    skips the others under no_sync (its gradients are full replicas anyway). FSDP reduce-scatters
+    every micro-step, into the gradient shard it accumulates: its no-sync mode
+    (set_requires_gradient_sync(False)) would keep every parameter's whole unsharded fp32 gradient on
+    every rank until the last micro-step (+16 GB per GPU at 4b), which the memory plan would then
+    have to count; a reduce-scatter per micro-step costs communication, not memory."""
+    if not fsdp and d.world > 1 and not last:
         return wrapped.no_sync()
     return nullcontext()
 

@@ -253,7 +253,7 @@ class Trainer:
                              cfg.seed, self.step, micro, self.stage)
             lo = self.dist.rank * cfg.batch_size
             x, y = x[lo:lo + cfg.batch_size].to(self.device), y[lo:lo + cfg.batch_size].to(self.device)
-            sync = parallel.gradient_sync(self.model, model, self.dist, self.fsdp, micro == cfg.grad_accum - 1)
+            sync = parallel.gradient_sync(model, self.dist, self.fsdp, micro == cfg.grad_accum - 1)
             with sync, self.autocast():
                 _, loss = model(x, y)
                 (loss / cfg.grad_accum).backward()
