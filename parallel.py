@@ -38,14 +38,21 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+def env_dist() -> Dist:
+    """This process's place in the job as torchrun's environment gives it (none: one process)."""
     if "RANK" not in os.environ:
-        return Dist(), pick_device(device_name)
+        return Dist()
     try:
-        d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+        return Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
     except (KeyError, ValueError) as e:
         raise UserError("bad torchrun environment: RANK, WORLD_SIZE and LOCAL_RANK must be integers; "
                         "launch with torchrun") from e
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    if "RANK" not in os.environ:
+        return Dist(), pick_device(device_name)
+    d = env_dist()
     device = pick_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
@@ -433,21 +440,35 @@ def available_ram() -> float:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+# --fsdp as choose_strategy takes it, the same on every device
+FSDP_FLAG = {"on": "fsdp", "off": "ddp", "auto": "auto"}
+
+
+def memory_budget(gpu_mem: float, d: Dist, device: torch.device) -> tuple[float, str]:
+    """(GB, what they are) a process plans for: `gpu_mem` (train.py --gpu_mem: the budget run_family.sh
+    planned the layout for) when given, but at most what the device has: the GPU's memory, on CPU this
+    process's share of the host's available RAM. A GPU that is not here (a dry run on a CPU-only
+    machine, --device cuda) has only `gpu_mem`."""
+    have = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        have, where = torch.cuda.get_device_properties(device).total_memory / GB, "GPU memory"
+    elif device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
+        have, where = available_ram() / GB / local, "available host RAM per process"
+    if gpu_mem > 0 and (have is None or gpu_mem <= have):
+        return gpu_mem, "planning budget (--gpu_mem)"
+    if have is None:
+        raise UserError(f"no {device} here to read its memory from; give --gpu_mem (GB per GPU) to plan for one")
+    return have, where
+
+
 def memory_layout(cfg, model_cfg: GPTConfig, d: Dist, device: torch.device, seq_len: int,
                   dtype: torch.dtype) -> dict:
     """Strategy (single, ddp, fsdp) and activation checkpointing from the memory plan of this run
-    on this device (auto: the first that fits); refuses a run that does not fit. On CPU the ranks of
-    a host share its available RAM, and --fsdp auto stays DDP. `cfg`: train.py's TrainConfig."""
-    if device.type == "cuda":
-        mem, where = torch.cuda.get_device_properties(device).total_memory / GB, "GPU memory"
-        strategy = cfg.fsdp
-    else:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
-        mem, where = available_ram() / GB / local, "available host RAM per process"
-        strategy = "fsdp" if cfg.fsdp == "on" else "ddp"
-    if d.world == 1 or cfg.fsdp == "off":
-        strategy = "ddp"
-    c = choose_strategy(model_cfg, d.world, cfg.batch_size, seq_len, mem, strategy,
+    (--fsdp and --activation_checkpointing pin them; auto: the first that fits) for its memory_budget;
+    refuses a run that does not fit. `cfg`: train.py's TrainConfig. Adds the budget's "gpu_mem_gb"."""
+    mem, where = memory_budget(cfg.gpu_mem, d, device)
+    c = choose_strategy(model_cfg, d.world, cfg.batch_size, seq_len, mem, FSDP_FLAG[cfg.fsdp],
                         cfg.activation_checkpointing, mixed_precision=dtype != torch.float32)
     if cfg.memory_check and not c["fits"]:
         raise UserError(f"--size {cfg.size} does not fit: planned {c['bytes'] / GB:.1f} GB per process "
@@ -455,4 +476,4 @@ def memory_layout(cfg, model_cfg: GPTConfig, d: Dist, device: torch.device, seq_
                         f"{'on' if c['checkpointing'] else 'off'}) > {c['usable_bytes'] / GB:.1f} GB usable "
                         f"of {mem:.1f} GB {where}; lower --batch_size and raise --grad_accum, use "
                         f"--activation_checkpointing on or --fsdp on, or more GPUs (python flops.py --check)")
-    return c
+    return {**c, "gpu_mem_gb": mem}

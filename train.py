@@ -74,11 +74,18 @@ class TrainConfig:
                                "or skip the step (stops after 10 in a row)", choices=["stop", "skip"])
     peak_flops: float = _opt(0, "device peak FLOP/s for MFU (default: known GPUs; none on CPU)")
     fsdp: str = _opt("auto", "under torchrun, shard parameters, gradients and optimizer state with "
-                             "FSDP2 (auto: on CUDA when DDP would not fit the GPU's memory, see flops.py "
-                             "--memory)", choices=["auto", "on", "off"])
+                             "FSDP2 (auto: when DDP would not fit the memory budget, see flops.py "
+                             "--memory; the same on every device)", choices=["auto", "on", "off"])
     activation_checkpointing: str = _opt("auto", "recompute each block's activations in backward instead of "
                                                  "keeping them (auto: when the memory plan needs it)",
                                          choices=["auto", "on", "off"])
+    gpu_mem: float = _opt(0, "GB (1e9 bytes) per process the memory plan may use, at most what the device "
+                             "has (default: the GPU's memory; on CPU the available RAM per process); "
+                             "run_family.sh passes the GPU_MEM its layout was planned for")
+    dry_run: bool = _opt(False, "print the layout (strategy, micro-batch, accumulation, activation "
+                                "checkpointing) and planned memory per process this command would train "
+                                "with, and exit: nothing is read or built, no GPU is needed (--device cuda "
+                                "--gpu_mem GB plans for one); the world size is torchrun's WORLD_SIZE")
     memory_check: bool = _opt(True, "refuse a run whose memory plan (flops.py) does not fit the GPU, or "
                                     "the available host RAM on CPU (--no_memory_check: start anyway)")
 
@@ -542,12 +549,32 @@ class Trainer:
                       "flops_total": self.flops_total, "val_loss": val})
 
 
+def dry_run(cfg: TrainConfig) -> tuple[str, bool]:
+    """--dry_run: a line giving the layout this command would train with (memory_layout's choice for
+    its world size, micro-batch and budget), and whether it fits; no process group, data or checkpoint."""
+    d = parallel.env_dist()
+    device = torch.device(cfg.device) if cfg.device != "auto" else pick_device("auto")
+    model_cfg = get_config(cfg.size)
+    dtype, _ = compute_choices(cfg, device)
+    seq_len = cfg.seq_len or model_cfg.block_size
+    c = parallel.memory_layout(dataclasses.replace(cfg, memory_check=False), model_cfg, d, device, seq_len, dtype)
+    return (f"layout of --size {cfg.size}: micro-batch {cfg.batch_size} x accumulation {cfg.grad_accum} x "
+            f"{d.world} processes = {cfg.batch_size * cfg.grad_accum * d.world}; {c['strategy']}, activation "
+            f"checkpointing {'on' if c['checkpointing'] else 'off'}; planned {c['bytes'] / parallel.GB:.1f} GB "
+            f"of {c['usable_bytes'] / parallel.GB:.1f} GB usable per process ({c['gpu_mem_gb']:g} GB, {device}, "
+            f"{str(dtype).split('.')[-1]})" + ("" if c["fits"] else " -- DOES NOT FIT"), c["fits"])
+
+
 def write_jsonl(path, rows):
     atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), mode="w")
 
 
 def main(argv=None):
     cfg = parse_args(argv)
+    if cfg.dry_run:
+        line, fits = dry_run(cfg)
+        print(line)
+        sys.exit(0 if fits or not cfg.memory_check else 1)  # 1 as run_family.sh's dry run: does not fit
     trainer, previous = None, signal.getsignal(signal.SIGINT)
     try:
         trainer = Trainer(cfg)
