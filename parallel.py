@@ -360,7 +360,14 @@ def memory_plan(cfg: GPTConfig, nproc: int, micro_batch: int, seq_len: int | Non
     the prefetched next), and one block's fp32 gradients for the reduce-scatter. Activations are per
     GPU under both (activation_bytes): fp32 residual stream under DDP's autocast, all bf16 under
     FSDP's mixed precision. mixed_precision=False is an fp32 run (CPU's default): no copies, 4-byte
-    activations. A strategy fits when its total is at most GPU_MEM_USABLE of gpu_mem_gb.
+    activations. Both add the cross-entropy backward's transient (loss_backward): at the start of
+    backward, with every activation still kept, the fp32 gradients of the log-softmax output and of
+    the logits (8 bytes x tokens x vocab; 6.6 GB for 1024 x 16 tokens of GPT-2's vocabulary). FSDP
+    holds no unsharded gradient across micro-steps (gradient_sync reduce-scatters every one), DDP's
+    accumulated gradients are the state's. A strategy fits when its total is at most GPU_MEM_USABLE
+    of gpu_mem_gb. Estimates, not measurements: the activations are checked against what autograd
+    saves (tests/test_flops.py); the working sets, the transient and the usable fraction are not
+    measured on a GPU yet (docs/gpu.md).
     """
     if nproc < 1:
         raise UserError(f"nproc must be >= 1, got {nproc}")
@@ -381,7 +388,8 @@ def memory_plan(cfg: GPTConfig, nproc: int, micro_batch: int, seq_len: int | Non
             "working_set": 2 * compute * (root + 2 * block) + 4 * block,
             "activations": activation_bytes(cfg, micro_batch, seq_len, checkpointing, compute)}
     for d in (ddp, fsdp):
-        d["total"] = d["state"] + d["working_set"] + d["activations"]
+        d["loss_backward"] = 8 * seq_len * micro_batch * cfg.vocab_size
+        d["total"] = d["state"] + d["working_set"] + d["activations"] + d["loss_backward"]
         d["fits"] = d["total"] <= usable
     return {"params": n["total"], "nproc": nproc, "micro_batch": micro_batch, "seq_len": seq_len,
             "gpu_mem_gb": gpu_mem_gb, "usable_bytes": usable, "checkpointing": checkpointing,
