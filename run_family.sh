@@ -164,7 +164,7 @@ train() {  # train DIR SIZE TOKENS LR MIN_LR WARMUP_TOKENS BATCH SEQ_LEN SEED [t
     --min_lr "$min_lr" --warmup "$steps_warmup" --batch_size "$micro" --grad_accum "$accum" --fsdp "$fsdp"
     --activation_checkpointing "${layout[3]}" --gpu_mem "$GPU_MEM" --seq_len "$seq"
     --seed "$seed" --schedule "$SCHEDULE" --eval_tokens "$EVAL_TOKENS" --out "$dir/$size"
-    --ckpt "$dir/ckpt_$size.pt" --resume "$@")
+    --ckpt "$dir/ckpt_$size.pt" --resume "${INTERVALS[@]}" "$@")
   if [ "$DRY_RUN" = 1 ]; then
     local fits=""; [ "${layout[6]}" = 1 ] || fits=" -- DOES NOT FIT"
     echo "stage $size: micro-batch $micro x accumulation $accum x $NPROC processes = $batch; ${layout[2]}," \
@@ -176,6 +176,8 @@ train() {  # train DIR SIZE TOKENS LR MIN_LR WARMUP_TOKENS BATCH SEQ_LEN SEED [t
   "${cmd[@]}"
 }
 UNFIT=()  # dry run: stages that do not fit
+# the GPU families' stages take hours to days: a log line every minute, a checkpoint every 30 minutes
+INTERVALS=(); [ "$FAMILY" = tiny ] || INTERVALS=(--log_every_min 1 --ckpt_every_min 30)
 
 # The overall progress line before each stage: stage k of all seeds' training stages (the reused
 # smallest independent member counts; expansions and evaluations do not); the ETA is the plan's FLOPs

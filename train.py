@@ -9,7 +9,7 @@ batch of step s is a pure function of (seed, stage, s), where stage is the numbe
 --init checkpoint has (0 from scratch): resuming at step s, or running on another number of
 processes, sees exactly the same data, and a grown stage draws its own batches instead of
 replaying the ones its ancestors trained on. A checkpoint (checkpoint.py) is written atomically every
---ckpt_interval steps and at the end; `--resume` continues from it bit for bit.
+--ckpt_interval steps (and --ckpt_every_min minutes) and at the end; `--resume` continues from it bit for bit.
 """
 import argparse
 import dataclasses
@@ -70,6 +70,10 @@ class TrainConfig:
     eval_tokens: int = _opt(131072, "validation tokens per evaluation")
     log_interval: int = _opt(0, "steps between log lines (default: about 50 per stage)")
     ckpt_interval: int = _opt(0, "steps between checkpoints (default: the eval interval)")
+    log_every_min: float = _opt(1.0, "also a log line (not a metrics row) when this many minutes passed "
+                                     "since the last one, so a long run's steps show signs of life (0: off)")
+    ckpt_every_min: float = _opt(0.0, "also a checkpoint when this many minutes passed since the last one, "
+                                      "so a preempted run loses at most that (0: off; run_family.sh: 30 on GPUs)")
     on_nan: str = _opt("stop", "non-finite loss or gradient: stop (keep the last good checkpoint) "
                                "or skip the step (stops after 10 in a row)", choices=["stop", "skip"])
     peak_flops: float = _opt(0, "device peak FLOP/s for MFU (default: known GPUs; none on CPU)")
@@ -201,6 +205,24 @@ def lr_at(step: int, cfg: TrainConfig, max_iters: int, warmup: int) -> float:
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
+class Every:
+    """A wall-clock interval: due() is true once `minutes` have passed since the start or the last
+    reset (then it resets); never with minutes 0. `clock` in seconds (tests pass a fake one)."""
+
+    def __init__(self, minutes: float, clock=time.monotonic):
+        self.minutes, self.clock = minutes, clock
+        self.reset()
+
+    def reset(self):
+        self.last = self.clock()
+
+    def due(self) -> bool:
+        if not self.minutes or self.clock() - self.last < 60 * self.minutes:
+            return False
+        self.reset()
+        return True
+
+
 # ---------------------------------------------------------------------------------------------
 
 class Trainer:
@@ -240,12 +262,15 @@ class Trainer:
             if self.step % self.log_interval == 0 or self.step == self.max_iters:
                 self.log_step(loss, lr, gnorm, window_steps, window_time, time.time() - t_start)
                 window_time, window_steps = 0.0, 0
+                self.log_timer.reset()
+            elif self.dist.master and self.log_timer.due():  # a sign of life between the rows
+                self.log_step(loss, lr, gnorm, window_steps, window_time, time.time() - t_start, row=False)
             done = self.step == self.max_iters
             if self.step % self.eval_interval == 0 or done:
                 self.record_eval()
             self.stop_requested = parallel.any_rank(self.dist, self.stop_requested or self.step == cfg.stop_at,
                                                  self.device)
-            if self.step % self.ckpt_interval == 0 or done or self.stop_requested:
+            if self.step % self.ckpt_interval == 0 or done or self.stop_requested or self.checkpoint_due():
                 self.save(done=done)
             if self.stop_requested and not done:
                 log(f"stop requested: checkpoint at step {self.step} written to {self.ckpt_path}")
@@ -307,6 +332,7 @@ class Trainer:
         self.eval_interval = cfg.eval_interval or max(1, self.max_iters // 10)
         self.log_interval = cfg.log_interval or max(1, self.max_iters // 50)
         self.ckpt_interval = cfg.ckpt_interval or self.eval_interval
+        self.log_timer, self.ckpt_timer = Every(cfg.log_every_min), Every(cfg.ckpt_every_min)
         # MFU is only printed where the peak is known
         self.peak = cfg.peak_flops or (device_peak(torch.cuda.get_device_name(self.device)) or 0
                                        if self.device.type == "cuda" else 0)
@@ -407,6 +433,14 @@ class Trainer:
         parallel.save_state(path, self.model_cfg, self.model, self.optimizer, train, meta, self.dist, self.fsdp)
         if not stable:
             self.saved_step = self.step
+            self.ckpt_timer.reset()
+
+    def checkpoint_due(self) -> bool:
+        """--ckpt_every_min has passed on rank 0's clock: every rank learns it at the same step (an
+        FSDP checkpoint is collective, and the ranks' clocks differ)."""
+        if not self.ckpt_timer.minutes:
+            return False
+        return parallel.any_rank(self.dist, self.dist.master and self.ckpt_timer.due(), self.device)
 
     @property
     def stage_flops(self) -> float:
@@ -529,8 +563,9 @@ class Trainer:
             with open(Path(self.cfg.out) / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def log_step(self, loss, lr, gnorm, timed_steps, timed_s, elapsed):
-        """One log line and metrics row; tok/s and MFU over the window's timed steps (none: n/a)."""
+    def log_step(self, loss, lr, gnorm, timed_steps, timed_s, elapsed, row=True):
+        """One log line and (row) metrics row; tok/s and MFU over the window's timed steps (none: n/a).
+        The lines --log_every_min adds are not rows: metrics.jsonl stays the same for any timing."""
         tps = timed_steps * self.step_tokens / timed_s if timed_steps else None
         mfu = tps * self.flops_per_token / self.dist.world / self.peak if self.peak and tps else None
         eta = elapsed / (self.step - self.start_step) * (self.max_iters - self.step)
@@ -538,9 +573,10 @@ class Trainer:
         self.log(f"step {self.step:6d}/{self.max_iters} | loss {loss:.4f} | lr {lr:.2e} | gnorm {gnorm:.2f} | "
                  f"{speed}" + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
                  + f" | ETA {eta / 60:.1f} min")
-        self.metrics({"step": self.step, "tokens": self.tokens_seen, "flops": self.flops,
-                      "flops_total": self.flops_total, "loss": loss, "lr": lr, "grad_norm": gnorm,
-                      "tok_per_s": tps, "timed_steps": timed_steps, "mfu": mfu})
+        if row:
+            self.metrics({"step": self.step, "tokens": self.tokens_seen, "flops": self.flops,
+                          "flops_total": self.flops_total, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                          "tok_per_s": tps, "timed_steps": timed_steps, "mfu": mfu})
 
     def record_eval(self):
         val = self.evaluate()
