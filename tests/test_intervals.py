@@ -42,3 +42,42 @@ def test_trainer_logs_and_checkpoints_on_the_clock(byte_data, tmp_path, minutes,
     assert [int(ln.split()[1].split("/")[0]) for ln in lines] == logged
     rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [8]  # the clock's lines are not metrics rows
+
+
+RANKS = r"""
+import json, sys
+import parallel, train
+t = train.Trainer(train.parse_args(sys.argv[2:]))
+# the ranks' clocks disagree: rank 1's says a checkpoint is due at every step, rank 0's every third
+t.ckpt_timer.clock = (lambda: 25.0 * t.step) if t.dist.rank == 0 else (lambda: 1e6 * t.step)
+t.ckpt_timer.reset()
+steps, save = [], t.save
+t.save = lambda **kw: (steps.append(t.step), save(**kw))
+t.run()
+with open(f"{sys.argv[1]}/saved{t.dist.rank}.json", "w") as f:
+    json.dump(steps, f)
+parallel.teardown()
+parallel.leave(t.dist)
+"""
+
+
+def test_rank_0s_clock_decides_the_checkpoints_of_every_rank(byte_data, tmp_path):
+    """Under FSDP a checkpoint is collective: ranks whose clocks disagree still save at the same
+    steps, rank 0's (a rank saving alone would hang the others in its barrier)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(tmp_path), "--size", "20k", "--data", str(byte_data), "--out",
+                        str(tmp_path / "run"), "--max_iters", "8", "--batch_size", "2", "--seq_len", "64",
+                        "--eval_tokens", "2048", "--log_interval", "100", "--eval_interval", "100",
+                        "--ckpt_interval", "100", "--ckpt_every_min", "1", "--fsdp", "on"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "DIST_TIMEOUT_MIN": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    saved = [json.loads((tmp_path / f"saved{rank}.json").read_text()) for rank in (0, 1)]
+    assert saved == [[3, 6, 8], [3, 6, 8]]
