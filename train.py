@@ -123,6 +123,8 @@ def parse_args(argv=None) -> TrainConfig:
         raise UserError(f"--seed {cfg.seed} is out of range; use an integer from 0 to 2**63 - 1")
     if min(cfg.batch_size, cfg.grad_accum) < 1 or cfg.lr <= 0 or cfg.seq_len < 0:
         raise UserError("--batch_size and --grad_accum must be >= 1, --lr > 0, --seq_len >= 0")
+    if not min(cfg.gpu_mem, cfg.log_every_min, cfg.ckpt_every_min) >= 0:
+        raise UserError("--gpu_mem, --log_every_min and --ckpt_every_min must be >= 0 (0: default or off)")
     if cfg.stable_ckpt and cfg.schedule != "wsd":
         raise UserError("--stable_ckpt needs --schedule wsd: only WSD has a stable phase to end")
     return cfg

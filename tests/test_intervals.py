@@ -81,3 +81,10 @@ def test_rank_0s_clock_decides_the_checkpoints_of_every_rank(byte_data, tmp_path
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     saved = [json.loads((tmp_path / f"saved{rank}.json").read_text()) for rank in (0, 1)]
     assert saved == [[3, 6, 8], [3, 6, 8]]
+
+
+@pytest.mark.parametrize("flag", ["--log_every_min", "--ckpt_every_min", "--gpu_mem"])
+def test_negative_minutes_or_budget_are_refused(tmp_path, flag):
+    from conftest import assert_user_error, run_script
+    r = run_script("train.py", "--size", "20k", "--data", tmp_path, "--max_iters", "1", flag, "-1")
+    assert_user_error(r, flag)
