@@ -628,7 +628,7 @@ def peak_rss_gb() -> float:
 def main(argv=None):
     args = parse_args(argv)
     if args.inspect:
-        print(twins_report(twins(checkpoint.load(args.inspect, mmap=True))))
+        print(twins_report(twins(checkpoint.load(args.inspect, mmap=True, optimizer=False))))
         return
     missing = [f"--{k}" for k in ("src", "size", "out") if getattr(args, k) is None]
     if missing:
@@ -638,7 +638,8 @@ def main(argv=None):
         raise UserError("--out is the --src checkpoint; write the grown one to a new file")
 
     t0 = time.perf_counter()
-    src = checkpoint.load(args.src)
+    # mapped: only the weights (and with --optimizer_state the AdamW moments) are read, the rest never
+    src = checkpoint.load(args.src, mmap=True, optimizer=args.optimizer_state)
     src_size, src_params = checkpoint.size_name(src["config"]), n_params(src["model"])
     t1 = time.perf_counter()
     ckpt = expand(src, target, args.method, args.depth, args.seed, args.optimizer_state, args.noise, args.aki_top)

@@ -269,9 +269,11 @@ def print_memory(sizes: list[str], nproc: int, micro_batch: int, gpu_mem_gb: flo
     gb = lambda x: f"{x / GB:.1f}"  # noqa: E731
     print(f"per-GPU memory (GB) on {nproc} GPUs of {gpu_mem_gb:g} GB ({GPU_MEM_USABLE:.0%} usable), "
           f"micro-batch {micro_batch}, bf16 mixed precision + AdamW, without activation checkpointing "
-          f"(the last columns: what train.py chooses, checkpointing included)")
+          f"(the last columns: what train.py chooses, checkpointing included; loss bwd: the cross-entropy "
+          f"backward's transient)")
     head = (f"{'size':>5s} {'params':>7s} {'DDP state':>9s} {'FSDP state':>10s} {'FSDP work':>9s} "
-            f"{'activ':>7s} {'DDP total':>9s} {'FSDP total':>10s} {'chosen':>6s} {'act ckpt':>8s} {'total':>6s}")
+            f"{'activ':>7s} {'loss bwd':>8s} {'DDP total':>9s} {'FSDP total':>10s} {'chosen':>6s} "
+            f"{'act ckpt':>8s} {'total':>6s}")
     print(head)
     print("-" * len(head))
     for s, m in zip(sizes, plans):
@@ -279,7 +281,8 @@ def print_memory(sizes: list[str], nproc: int, micro_batch: int, gpu_mem_gb: flo
         c = choose_strategy(get_config(s), nproc, micro_batch, gpu_mem_gb=gpu_mem_gb)
         note = "" if c["fits"] else " (does not fit)"
         print(f"{s:>5s} {_si(m['params']):>7s} {gb(ddp['state']):>9s} {gb(fsdp['state']):>10s} "
-              f"{gb(fsdp['working_set']):>9s} {gb(ddp['activations']):>7s} {gb(ddp['total']):>9s} "
+              f"{gb(fsdp['working_set']):>9s} {gb(ddp['activations']):>7s} {gb(ddp['loss_backward']):>8s} "
+              f"{gb(ddp['total']):>9s} "
               f"{gb(fsdp['total']):>10s} {c['strategy']:>6s} {'on' if c['checkpointing'] else 'off':>8s} "
               f"{gb(c['bytes']):>6s}{note}")
 

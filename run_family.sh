@@ -13,7 +13,7 @@
 #   MEMBERS=20k,250k (a sub-chain: skip members)   SCHEDULE=cosine|wsd
 #   GROW_FROM=final|stable (wsd: grow each member from its predecessor's weights before the decay)
 #   STAGE_FRACTIONS=1,1,2 (split of the budget among grown stages)   BUDGET_SCALE=1 (x largest's FLOPs)
-#   NPROC=1 (torchrun when > 1)   GPU_MEM=80 (GB per GPU)   DRY_RUN=1 (print each stage's layout and command)
+#   NPROC=1 (torchrun when > 1)   GPU_MEM=80 (GB per GPU)   DRY_RUN=1 or --dry-run (print each stage's layout and command)
 #   DATA=folder from data/prepare.py   OUT=runs/<family>
 #   SKIP_INDEPENDENT=1 (progressive only)   QUICK=1 (a short run, for CI)   EVAL_LIMIT=items per task
 # Re-running continues: finished stages (checkpoint marked done) are skipped, a killed one resumes.
@@ -27,6 +27,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --*=*) key="${1%%=*}"; val="${1#*=}"; shift ;;
+    --dry-run|--dry_run) key=$1; val=1; shift  # alone: on
+      if [[ ${1:-} =~ ^[01]$ ]]; then val=$1; shift; fi ;;
     --*) [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }; key="$1"; val="$2"; shift 2 ;;
     *) echo "error: unknown argument '$1' (see bash run_family.sh --help)" >&2; exit 2 ;;
   esac
@@ -150,16 +152,19 @@ fi
 train() {  # train DIR SIZE TOKENS LR MIN_LR WARMUP_TOKENS BATCH SEQ_LEN SEED [train.py flags]
   local dir=$1 size=$2 tokens=$3 lr=$4 min_lr=$5 warmup=$6 batch=$7 seq=$8 seed=$9; shift 9
   # micro-batch x accumulation x NPROC = the plan's batch; flops.py's memory plan chooses the
-  # micro-batch (strategy, activation checkpointing) for NPROC GPUs of GPU_MEM GB
+  # micro-batch, strategy and activation checkpointing for NPROC GPUs of GPU_MEM GB, once: train.py
+  # gets all of it (and the budget), so it runs the layout printed here (train.py --dry_run says so)
   local layout
   layout=($($PY flops.py --layout "$size" --global_batch "$batch" --nproc "$NPROC" --gpu_mem "$GPU_MEM"))
-  local micro=${layout[0]} accum=${layout[1]} steps_warmup=$(( warmup / (batch * seq) ))
+  local micro=${layout[0]} accum=${layout[1]} fsdp=off steps_warmup=$(( warmup / (batch * seq) ))
+  [ "${layout[2]}" = fsdp ] && fsdp=on
   local launcher=($PY)
   [ "$NPROC" -gt 1 ] && launcher=(torchrun --standalone --nproc_per_node="$NPROC")
   local cmd=("${launcher[@]}" train.py --size "$size" --data "$DATA" --tokens "$tokens" --lr "$lr"
-    --min_lr "$min_lr" --warmup "$steps_warmup" --batch_size "$micro" --grad_accum "$accum" --seq_len "$seq"
+    --min_lr "$min_lr" --warmup "$steps_warmup" --batch_size "$micro" --grad_accum "$accum" --fsdp "$fsdp"
+    --activation_checkpointing "${layout[3]}" --gpu_mem "$GPU_MEM" --seq_len "$seq"
     --seed "$seed" --schedule "$SCHEDULE" --eval_tokens "$EVAL_TOKENS" --out "$dir/$size"
-    --ckpt "$dir/ckpt_$size.pt" --resume "$@")
+    --ckpt "$dir/ckpt_$size.pt" --resume "${INTERVALS[@]}" "$@")
   if [ "$DRY_RUN" = 1 ]; then
     local fits=""; [ "${layout[6]}" = 1 ] || fits=" -- DOES NOT FIT"
     echo "stage $size: micro-batch $micro x accumulation $accum x $NPROC processes = $batch; ${layout[2]}," \
@@ -171,6 +176,8 @@ train() {  # train DIR SIZE TOKENS LR MIN_LR WARMUP_TOKENS BATCH SEQ_LEN SEED [t
   "${cmd[@]}"
 }
 UNFIT=()  # dry run: stages that do not fit
+# the GPU families' stages take hours to days: a log line every minute, a checkpoint every 30 minutes
+INTERVALS=(); [ "$FAMILY" = tiny ] || INTERVALS=(--log_every_min 1 --ckpt_every_min 30)
 
 # The overall progress line before each stage: stage k of all seeds' training stages (the reused
 # smallest independent member counts; expansions and evaluations do not); the ETA is the plan's FLOPs
