@@ -12,7 +12,7 @@ Design choices that the rest of the project leans on:
 
 The architecture is configuration, so the same module is also a Llama (Llama 3, SmolLM2):
 GPTConfig's `norm` (layernorm | rmsnorm), `mlp` (gelu | swiglu), `pos` (learned | rope, base
-`rope_theta`), `n_kv_head` (grouped-query attention: n_head / n_kv_head query heads share one key and
+`rope_theta`, Llama 3.1's frequency scaling `rope_factor`, ...), `n_kv_head` (grouped-query attention: n_head / n_kv_head query heads share one key and
 value head), `bias` (biases of every Linear and LayerNorm) and `tie_embeddings` (head = wte). The
 defaults are the GPT-2 layout above, so a checkpoint written before these fields existed loads as it
 was. A Llama member keeps the same parameter names (ln1, attn.qkv, mlp.fc, ...): RMSNorm is `ln*`,
@@ -49,6 +49,12 @@ class GPTConfig:
     n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: n_head
     bias: bool = True  # biases in every Linear and LayerNorm (the head never has one)
     tie_embeddings: bool = False  # head.weight is wte.weight (expand.py grows untied members only)
+    # Llama 3.1's RoPE frequency scaling (Hugging Face's rope_type "llama3", rope_inv_freq): slow
+    # frequencies divided by rope_factor, fast ones kept, a smooth blend between; 1.0: none
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int = 8192
 
     def __post_init__(self):
         choices = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"), "pos": ("learned", "rope")}
@@ -58,6 +64,11 @@ class GPTConfig:
             bad.append(f"n_kv_head {self.n_kv_head} does not divide n_head {self.n_head}")
         if self.pos == "rope" and self.head_dim % 2:
             bad.append(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if self.rope_factor != 1.0 and not (self.pos == "rope" and self.rope_factor > 0
+                                            and 0 < self.rope_low_freq_factor < self.rope_high_freq_factor
+                                            and self.rope_original_max_position_embeddings > 0):
+            bad.append("RoPE scaling needs pos rope, rope_factor > 0, 0 < rope_low_freq_factor < "
+                       "rope_high_freq_factor and rope_original_max_position_embeddings > 0")
         if bad:
             raise UserError(f"invalid model config: {'; '.join(bad)}")
 
@@ -79,6 +90,10 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
         return cls(**d)
+
+
+# the fields of Llama 3.1's RoPE scaling, as one unit: growth keeps them, export_hf.py maps them
+ROPE_SCALING = ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_position_embeddings")
 
 
 def _paper(n_layer, n_head):
@@ -228,10 +243,28 @@ def make_norm(cfg: GPTConfig) -> nn.Module:
     return LayerNorm(cfg.n_embd, cfg.norm_eps, cfg.bias)
 
 
+def rope_inv_freq(cfg: GPTConfig, device) -> torch.Tensor:
+    """The angle per position of each dimension pair i: w_i = theta^(-2i/head_dim), then, when
+    rope_factor s != 1, Llama 3.1's scaling by wavelength 2 pi / w_i against the pretraining context
+    L (rope_original_max_position_embeddings) and the factors l < h (rope_low/high_freq_factor):
+        wavelength < L / h:  w_i            (fast pairs: positions within the context, kept)
+        wavelength > L / l:  w_i / s        (slow pairs: stretched s times, for s L positions)
+        otherwise:           (1 - a) w_i / s + a w_i,  a = (L / wavelength - l) / (h - l)"""
+    inv_freq = cfg.rope_theta ** -(torch.arange(0, cfg.head_dim, 2, device=device, dtype=torch.float32) / cfg.head_dim)
+    if cfg.rope_factor == 1.0:  # no scaling: not even the blend's float rounding
+        return inv_freq
+    s, L = cfg.rope_factor, cfg.rope_original_max_position_embeddings
+    low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    wavelength = 2 * math.pi / inv_freq
+    a = (L / wavelength - low) / (high - low)
+    blend = (1 - a) * inv_freq / s + a * inv_freq
+    return torch.where(wavelength < L / high, inv_freq, torch.where(wavelength > L / low, inv_freq / s, blend))
+
+
 def rope_tables(cfg: GPTConfig, start: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (T, head_dim) of positions start..start+T-1: dimension pair (i, i + head_dim/2)
-    turns by angle position * theta^(-2i/head_dim), Hugging Face Llama's layout (rotate_half)."""
-    inv_freq = cfg.rope_theta ** -(torch.arange(0, cfg.head_dim, 2, device=device, dtype=torch.float32) / cfg.head_dim)
+    turns by angle position * w_i (rope_inv_freq), Hugging Face Llama's layout (rotate_half)."""
+    inv_freq = rope_inv_freq(cfg, device)
     angles = torch.outer(torch.arange(start, start + T, device=device, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
