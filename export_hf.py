@@ -42,7 +42,8 @@ from pathlib import Path
 from util import ArgumentParser, UserError, check_args, run_cli  # first: see util.py
 
 SHARED_GPT2 = Path(__file__).resolve().parent.parent / "shared" / "tokenizer" / "gpt2"
-SMOLLM2_VOCAB = 49152  # SmolLM2's tokenizer: the smollm2 presets' vocabulary
+# the vocabularies of the tokenizer.json tokenizers (tokenizer.py's JSON_TOKENIZERS)
+JSON_VOCABS = {49152: "smollm2", 128256: "llama3"}  # SmolLM2's; Llama 3's (3.1, 3.2)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,8 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                  "overwritten); import: checkpoint to write (atomically)")
     p.add_argument("--tokenizer_dir", default=None,
                    help="export only: folder with GPT-2's encoder.json and vocab.bpe, for GPT-2-vocab "
-                        f"models (default: {SHARED_GPT2} if present, else download); for SmolLM2-vocab "
-                        "models a folder with its tokenizer.json (the imported one)")
+                        f"models (default: {SHARED_GPT2} if present, else download); for SmolLM2- or "
+                        "Llama 3-vocab models a folder with its tokenizer.json (the imported one)")
     args = p.parse_args(argv)
     if args.import_src is not None and args.tokenizer_dir is not None:
         raise UserError("--tokenizer_dir is for export; an import reads weights only")
@@ -70,7 +71,7 @@ import torch  # noqa: E402
 
 from checkpoint import load, pack, save  # noqa: E402
 from model import ROPE_SCALING, GPTConfig  # noqa: E402
-from tokenizer import ByteTokenizer, GPT2Tokenizer, tokenizers_dir  # noqa: E402
+from tokenizer import JSON_TOKENIZERS, ByteTokenizer, GPT2Tokenizer, tokenizers_dir  # noqa: E402
 
 # Our parameter names -> GPT2LMHeadModel's: the model's own, then those of each block (a weight
 # and a bias each, under blocks.{i}. and transformer.h.{i}.). Export and import both read them.
@@ -235,15 +236,16 @@ def byte_tokenizer(block_size: int):
                                    bos_token="<|endoftext|>", eos_token="<|endoftext|>")
 
 
-def folder_tokenizer(tokenizer_dir, block_size: int):
-    """(tokenizer, end-of-text id) of a folder's tokenizer.json (SmolLM2's, as imported)."""
+def folder_tokenizer(tokenizer_dir, block_size: int, name: str):
+    """(tokenizer, end-of-text id) of a folder's tokenizer.json (SmolLM2's or Llama 3's, as imported)."""
     from transformers import PreTrainedTokenizerFast
-    tokenizer_dir = tokenizer_dir or tokenizers_dir() / "smollm2"  # where tokenizer.py finds it
+    tokenizer_dir = tokenizer_dir or tokenizers_dir() / name  # where tokenizer.py finds it
     if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
-        raise UserError(f"a SmolLM2-vocabulary model needs its tokenizer.json, not found in {tokenizer_dir}: "
+        raise UserError(f"a {name}-vocabulary model needs its tokenizer.json, not found in {tokenizer_dir}: "
                         "pass --tokenizer_dir DIR (the folder it was imported from)")
+    eot = JSON_TOKENIZERS[name]
     tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(tokenizer_dir) / "tokenizer.json"),
-                                  model_max_length=block_size, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+                                  model_max_length=block_size, eos_token=eot, bos_token=eot)
     return tok, tok.eos_token_id
 
 
@@ -270,8 +272,8 @@ def export(ckpt_path, out, tokenizer_dir=None):
     if cfg.tokenizer == "gpt2":
         eot = 50256
         tok = gpt2_tokenizer(tokenizer_dir or (SHARED_GPT2 if SHARED_GPT2.is_dir() else None), cfg.block_size)
-    elif cfg.tokenizer == "smollm2":
-        tok, eot = folder_tokenizer(tokenizer_dir, cfg.block_size)
+    elif cfg.tokenizer in JSON_TOKENIZERS:
+        tok, eot = folder_tokenizer(tokenizer_dir, cfg.block_size, cfg.tokenizer)
     else:
         eot = 0xFF
         tok = byte_tokenizer(cfg.block_size)
@@ -340,15 +342,16 @@ def config_from_llama(hc) -> GPTConfig:
 
 
 def tokenizer_of_vocab(n: int) -> str:
-    """The tokenizer a Llama's vocabulary size stands for: ours (bytes), GPT-2's or SmolLM2's."""
+    """The tokenizer a Llama's vocabulary size stands for: ours (bytes), GPT-2's, SmolLM2's or Llama 3's."""
     if n == ByteTokenizer.vocab_size:
         return "bytes"
     if GPT2Tokenizer.vocab_size <= n <= GPT2Tokenizer.vocab_size + 63:
         return "gpt2"
-    if n == SMOLLM2_VOCAB:
-        return "smollm2"
+    if n in JSON_VOCABS:
+        return JSON_VOCABS[n]
     raise UserError(f"a vocabulary of {n} tokens is none of bytes ({ByteTokenizer.vocab_size}), GPT-2's "
-                    f"BPE ({GPT2Tokenizer.vocab_size}) or SmolLM2's ({SMOLLM2_VOCAB})")
+                    f"BPE ({GPT2Tokenizer.vocab_size}) or "
+                    f"{' or '.join(f'{name} ({n})' for n, name in JSON_VOCABS.items())}")
 
 
 def pad_vocab(sd: dict, vocab_size: int) -> dict:

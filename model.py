@@ -23,7 +23,7 @@ Llama form (rotate_half over the two halves of a head), so export_hf.py maps the
 `python flops.py --presets` prints every preset as a table.
 """
 import math
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict, field, replace
 
 import torch
 import torch.nn as nn
@@ -124,6 +124,13 @@ def _smollm2(n_layer, n_head, n_kv_head, d_ff, rope_theta):
     return _llama(n_layer, n_head, d_ff, 64, n_head // n_kv_head, 49152, 8192, "smollm2", rope_theta)
 
 
+def _llama32(n_layer, n_head, d_ff):
+    # Llama 3.2's architecture (head_dim 64, 4 query heads per KV head, Llama 3's 128,256 tokens,
+    # context 131,072 by Llama 3.1's RoPE scaling: factor 32 over 8192 positions), untied as
+    # export_hf.py imports it
+    return replace(_llama(n_layer, n_head, d_ff, 64, 4, 128256, 131072, "llama3"), rope_factor=32.0)
+
+
 def _tiny_llama(n_layer, n_head, d_ff):
     # the tiny family's widths and depths as Llamas: head_dim 8 so that two query heads share each
     # key/value head; d_ff chosen so that every member has its tiny counterpart's count within 3%
@@ -136,7 +143,9 @@ def _tiny_llama(n_layer, n_head, d_ff):
 # smollm2: SmolLM2's shapes (export_hf.py --import reads its folders into them; its own counts are
 # 135M, 362M and 1.71B with the tied head). The 1.7b is in no family: it is shallower than the 360m
 # (24 blocks against 32) and has no query groups (group size 3 -> 1), and expand.py grows within one
-# group size only, as within one head_dim.
+# group size only, as within one head_dim. llama3.2: Llama 3.2 1B's shape (export_hf.py --import reads
+# its folder into it) and a target to grow it into, the 3B's width, depth and FFN at the 1B's head_dim
+# and group size (the 3B itself has head_dim 128 and 3 query heads per KV head: another family).
 LLAMA_PRESETS = {
     "llama-20k": _tiny_llama(2, 2, 96),  # width 16
     "llama-50k": _tiny_llama(2, 4, 144),  # width 32
@@ -149,6 +158,8 @@ LLAMA_PRESETS = {
     "smollm2-135m": _smollm2(30, 9, 3, 1536, 100000.0),  # width 576
     "smollm2-360m": _smollm2(32, 15, 5, 2560, 100000.0),  # width 960
     "smollm2-1.7b": _smollm2(24, 32, 32, 8192, 130000.0),  # width 2048
+    "llama3.2-1b": _llama32(16, 32, 8192),  # width 2048, 1.50B (1.24B tied)
+    "llama3.2-3b-hd64": _llama32(28, 48, 8192),  # width 3072, 3.56B
 }
 LLAMA_FAMILIES = {"tiny-llama": ["llama-20k", "llama-50k", "llama-120k", "llama-250k"],
                   "llama": ["llama-1b", "llama-2b", "llama-4b", "llama-8b"],

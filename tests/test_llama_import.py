@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import checkpoint
-from expand import expand
+from expand import check_growth, expand
 from model import GPT, PRESETS, GPTConfig, rope_inv_freq
 from util import UserError
 
@@ -149,6 +149,21 @@ def test_smollm2_configs_are_the_presets():
             rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": theta},
             tie_word_embeddings=True)
         assert export_hf.config_from_llama(hc) == PRESETS[size], size
+
+
+def test_llama32_config_is_the_preset_and_grows():
+    """Llama 3.2 1B's config.json (rope_scaling as written there) imports as the llama3.2-1b preset,
+    which grows into llama3.2-3b-hd64."""
+    hc = transformers.LlamaConfig.from_dict({
+        "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": True,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"}})
+    cfg = export_hf.config_from_llama(hc)
+    assert cfg == PRESETS["llama3.2-1b"] and cfg.tokenizer == "llama3"
+    assert export_hf.rope_parameters(cfg) == hc.rope_parameters
+    check_growth(cfg, PRESETS["llama3.2-3b-hd64"])
 
 
 def test_bad_llamas_are_refused(tmp_path):

@@ -114,7 +114,7 @@ def test_config_of_an_older_checkpoint_loads_as_gpt2():
     cfg = GPTConfig.from_dict(old)
     assert cfg == PRESETS["50k"] and (cfg.norm, cfg.mlp, cfg.pos, cfg.kv_heads, cfg.bias) == ("layernorm", "gelu", "learned", 2, True)
     assert [n for n, _ in GPT(cfg).named_parameters()][:3] == ["wte.weight", "wpe.weight", "blocks.0.ln1.weight"]
-    assert all(c.rope_factor == 1.0 for c in PRESETS.values())  # no preset scales RoPE
+    assert {s for s, c in PRESETS.items() if c.rope_factor != 1.0} == {"llama3.2-1b", "llama3.2-3b-hd64"}
 
 
 @pytest.mark.parametrize("bad, match", [({"norm": "batchnorm"}, "norm 'batchnorm'"), ({"n_kv_head": 3}, "does not divide"),
