@@ -8,6 +8,7 @@ import torch
 import checkpoint
 from expand import check_growth, expand
 from model import GPT, PRESETS, GPTConfig, rope_inv_freq
+from test_data import smollm2_like_tokenizer
 from util import UserError
 
 transformers = pytest.importorskip("transformers", reason="transformers is optional (export/import only)")
@@ -123,6 +124,24 @@ def test_scaled_rope_grows_and_exports_with_the_function(scaled, tmp_path):
     wider = GPTConfig(**{**ckpt["config"].to_dict(), "n_head": 8, "n_kv_head": 4, "rope_factor": 32.0})
     with pytest.raises(UserError, match="rope_factor 8.0 -> 32.0"):
         expand(ckpt, wider, method="fpi", depth="zero")
+
+
+def test_llama3_vocabulary_grows_and_exports_with_its_tokenizer(tmp_path, monkeypatch):
+    """README's Llama 3.2 commands on a tiny stand-in (Llama 3's 128,256 tokens and RoPE scaling,
+    tied head): import -> FPI 1.5x -> export with the llama3 tokenizer.json found as tokenizer.py
+    finds it: transformers' logits, and <|end_of_text|> as the separator."""
+    hf = random_llama(tied=True, vocab_size=128256, max_position_embeddings=320, rope_parameters=LLAMA3_ROPE)
+    hf.save_pretrained(tmp_path / "src")
+    export_hf.main(["--import", str(tmp_path / "src"), "--out", str(tmp_path / "ckpt.pt")])
+    ckpt = checkpoint.load(tmp_path / "ckpt.pt")
+    assert (ckpt["config"].tokenizer, ckpt["config"].vocab_size, ckpt["config"].rope_factor) == ("llama3", 128256, 8.0)
+    smollm2_like_tokenizer(tmp_path / "tok", "llama3", "<|end_of_text|>")
+    monkeypatch.setenv("PGF_TOKENIZERS", str(tmp_path / "tok"))
+    back = grow_and_export(ckpt, tmp_path, 3, 2)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok.eos_token == "<|end_of_text|>" and back.config.eos_token_id == tok.eos_token_id == 0
+    idx = torch.randint(0, 128256, (1, 300))
+    assert (logits(back, idx) - logits(hf, idx)).abs().max() <= 1e-5
 
 
 def test_export_then_import_is_the_identity(tmp_path):
