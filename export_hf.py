@@ -19,8 +19,9 @@ qkv's rows [q | k | v] are q_proj, k_proj and v_proj (n_kv_head heads in k and v
 and mlp.proj are gate_proj, up_proj and down_proj, ln1/ln2/ln_f the RMSNorms, and model.py's RoPE is
 transformers' (rotate_half, rope_theta, rope_type "default", or "llama3": Llama 3.1/3.2's
 frequency scaling, model.py's rope_factor and its fields). Llama folders import the same way:
-SmolLM2's, or any LlamaForCausalLM with RoPE unscaled or scaled as Llama 3.1's (other rope_types are
-refused), into a member that expand.py grows; a tied head is untied. Other mixtures (say LayerNorm with SwiGLU) have no transformers class and are refused.
+SmolLM2's, Llama 3.2's, or any LlamaForCausalLM with RoPE unscaled or scaled as Llama 3.1's (other
+rope_types are refused), into a member that expand.py grows; a tied head is untied. Other mixtures
+(say LayerNorm with SwiGLU) have no transformers class and are refused.
 
 Tokenizers: GPT-2-vocab members get the GPT-2 BPE (the model's padded vocab rows past 50,257 are
 never produced by it). Byte-level members get a byte-level BPE with no merges whose ids are the raw

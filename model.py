@@ -12,13 +12,14 @@ Design choices that the rest of the project leans on:
 
 The architecture is configuration, so the same module is also a Llama (Llama 3, SmolLM2):
 GPTConfig's `norm` (layernorm | rmsnorm), `mlp` (gelu | swiglu), `pos` (learned | rope, base
-`rope_theta`, Llama 3.1's frequency scaling `rope_factor`, ...), `n_kv_head` (grouped-query attention: n_head / n_kv_head query heads share one key and
-value head), `bias` (biases of every Linear and LayerNorm) and `tie_embeddings` (head = wte). The
-defaults are the GPT-2 layout above, so a checkpoint written before these fields existed loads as it
-was. A Llama member keeps the same parameter names (ln1, attn.qkv, mlp.fc, ...): RMSNorm is `ln*`,
-SwiGLU's up projection is `mlp.fc`, its gate `mlp.gate`, its down projection `mlp.proj`, and qkv's
-rows are [q heads | k heads | v heads] with n_kv_head heads in k and in v. RoPE is Hugging Face's
-Llama form (rotate_half over the two halves of a head), so export_hf.py maps the weights 1:1.
+`rope_theta`, Llama 3.1's frequency scaling `rope_factor` and its fields), `n_kv_head` (grouped-query
+attention: n_head / n_kv_head query heads share one key and value head), `bias` (biases of every
+Linear and LayerNorm) and `tie_embeddings` (head = wte). The defaults are the GPT-2 layout above, so
+a checkpoint written before these fields existed loads as it was. A Llama member keeps the same
+parameter names (ln1, attn.qkv, mlp.fc, ...): RMSNorm is `ln*`, SwiGLU's up projection is `mlp.fc`,
+its gate `mlp.gate`, its down projection `mlp.proj`, and qkv's rows are [q heads | k heads | v heads]
+with n_kv_head heads in k and in v. RoPE is Hugging Face's Llama form (rotate_half over the two
+halves of a head), so export_hf.py maps the weights 1:1.
 
 `python flops.py --presets` prints every preset as a table.
 """

@@ -84,14 +84,14 @@ def byte_level_alphabet() -> dict[str, int]:
 
 # the byte-level BPEs read from a tokenizer.json: name -> the special token that separates documents
 JSON_TOKENIZERS = {"smollm2": "<|endoftext|>", "llama3": "<|end_of_text|>"}
-TOKENIZERS = ("bytes", "gpt2", *JSON_TOKENIZERS)
+TOKENIZER_NAMES = ("bytes", "gpt2", *JSON_TOKENIZERS)
 
 
 class JSONTokenizer(Tokenizer):
     """A byte-level BPE from a Hugging Face tokenizer.json (SmolLM2's, Llama 3's), through the
-    `tokenizers` package; JSON_TOKENIZERS[name] separates documents. The file is TOKENIZERS/<name>/tokenizer.json,
-    TOKENIZERS being $PGF_TOKENIZERS or ../shared/tokenizer beside the repository: copy the
-    imported folder's tokenizer.json there."""
+    `tokenizers` package; JSON_TOKENIZERS[name] separates documents. The file is
+    TOKENIZERS/<name>/tokenizer.json, TOKENIZERS being $PGF_TOKENIZERS or ../shared/tokenizer beside
+    the repository: copy the imported folder's tokenizer.json there."""
 
     def __init__(self, name: str):
         path = tokenizers_dir() / name / "tokenizer.json"
@@ -133,7 +133,7 @@ def get_tokenizer(name: str):
         return GPT2Tokenizer()
     if name in JSON_TOKENIZERS:
         return JSONTokenizer(name)
-    raise UserError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")
+    raise UserError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZER_NAMES)}")
 
 
 def _default_tiktoken_cache():
