@@ -41,9 +41,10 @@ Llama members (model.py: RMSNorm, SwiGLU, RoPE, grouped-query attention, no bias
 same maps and equations; four rules more:
 
 RoPE. Width grows by whole heads at a fixed head_dim (check_growth refuses another head_dim or
-theta): the rotation of a head's pair (k, k + e/2) at position t is by t theta^(-2k/e), which
-depends on e and on the pair's place in its head, never on the head, so a copied head rotates its
-q and k exactly as its source head does.
+theta or Llama 3.1's frequency scaling): the rotation of a head's pair (k, k + e/2) at position t
+is by t w_k, w_k = theta^(-2k/e) (scaled or not, model.rope_inv_freq), which depends on e and on the
+pair's place in its head, never on the head, so a copied head rotates its q and k exactly as its
+source head does.
 
 GQA, group size G = n_head / n_kv_head fixed (check_growth refuses another). The head unit is a
 GROUP: one key/value head and the G query heads that read it. g_h maps key/value heads, and a
@@ -213,7 +214,7 @@ check_args(__name__, parse_args)  # --help and usage errors before torch loads
 import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
-from model import GPT, GPTConfig, get_config, group_names  # noqa: E402
+from model import GPT, ROPE_SCALING, GPTConfig, get_config, group_names  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +344,7 @@ def check_growth(src: GPTConfig, tgt: GPTConfig):
                         "(tie_embeddings False; export_hf.py --import unties)")
     fixed = [f"{k} {getattr(src, k)} -> {getattr(tgt, k)}"
              for k in ("head_dim", "vocab_size", "block_size", "tokenizer", "norm_eps", "norm", "mlp",
-                       "pos", "rope_theta", "bias", "group_size")
+                       "pos", "rope_theta", "bias", "group_size", *ROPE_SCALING)
              if getattr(src, k) != getattr(tgt, k)]
     if fixed:
         raise UserError(f"cannot grow across families: {', '.join(fixed)} (these must stay the same)")

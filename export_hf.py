@@ -17,10 +17,11 @@ rotary, no biases) would each need our weights changed, and change the function.
 Llama members (model.py's norm rmsnorm, mlp swiglu, pos rope) export as LlamaForCausalLM, 1:1 too:
 qkv's rows [q | k | v] are q_proj, k_proj and v_proj (n_kv_head heads in k and v), mlp.gate, mlp.fc
 and mlp.proj are gate_proj, up_proj and down_proj, ln1/ln2/ln_f the RMSNorms, and model.py's RoPE is
-transformers' (rotate_half, rope_theta, rope_type "default"). Llama folders import the same way:
-SmolLM2's, or any LlamaForCausalLM without RoPE scaling (Llama 3.1/3.2's "llama3" frequency scaling
-is refused: model.py's RoPE does not scale), into a member that expand.py grows; a tied head is
-untied. Other mixtures (say LayerNorm with SwiGLU) have no transformers class and are refused.
+transformers' (rotate_half, rope_theta, rope_type "default", or "llama3": Llama 3.1/3.2's
+frequency scaling, model.py's rope_factor and its fields). Llama folders import the same way:
+SmolLM2's, Llama 3.2's, or any LlamaForCausalLM with RoPE unscaled or scaled as Llama 3.1's (other
+rope_types are refused), into a member that expand.py grows; a tied head is untied. Other mixtures
+(say LayerNorm with SwiGLU) have no transformers class and are refused.
 
 Tokenizers: GPT-2-vocab members get the GPT-2 BPE (the model's padded vocab rows past 50,257 are
 never produced by it). Byte-level members get a byte-level BPE with no merges whose ids are the raw
@@ -42,7 +43,8 @@ from pathlib import Path
 from util import ArgumentParser, UserError, check_args, run_cli  # first: see util.py
 
 SHARED_GPT2 = Path(__file__).resolve().parent.parent / "shared" / "tokenizer" / "gpt2"
-SMOLLM2_VOCAB = 49152  # SmolLM2's tokenizer: the smollm2 presets' vocabulary
+# the vocabularies of the tokenizer.json tokenizers (tokenizer.py's JSON_TOKENIZERS)
+JSON_VOCABS = {49152: "smollm2", 128256: "llama3"}  # SmolLM2's; Llama 3's (3.1, 3.2)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,8 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                  "overwritten); import: checkpoint to write (atomically)")
     p.add_argument("--tokenizer_dir", default=None,
                    help="export only: folder with GPT-2's encoder.json and vocab.bpe, for GPT-2-vocab "
-                        f"models (default: {SHARED_GPT2} if present, else download); for SmolLM2-vocab "
-                        "models a folder with its tokenizer.json (the imported one)")
+                        f"models (default: {SHARED_GPT2} if present, else download); for SmolLM2- or "
+                        "Llama 3-vocab models a folder with its tokenizer.json (the imported one)")
     args = p.parse_args(argv)
     if args.import_src is not None and args.tokenizer_dir is not None:
         raise UserError("--tokenizer_dir is for export; an import reads weights only")
@@ -69,8 +71,8 @@ check_args(__name__, parse_args)  # --help and usage errors before torch loads
 import torch  # noqa: E402
 
 from checkpoint import load, pack, save  # noqa: E402
-from model import GPTConfig  # noqa: E402
-from tokenizer import ByteTokenizer, GPT2Tokenizer, tokenizers_dir  # noqa: E402
+from model import ROPE_SCALING, GPTConfig  # noqa: E402
+from tokenizer import JSON_TOKENIZERS, ByteTokenizer, GPT2Tokenizer, tokenizers_dir  # noqa: E402
 
 # Our parameter names -> GPT2LMHeadModel's: the model's own, then those of each block (a weight
 # and a bias each, under blocks.{i}. and transformer.h.{i}.). Export and import both read them.
@@ -155,13 +157,36 @@ def from_llama_state_dict(hf_sd: dict, cfg: GPTConfig) -> dict:
     return out
 
 
+# model.py's RoPE scaling fields -> the keys of transformers' rope_parameters of rope_type "llama3"
+LLAMA3_ROPE = {"rope_factor": "factor", "rope_low_freq_factor": "low_freq_factor",
+               "rope_high_freq_factor": "high_freq_factor",
+               "rope_original_max_position_embeddings": "original_max_position_embeddings"}
+assert tuple(LLAMA3_ROPE) == ROPE_SCALING
+
+
+def rope_parameters(cfg: GPTConfig) -> dict:
+    """transformers' rope_parameters of cfg: "default", or "llama3" when it scales (rope_factor != 1)."""
+    if cfg.rope_factor == 1.0:
+        return {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    return {"rope_type": "llama3", "rope_theta": cfg.rope_theta,
+            **{theirs: getattr(cfg, ours) for ours, theirs in LLAMA3_ROPE.items()}}
+
+
+def rope_scaling_of(rope: dict) -> dict:
+    """The inverse of rope_parameters: GPTConfig's scaling fields (none for "default")."""
+    if rope.get("rope_type", "default") == "default":
+        return {}
+    # each cast to its field's type (the original context an int, the factors floats)
+    return {ours: type(getattr(GPTConfig, ours))(rope[theirs]) for ours, theirs in LLAMA3_ROPE.items()}
+
+
 def llama_config(cfg: GPTConfig, eot: int):
     from transformers import LlamaConfig
     return LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.d_ff,
         num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim, max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, hidden_act="silu",
+        rope_parameters=rope_parameters(cfg), hidden_act="silu",
         tie_word_embeddings=cfg.tie_embeddings, attention_bias=cfg.bias, mlp_bias=cfg.bias,
         bos_token_id=eot, eos_token_id=eot, architectures=["LlamaForCausalLM"])
 
@@ -212,15 +237,16 @@ def byte_tokenizer(block_size: int):
                                    bos_token="<|endoftext|>", eos_token="<|endoftext|>")
 
 
-def folder_tokenizer(tokenizer_dir, block_size: int):
-    """(tokenizer, end-of-text id) of a folder's tokenizer.json (SmolLM2's, as imported)."""
+def folder_tokenizer(tokenizer_dir, block_size: int, name: str):
+    """(tokenizer, end-of-text id) of a folder's tokenizer.json (SmolLM2's or Llama 3's, as imported)."""
     from transformers import PreTrainedTokenizerFast
-    tokenizer_dir = tokenizer_dir or tokenizers_dir() / "smollm2"  # where tokenizer.py finds it
+    tokenizer_dir = tokenizer_dir or tokenizers_dir() / name  # where tokenizer.py finds it
     if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
-        raise UserError(f"a SmolLM2-vocabulary model needs its tokenizer.json, not found in {tokenizer_dir}: "
+        raise UserError(f"a {name}-vocabulary model needs its tokenizer.json, not found in {tokenizer_dir}: "
                         "pass --tokenizer_dir DIR (the folder it was imported from)")
+    eot = JSON_TOKENIZERS[name]
     tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(tokenizer_dir) / "tokenizer.json"),
-                                  model_max_length=block_size, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+                                  model_max_length=block_size, eos_token=eot, bos_token=eot)
     return tok, tok.eos_token_id
 
 
@@ -247,8 +273,8 @@ def export(ckpt_path, out, tokenizer_dir=None):
     if cfg.tokenizer == "gpt2":
         eot = 50256
         tok = gpt2_tokenizer(tokenizer_dir or (SHARED_GPT2 if SHARED_GPT2.is_dir() else None), cfg.block_size)
-    elif cfg.tokenizer == "smollm2":
-        tok, eot = folder_tokenizer(tokenizer_dir, cfg.block_size)
+    elif cfg.tokenizer in JSON_TOKENIZERS:
+        tok, eot = folder_tokenizer(tokenizer_dir, cfg.block_size, cfg.tokenizer)
     else:
         eot = 0xFF
         tok = byte_tokenizer(cfg.block_size)
@@ -302,7 +328,7 @@ def config_from_llama(hc) -> GPTConfig:
     rope = hc.rope_parameters or {}
     head_dim = getattr(hc, "head_dim", None) or hc.hidden_size // hc.num_attention_heads
     checks = {"hidden_act": hc.hidden_act == "silu",
-              "rope_type": rope.get("rope_type", "default") == "default",  # no Llama 3.1 scaling
+              "rope_type": rope.get("rope_type", "default") in ("default", "llama3"),  # Llama 3.1's scaling
               "head_dim": head_dim * hc.num_attention_heads == hc.hidden_size,
               "attention_bias": hc.attention_bias == hc.mlp_bias}  # one bias flag for every Linear
     bad = [f"{k}={rope.get('rope_type') if k == 'rope_type' else getattr(hc, k)}" for k, ok in checks.items() if not ok]
@@ -312,19 +338,21 @@ def config_from_llama(hc) -> GPTConfig:
     vocab_size = -(-hc.vocab_size // 64) * 64 if tokenizer == "gpt2" else hc.vocab_size
     return GPTConfig(hc.num_hidden_layers, hc.num_attention_heads, head_dim, hc.intermediate_size, vocab_size,
                      hc.max_position_embeddings, tokenizer, hc.rms_norm_eps, "rmsnorm", "swiglu", "rope",
-                     float(rope["rope_theta"]), hc.num_key_value_heads or hc.num_attention_heads, hc.attention_bias)
+                     float(rope["rope_theta"]), hc.num_key_value_heads or hc.num_attention_heads, hc.attention_bias,
+                     **rope_scaling_of(rope))
 
 
 def tokenizer_of_vocab(n: int) -> str:
-    """The tokenizer a Llama's vocabulary size stands for: ours (bytes), GPT-2's or SmolLM2's."""
+    """The tokenizer a Llama's vocabulary size stands for: ours (bytes), GPT-2's, SmolLM2's or Llama 3's."""
     if n == ByteTokenizer.vocab_size:
         return "bytes"
     if GPT2Tokenizer.vocab_size <= n <= GPT2Tokenizer.vocab_size + 63:
         return "gpt2"
-    if n == SMOLLM2_VOCAB:
-        return "smollm2"
+    if n in JSON_VOCABS:
+        return JSON_VOCABS[n]
     raise UserError(f"a vocabulary of {n} tokens is none of bytes ({ByteTokenizer.vocab_size}), GPT-2's "
-                    f"BPE ({GPT2Tokenizer.vocab_size}) or SmolLM2's ({SMOLLM2_VOCAB})")
+                    f"BPE ({GPT2Tokenizer.vocab_size}) or "
+                    f"{' or '.join(f'{name} ({n})' for n, name in JSON_VOCABS.items())}")
 
 
 def pad_vocab(sd: dict, vocab_size: int) -> dict:

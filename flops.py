@@ -302,8 +302,8 @@ def check_family(sizes: list[str], global_batch: int, nproc: int, gpu_mem_gb: fl
 
 def print_presets():
     """Every preset of every family: shape, parameter counts, training FLOPs per token."""
-    head = f"{'family':10s} {'size':>12s} {'layers':>6s} {'width':>6s} {'heads':>5s} {'kv':>3s} {'hd':>4s} " \
-           f"{'FFN':>6s} {'vocab':>6s} {'ctx':>5s} {'total':>14s} {'non-emb':>14s} {'train FLOPs/tok':>16s}"
+    head = f"{'family':10s} {'size':>16s} {'layers':>6s} {'width':>6s} {'heads':>5s} {'kv':>3s} {'hd':>4s} " \
+           f"{'FFN':>6s} {'vocab':>6s} {'ctx':>6s} {'total':>14s} {'non-emb':>14s} {'train FLOPs/tok':>16s}"
     print(head)
     print("-" * len(head))
     in_family = {s for sizes in FAMILIES.values() for s in sizes}
@@ -311,8 +311,8 @@ def print_presets():
     for fam, sizes in rows:
         for s in sizes:
             c, n = get_config(s), count_params(get_config(s))
-            print(f"{fam:10s} {s:>12s} {c.n_layer:6d} {c.n_embd:6d} {c.n_head:5d} {c.kv_heads:3d} {c.head_dim:4d} "
-                  f"{c.d_ff:6d} {c.vocab_size:6d} {c.block_size:5d} {n['total']:14,d} "
+            print(f"{fam:10s} {s:>16s} {c.n_layer:6d} {c.n_embd:6d} {c.n_head:5d} {c.kv_heads:3d} {c.head_dim:4d} "
+                  f"{c.d_ff:6d} {c.vocab_size:6d} {c.block_size:6d} {n['total']:14,d} "
                   f"{n['non_embedding']:14,d} {train_flops_per_token(c):16.4g}")
 
 

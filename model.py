@@ -12,18 +12,19 @@ Design choices that the rest of the project leans on:
 
 The architecture is configuration, so the same module is also a Llama (Llama 3, SmolLM2):
 GPTConfig's `norm` (layernorm | rmsnorm), `mlp` (gelu | swiglu), `pos` (learned | rope, base
-`rope_theta`), `n_kv_head` (grouped-query attention: n_head / n_kv_head query heads share one key and
-value head), `bias` (biases of every Linear and LayerNorm) and `tie_embeddings` (head = wte). The
-defaults are the GPT-2 layout above, so a checkpoint written before these fields existed loads as it
-was. A Llama member keeps the same parameter names (ln1, attn.qkv, mlp.fc, ...): RMSNorm is `ln*`,
-SwiGLU's up projection is `mlp.fc`, its gate `mlp.gate`, its down projection `mlp.proj`, and qkv's
-rows are [q heads | k heads | v heads] with n_kv_head heads in k and in v. RoPE is Hugging Face's
-Llama form (rotate_half over the two halves of a head), so export_hf.py maps the weights 1:1.
+`rope_theta`, Llama 3.1's frequency scaling `rope_factor` and its fields), `n_kv_head` (grouped-query
+attention: n_head / n_kv_head query heads share one key and value head), `bias` (biases of every
+Linear and LayerNorm) and `tie_embeddings` (head = wte). The defaults are the GPT-2 layout above, so
+a checkpoint written before these fields existed loads as it was. A Llama member keeps the same
+parameter names (ln1, attn.qkv, mlp.fc, ...): RMSNorm is `ln*`, SwiGLU's up projection is `mlp.fc`,
+its gate `mlp.gate`, its down projection `mlp.proj`, and qkv's rows are [q heads | k heads | v heads]
+with n_kv_head heads in k and in v. RoPE is Hugging Face's Llama form (rotate_half over the two
+halves of a head), so export_hf.py maps the weights 1:1.
 
 `python flops.py --presets` prints every preset as a table.
 """
 import math
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict, field, replace
 
 import torch
 import torch.nn as nn
@@ -49,6 +50,12 @@ class GPTConfig:
     n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: n_head
     bias: bool = True  # biases in every Linear and LayerNorm (the head never has one)
     tie_embeddings: bool = False  # head.weight is wte.weight (expand.py grows untied members only)
+    # Llama 3.1's RoPE frequency scaling (Hugging Face's rope_type "llama3", rope_inv_freq): slow
+    # frequencies divided by rope_factor, fast ones kept, a smooth blend between; 1.0: none
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int = 8192
 
     def __post_init__(self):
         choices = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"), "pos": ("learned", "rope")}
@@ -58,6 +65,11 @@ class GPTConfig:
             bad.append(f"n_kv_head {self.n_kv_head} does not divide n_head {self.n_head}")
         if self.pos == "rope" and self.head_dim % 2:
             bad.append(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if self.rope_factor != 1.0 and not (self.pos == "rope" and self.rope_factor > 0
+                                            and 0 < self.rope_low_freq_factor < self.rope_high_freq_factor
+                                            and self.rope_original_max_position_embeddings > 0):
+            bad.append("RoPE scaling needs pos rope, rope_factor > 0, 0 < rope_low_freq_factor < "
+                       "rope_high_freq_factor and rope_original_max_position_embeddings > 0")
         if bad:
             raise UserError(f"invalid model config: {'; '.join(bad)}")
 
@@ -79,6 +91,10 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
         return cls(**d)
+
+
+# the fields of Llama 3.1's RoPE scaling, as one unit: growth keeps them, export_hf.py maps them
+ROPE_SCALING = ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_position_embeddings")
 
 
 def _paper(n_layer, n_head):
@@ -109,6 +125,13 @@ def _smollm2(n_layer, n_head, n_kv_head, d_ff, rope_theta):
     return _llama(n_layer, n_head, d_ff, 64, n_head // n_kv_head, 49152, 8192, "smollm2", rope_theta)
 
 
+def _llama32(n_layer, n_head, d_ff):
+    # Llama 3.2's architecture (head_dim 64, 4 query heads per KV head, Llama 3's 128,256 tokens,
+    # context 131,072 by Llama 3.1's RoPE scaling: factor 32 over 8192 positions), untied as
+    # export_hf.py imports it
+    return replace(_llama(n_layer, n_head, d_ff, 64, 4, 128256, 131072, "llama3"), rope_factor=32.0)
+
+
 def _tiny_llama(n_layer, n_head, d_ff):
     # the tiny family's widths and depths as Llamas: head_dim 8 so that two query heads share each
     # key/value head; d_ff chosen so that every member has its tiny counterpart's count within 3%
@@ -121,7 +144,9 @@ def _tiny_llama(n_layer, n_head, d_ff):
 # smollm2: SmolLM2's shapes (export_hf.py --import reads its folders into them; its own counts are
 # 135M, 362M and 1.71B with the tied head). The 1.7b is in no family: it is shallower than the 360m
 # (24 blocks against 32) and has no query groups (group size 3 -> 1), and expand.py grows within one
-# group size only, as within one head_dim.
+# group size only, as within one head_dim. llama3.2: Llama 3.2 1B's shape (export_hf.py --import reads
+# its folder into it) and a target to grow it into, the 3B's width, depth and FFN at the 1B's head_dim
+# and group size (the 3B itself has head_dim 128 and 3 query heads per KV head: another family).
 LLAMA_PRESETS = {
     "llama-20k": _tiny_llama(2, 2, 96),  # width 16
     "llama-50k": _tiny_llama(2, 4, 144),  # width 32
@@ -134,6 +159,8 @@ LLAMA_PRESETS = {
     "smollm2-135m": _smollm2(30, 9, 3, 1536, 100000.0),  # width 576
     "smollm2-360m": _smollm2(32, 15, 5, 2560, 100000.0),  # width 960
     "smollm2-1.7b": _smollm2(24, 32, 32, 8192, 130000.0),  # width 2048
+    "llama3.2-1b": _llama32(16, 32, 8192),  # width 2048, 1.50B (1.24B tied)
+    "llama3.2-3b-hd64": _llama32(28, 48, 8192),  # width 3072, 3.56B
 }
 LLAMA_FAMILIES = {"tiny-llama": ["llama-20k", "llama-50k", "llama-120k", "llama-250k"],
                   "llama": ["llama-1b", "llama-2b", "llama-4b", "llama-8b"],
@@ -228,10 +255,28 @@ def make_norm(cfg: GPTConfig) -> nn.Module:
     return LayerNorm(cfg.n_embd, cfg.norm_eps, cfg.bias)
 
 
+def rope_inv_freq(cfg: GPTConfig, device) -> torch.Tensor:
+    """The angle per position of each dimension pair i: w_i = theta^(-2i/head_dim), then, when
+    rope_factor s != 1, Llama 3.1's scaling by wavelength 2 pi / w_i against the pretraining context
+    L (rope_original_max_position_embeddings) and the factors l < h (rope_low/high_freq_factor):
+        wavelength < L / h:  w_i            (fast pairs: positions within the context, kept)
+        wavelength > L / l:  w_i / s        (slow pairs: stretched s times, for s L positions)
+        otherwise:           (1 - a) w_i / s + a w_i,  a = (L / wavelength - l) / (h - l)"""
+    inv_freq = cfg.rope_theta ** -(torch.arange(0, cfg.head_dim, 2, device=device, dtype=torch.float32) / cfg.head_dim)
+    if cfg.rope_factor == 1.0:  # no scaling: not even the blend's float rounding
+        return inv_freq
+    s, L = cfg.rope_factor, cfg.rope_original_max_position_embeddings
+    low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    wavelength = 2 * math.pi / inv_freq
+    a = (L / wavelength - low) / (high - low)
+    blend = (1 - a) * inv_freq / s + a * inv_freq
+    return torch.where(wavelength < L / high, inv_freq, torch.where(wavelength > L / low, inv_freq / s, blend))
+
+
 def rope_tables(cfg: GPTConfig, start: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (T, head_dim) of positions start..start+T-1: dimension pair (i, i + head_dim/2)
-    turns by angle position * theta^(-2i/head_dim), Hugging Face Llama's layout (rotate_half)."""
-    inv_freq = cfg.rope_theta ** -(torch.arange(0, cfg.head_dim, 2, device=device, dtype=torch.float32) / cfg.head_dim)
+    turns by angle position * w_i (rope_inv_freq), Hugging Face Llama's layout (rotate_half)."""
+    inv_freq = rope_inv_freq(cfg, device)
     angles = torch.outer(torch.arange(start, start + T, device=device, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()

@@ -1,5 +1,6 @@
 """The tokenizers of the project: UTF-8 bytes (tiny families), GPT-2 BPE (paper and llama families),
-and SmolLM2's byte-level BPE from its tokenizer.json (smollm2 presets, imported SmolLM2 folders)."""
+and the byte-level BPEs of SmolLM2 and Llama 3 from their tokenizer.json (smollm2 and llama3.2
+presets, imported SmolLM2 and Llama 3.x folders)."""
 import os
 from pathlib import Path
 
@@ -81,11 +82,16 @@ def byte_level_alphabet() -> dict[str, int]:
     return chars
 
 
+# the byte-level BPEs read from a tokenizer.json: name -> the special token that separates documents
+JSON_TOKENIZERS = {"smollm2": "<|endoftext|>", "llama3": "<|end_of_text|>"}
+TOKENIZER_NAMES = ("bytes", "gpt2", *JSON_TOKENIZERS)
+
+
 class JSONTokenizer(Tokenizer):
-    """A byte-level BPE from a Hugging Face tokenizer.json (SmolLM2's), through the `tokenizers`
-    package; `<|endoftext|>` separates documents. The file is TOKENIZERS/<name>/tokenizer.json,
-    TOKENIZERS being $PGF_TOKENIZERS or ../shared/tokenizer beside the repository: copy the
-    imported folder's tokenizer.json there."""
+    """A byte-level BPE from a Hugging Face tokenizer.json (SmolLM2's, Llama 3's), through the
+    `tokenizers` package; JSON_TOKENIZERS[name] separates documents. The file is
+    TOKENIZERS/<name>/tokenizer.json, TOKENIZERS being $PGF_TOKENIZERS or ../shared/tokenizer beside
+    the repository: copy the imported folder's tokenizer.json there."""
 
     def __init__(self, name: str):
         path = tokenizers_dir() / name / "tokenizer.json"
@@ -96,9 +102,9 @@ class JSONTokenizer(Tokenizer):
         from tokenizers import Tokenizer as HFTokenizer
         self.name, self.tok = name, HFTokenizer.from_file(str(path))
         self.vocab_size = self.tok.get_vocab_size()
-        self.eot = self.tok.token_to_id("<|endoftext|>")
+        self.eot = self.tok.token_to_id(JSON_TOKENIZERS[name])
         if self.eot is None:
-            raise UserError(f"{path} has no <|endoftext|> token to separate documents")
+            raise UserError(f"{path} has no {JSON_TOKENIZERS[name]} token to separate documents")
         self.specials = {t.content for t in self.tok.get_added_tokens_decoder().values()}
         self.alphabet = byte_level_alphabet()
 
@@ -125,9 +131,9 @@ def get_tokenizer(name: str):
         return ByteTokenizer()
     if name == "gpt2":
         return GPT2Tokenizer()
-    if name == "smollm2":
+    if name in JSON_TOKENIZERS:
         return JSONTokenizer(name)
-    raise UserError(f"unknown tokenizer {name!r}; choose 'bytes', 'gpt2' or 'smollm2'")
+    raise UserError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZER_NAMES)}")
 
 
 def _default_tiktoken_cache():

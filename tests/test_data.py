@@ -171,32 +171,34 @@ def test_offline_fineweb_names_the_route_through_a_prepared_folder(tmp_path):
     assert not list((tmp_path / "o").glob(".*.tmp"))
 
 
-def smollm2_like_tokenizer(folder):
-    """A small byte-level BPE saved as folder/smollm2/tokenizer.json, in SmolLM2's format."""
+def smollm2_like_tokenizer(folder, name="smollm2", eot="<|endoftext|>"):
+    """A small byte-level BPE saved as folder/name/tokenizer.json, in SmolLM2's (or Llama 3's) format,
+    eot its first token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>", "<|im_start|>"],
+    trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=[eot, "<|im_start|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(["the cell membrane and the cell wall", "naïve café, 東京"] * 50, trainer)
-    (folder / "smollm2").mkdir(parents=True)
-    tok.save(str(folder / "smollm2" / "tokenizer.json"))
+    (folder / name).mkdir(parents=True)
+    tok.save(str(folder / name / "tokenizer.json"))
 
 
-def test_tokenizer_json_encodes_decodes_and_counts_bytes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, eot", [("smollm2", "<|endoftext|>"), ("llama3", "<|end_of_text|>")])
+def test_tokenizer_json_encodes_decodes_and_counts_bytes(tmp_path, monkeypatch, name, eot):
     pytest.importorskip("tokenizers")
-    smollm2_like_tokenizer(tmp_path)
+    smollm2_like_tokenizer(tmp_path, name, eot)
     monkeypatch.setenv("PGF_TOKENIZERS", str(tmp_path))
-    tok = get_tokenizer("smollm2")
+    tok = get_tokenizer(name)
     assert tok.eot == 0 and tok.vocab_size == 280
     text = "the cell membrane: naïve café — 東京 <|im_start|>"
     ids = tok.encode(text)
     assert tok.decode(ids) == text and len(ids) < len(text.encode("utf-8"))
     assert tok.byte_lengths()[ids].sum() == len(text.encode("utf-8"))  # bits per byte stay exact
     monkeypatch.setenv("PGF_TOKENIZERS", str(tmp_path / "none"))
-    with pytest.raises(UserError, match="smollm2/tokenizer.json"):
-        get_tokenizer("smollm2")
+    with pytest.raises(UserError, match=f"{name}/tokenizer.json"):
+        get_tokenizer(name)
 
 
 def test_prepare_with_a_tokenizer_json(tmp_path, monkeypatch):

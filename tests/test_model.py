@@ -114,10 +114,14 @@ def test_config_of_an_older_checkpoint_loads_as_gpt2():
     cfg = GPTConfig.from_dict(old)
     assert cfg == PRESETS["50k"] and (cfg.norm, cfg.mlp, cfg.pos, cfg.kv_heads, cfg.bias) == ("layernorm", "gelu", "learned", 2, True)
     assert [n for n, _ in GPT(cfg).named_parameters()][:3] == ["wte.weight", "wpe.weight", "blocks.0.ln1.weight"]
+    assert {s for s, c in PRESETS.items() if c.rope_factor != 1.0} == {"llama3.2-1b", "llama3.2-3b-hd64"}
 
 
 @pytest.mark.parametrize("bad, match", [({"norm": "batchnorm"}, "norm 'batchnorm'"), ({"n_kv_head": 3}, "does not divide"),
-                                         ({"pos": "rope", "head_dim": 7}, "even head_dim")])
+                                         ({"pos": "rope", "head_dim": 7}, "even head_dim"),
+                                         ({"rope_factor": 8.0}, "RoPE scaling needs pos rope"),
+                                         ({"pos": "rope", "rope_factor": 8.0, "rope_low_freq_factor": 4.0},
+                                          "rope_low_freq_factor < rope_high_freq_factor")])
 def test_invalid_architecture_is_refused(bad, match):
     with pytest.raises(UserError, match=match):
         GPTConfig(**{**PRESETS["50k"].to_dict(), **bad})
