@@ -17,6 +17,8 @@ A training run sharded with FSDP writes a folder instead (load_sharded): each ra
 model and AdamW state (torch.distributed.checkpoint), and the rest of that dict in SHARDED_META.
 load() reads either in one process and returns the same dict.
 """
+import hashlib
+import json
 import pickle
 import zipfile
 import zlib
@@ -77,6 +79,20 @@ def save(path, ckpt: dict):
     body = {k: v for k, v in ckpt.items() if k != "checksums"}
     body["checksums"] = {name: crc32(t) for name, t in tensors(body)}
     atomic_write(path, lambda f: torch.save(body, f))
+
+
+def identity(path) -> str:
+    """A short hash of what a checkpoint holds, read from its zip's directory alone: the name, CRC-32
+    and size of every record torch.save wrote (one per tensor, one for the rest). A sharded checkpoint
+    (a folder) is stood for by its meta file, rewritten with every save."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path / SHARDED_META if path.is_dir() else path) as z:
+            # names lose the archive's folder, which follows the file name
+            records = sorted((i.filename.split("/", 1)[-1], i.CRC, i.file_size) for i in z.infolist())
+    except (OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"checkpoint {path} is missing or not a checkpoint file ({type(e).__name__})") from e
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def recovery(path: Path) -> str:

@@ -151,6 +151,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also grow the AdamW moments (default: none; the trainer starts a fresh "
                         "optimizer, as the paper does)")
     p.add_argument("--out", help="path of the grown checkpoint (written atomically)")
+    p.add_argument("--allow_unfinished", action="store_true",
+                   help="grow from a training checkpoint whose stage did not finish (stopped by a signal "
+                        "or --stop_at); refused by default. A stable-phase checkpoint (train.py "
+                        "--stable_ckpt) needs no flag")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep --out when it was grown from --src as --src is now (its content, not its "
+                        "path) with the same settings; else grow it again (run_family.sh does this)")
     p.add_argument("--inspect", metavar="CKPT",
                    help="only report, per grown dimension and block, how many copies of CKPT (grown "
                         "by expand.py, trained or not) are still within 1e-6 of their source")
@@ -531,6 +538,37 @@ def twins_report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_finished(src: dict, path, allow: bool):
+    """A stage stopped before its end (signal, --stop_at) is not a member to grow from: its successor
+    would silently start from a half-trained model. The stable-phase checkpoint is mid-stage by design."""
+    train = src.get("train")
+    if train and not train.get("done") and "stable_phase_end" not in src["meta"] and not allow:
+        raise UserError(f"{path} is a checkpoint of an unfinished stage (step {train['step']}/"
+                        f"{train['max_iters']}, stopped early); finish it with train.py --resume, or grow "
+                        f"from it anyway with --allow_unfinished")
+
+
+def growth_settings(args) -> dict:
+    """What a grown checkpoint records of how it was made (meta.expansion) and --reuse compares: the
+    settings and the identity of the source's content."""
+    return {"method": args.method, "depth": args.depth, "seed": args.seed, "noise": args.noise,
+            "aki_top": args.aki_top, "optimizer_state": args.optimizer_state,
+            "source_id": checkpoint.identity(args.src)}
+
+
+def grown_already(args, target: GPTConfig) -> bool:
+    """--reuse: --out exists, is readable, and was grown from --src's current content into --size
+    with the same settings."""
+    if not Path(args.out).exists():
+        return False
+    try:
+        old = checkpoint.load(args.out, mmap=True, verify=False)
+    except checkpoint.CheckpointError:
+        return False
+    made = (old["meta"] or {}).get("expansion") or {}
+    return old["config"] == target and all(made.get(k) == v for k, v in growth_settings(args).items())
+
+
 def n_params(weights: dict) -> int:
     return sum(t.numel() for t in weights.values())
 
@@ -552,11 +590,16 @@ def main(argv=None):
         raise UserError("--out is the --src checkpoint; write the grown one to a new file")
 
     t0 = time.perf_counter()
+    if args.reuse and grown_already(args, target):  # before the source is read: its zip directory tells
+        print(f"kept {args.out}: already grown from {args.src} as it is now, with the same settings")
+        return
     src = checkpoint.load(args.src)
+    check_finished(src, args.src, args.allow_unfinished)
     src_size, src_params = checkpoint.size_name(src["config"]), n_params(src["model"])
     t1 = time.perf_counter()
     ckpt = expand(src, target, args.method, args.depth, args.seed, args.optimizer_state, args.noise, args.aki_top)
     del src  # the source is no longer needed: free it before serializing the target
+    ckpt["meta"]["expansion"].update(growth_settings(args))  # --reuse compares them
     t2 = time.perf_counter()
     rss_expand = peak_rss_gb()
     checkpoint.save(args.out, ckpt)

@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import time
-import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ class TrainConfig:
     init: str = _opt("", "start from this checkpoint's weights (e.g. from expand.py); else random init")
     resume: bool = _opt(False, "continue from --ckpt if it exists (else start fresh)")
     stop_at: int = _opt(0, "checkpoint and exit after this step, to split a stage across jobs "
-                           "(continue with --resume)")
+                           "(continue with --resume); the exit status is 3: the stage is not finished")
     tokens: float = _opt(0, "stage budget in training tokens (or give --max_iters)")
     max_iters: int = _opt(0, "number of optimizer steps (overrides --tokens)")
     batch_size: int = _opt(16, "sequences per micro-step per process")
@@ -130,6 +129,8 @@ from model import get_config, param_groups  # noqa: E402
 import parallel  # noqa: E402
 
 
+STOPPED_AT = 3  # exit status of a run that --stop_at stopped before the end of its stage
+
 # ---------------------------------------------------------------------------------------------
 # Data
 
@@ -151,16 +152,10 @@ def check_data(meta: dict, model_cfg, data_dir: str):
 
 def source_ids(data_meta: dict, init: str) -> dict:
     """What --data and --init hold, as short hashes: the data folder's meta.json (its tokenizer,
-    token counts and the fingerprint of its inputs) and the CRC-32 of every record of the --init
-    checkpoint (a zip written by torch.save; its directory holds them, so nothing else is read)."""
+    token counts and the fingerprint of its inputs) and checkpoint.identity of --init."""
     def digest(obj) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-    records = []
-    if init:  # a sharded checkpoint (a folder): its meta file, rewritten with every save, stands for it
-        archive = Path(init) / checkpoint.SHARDED_META if Path(init).is_dir() else init
-        with zipfile.ZipFile(archive) as z:  # names lose the archive's folder, which follows the file name
-            records = sorted((i.filename.split("/", 1)[-1], i.CRC, i.file_size) for i in z.infolist())
-    return {"data": digest(data_meta), "init": digest(records) if init else ""}
+    return {"data": digest(data_meta), "init": checkpoint.identity(init) if init else ""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +299,7 @@ class Trainer:
         self.peak = cfg.peak_flops or (device_peak(torch.cuda.get_device_name(self.device)) or 0
                                        if self.device.type == "cuda" else 0)
         self.stop_requested = self.interrupted = False
+        self.stop_signal = 0  # the signal that asked this run to stop (SIGTERM, SIGUSR1, SIGHUP)
         self.saved_step = None  # the step of the last checkpoint this run wrote or resumed from
         self._build()
 
@@ -456,8 +452,8 @@ class Trainer:
                 f"{'on' if self.layout['checkpointing'] else 'off'}, planned {self.layout['bytes'] / 1e9:.2f} GB "
                 f"per process), {self.device}, {str(self.dtype).split('.')[-1]}"
                 + (f", from {cfg.init}" if cfg.init else ""))
-        for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: checkpoint, then exit
-            signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):  # preemption, hang-up: checkpoint, exit
+            signal.signal(sig, self.on_signal)
         self.start_step = self.step
         self.model.train()
         if self.step == 0 and not self.history:
@@ -482,6 +478,17 @@ class Trainer:
         parallel.barrier(self.dist)
         if self.interrupted and self.step < self.max_iters:
             raise KeyboardInterrupt  # main() says how to continue; the exit status stops a launcher
+
+    def on_signal(self, signum, _frame):
+        self.stop_requested, self.stop_signal = True, signum
+
+    def exit_status(self) -> int:
+        """0 when the stage is finished; else what stops a launcher (run_family.sh, a job script) from
+        taking the checkpoint for a finished stage: 128 + the signal, as shells report a signal's death
+        (143 for SIGTERM, 129 for SIGHUP), or STOPPED_AT after --stop_at."""
+        if self.step >= self.max_iters:
+            return 0
+        return 128 + self.stop_signal if self.stop_signal else STOPPED_AT
 
     def on_ctrl_c(self, *_):
         """SIGINT: the first Ctrl-C stops after the current step with a checkpoint, a second one at once."""
@@ -553,6 +560,11 @@ def main(argv=None):
         trainer = Trainer(cfg)
         signal.signal(signal.SIGINT, trainer.on_ctrl_c)
         trainer.run()
+        status = trainer.exit_status()
+        if status and trainer.dist.master:
+            why = f"signal {signal.Signals(trainer.stop_signal).name}" if trainer.stop_signal else "--stop_at"
+            print(f"stopped by {why}: the stage is not finished; {trainer.resume_hint()} (exit status "
+                  f"{status})", file=sys.stderr)
     except KeyboardInterrupt:  # Ctrl-C: where the run can continue from
         if trainer is None or trainer.dist.master:
             hint = trainer.resume_hint() if trainer else "before training started; nothing was written"
@@ -561,7 +573,9 @@ def main(argv=None):
     finally:
         signal.signal(signal.SIGINT, previous)
         parallel.teardown()
-    parallel.leave(trainer.dist)  # os._exit under torchrun: see parallel.leave
+    parallel.leave(trainer.dist, status)  # os._exit under torchrun: see parallel.leave
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

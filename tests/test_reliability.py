@@ -71,25 +71,59 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(byte_data, tmp_path,
     assert rows == json.loads(json.dumps(b["train"]["history"]))
 
 
-def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(byte_data, tmp_path):
-    """SIGINT (Ctrl-C) ends the step, writes a checkpoint (none was due), exits 130 (a launcher such
-    as run_family.sh stops too) and names that checkpoint; --resume continues from it."""
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_stop_signal_writes_a_checkpoint_and_says_how_to_resume(byte_data, tmp_path, sig, status):
+    """SIGINT (Ctrl-C), SIGTERM or SIGHUP ends the step, writes a checkpoint (none was due), exits
+    128 + the signal as shells report it (a launcher such as run_family.sh stops too: the stage is
+    not finished, and the checkpoint says so) and names that checkpoint; --resume continues from it."""
     run = ["--max_iters", 100_000, "--ckpt_interval", 100_000, "--log_interval", 1]
     proc = subprocess.Popen(train_cmd(byte_data, tmp_path, *run), cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for line in proc.stdout:
         if "| loss" in line:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
-    step = checkpoint.load(tmp_path / "ckpt.pt")["train"]["step"]
-    assert 0 < step < 100_000
+    assert proc.returncode == status, err
+    saved = checkpoint.load(tmp_path / "ckpt.pt")["train"]
+    step = saved["step"]
+    assert 0 < step < 100_000 and not saved["done"]
     assert f"the last checkpoint is {tmp_path / 'ckpt.pt'} (step {step}/100000); the same command with " \
            "--resume continues from it" in err, err
     resumed = subprocess.run(train_cmd(byte_data, tmp_path, *run, "--resume", "--stop_at", step + 1), cwd=ROOT,
                              capture_output=True, text=True)
-    assert resumed.returncode == 0 and f"resumed {tmp_path / 'ckpt.pt'} at step {step}/" in resumed.stdout
+    assert resumed.returncode == 3 and f"resumed {tmp_path / 'ckpt.pt'} at step {step}/" in resumed.stdout
+
+
+def test_a_grown_checkpoint_follows_its_source(byte_data, tmp_path, capsys):
+    """expand.py refuses a stage that was stopped before its end (unless --allow_unfinished), records
+    its source's identity, and with --reuse (run_family.sh) keeps a grown checkpoint only while its
+    source and settings are unchanged: a source trained on is grown again."""
+    import expand
+    from train import Trainer, parse_args
+    run = ["--size", "20k", "--data", str(byte_data), "--batch_size", "4", "--seq_len", "64", "--eval_tokens",
+           "1024", "--max_iters", "4", "--out", str(tmp_path / "a")]
+    Trainer(parse_args([*run, "--stop_at", "2"])).run()
+    src, grown = tmp_path / "a" / "ckpt.pt", tmp_path / "grown.pt"
+    grow = ["--src", str(src), "--size", "50k", "--out", str(grown), "--reuse"]
+    with pytest.raises(UserError, match=r"unfinished stage \(step 2/4, stopped early\).*--allow_unfinished"):
+        expand.main(grow)
+    expand.main([*grow, "--allow_unfinished"])
+    early = checkpoint.load(grown)
+    Trainer(parse_args([*run, "--resume"])).run()  # the stage finishes: its checkpoint changes
+    capsys.readouterr()
+    expand.main(grow)
+    assert f"wrote {grown}" in capsys.readouterr().out
+    regrown = checkpoint.load(grown)
+    assert regrown["meta"]["expansion"]["source_id"] == checkpoint.identity(src) != \
+        early["meta"]["expansion"]["source_id"]
+    assert not torch.equal(regrown["model"]["wte.weight"], early["model"]["wte.weight"])
+    written = grown.stat().st_mtime_ns
+    expand.main(grow)
+    assert capsys.readouterr().out.startswith(f"kept {grown}") and grown.stat().st_mtime_ns == written
+    expand.main([*grow, "--seed", "1"])  # other settings: grown again
+    assert f"wrote {grown}" in capsys.readouterr().out and checkpoint.load(grown)["meta"]["expansion"]["seed"] == 1
 
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
@@ -207,7 +241,7 @@ def test_torch_write_error_without_an_oserror_checks_the_free_space(tmp_path, mo
 
 def test_write_error_mid_save_keeps_the_previous_checkpoint(byte_data, tmp_path):
     good = subprocess.run(train_cmd(byte_data, tmp_path, "--max_iters", 4, "--stop_at", 2), cwd=ROOT)
-    assert good.returncode == 0
+    assert good.returncode == 3  # stopped before the end of the stage
     size = (tmp_path / "ckpt.pt").stat().st_size
 
     def small_files():  # the next checkpoint cannot be written whole: EFBIG, as on a full disk
