@@ -126,15 +126,24 @@ def load(path, map_location="cpu", mmap=False, verify=True) -> dict:
         return load_sharded(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip: this is another file, or a part of one
+        raise CheckpointError(f"{path} is corrupt or truncated (not the zip archive torch.save writes); "
+                              f"{recovery(path)}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} holds pickled objects beyond tensors and plain values; "
                               "refusing to load it (it could run code)") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError) as e:  # a damaged index or a file of another kind fails in any of these
         raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}); {recovery(path)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no '{FORMAT}' header)")
+    if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("meta", {}), dict):
+        raise CheckpointError(f"{path} has the header of this project's checkpoints but no weights ('model'); "
+                              f"{recovery(path)}")
+    for part, empty in (("optimizer", None), ("train", None), ("meta", {})):  # optional parts
+        ckpt.setdefault(part, empty)
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} has format version {ckpt['version']}, newer than this code's "
                               f"{VERSION}; update the code")

@@ -506,6 +506,7 @@ def twins(ckpt: dict, tol: float = 1e-6) -> list[dict]:
     units = [index_map(torch.tensor(expansion["maps"][d])) for d in ("hidden", "heads", "ffn")]
     maps = all_maps(*units, cfg.head_dim, cfg.n_embd)  # every index a row of the grown tensors
     stuck = {}  # (unit, block) -> flags over the new units: equal to their source in every tensor so far
+    producers = {}  # the same over the tensors that produce the unit only (Out axes)
     for name, t in ckpt["model"].items():
         k, local = split_name(name)
         t = t.float()
@@ -515,11 +516,15 @@ def twins(ckpt: dict, tol: float = 1e-6) -> list[dict]:
             diff = (t - t.index_select(axis, maps[spec.dim].g)).abs().transpose(0, axis)
             eq = unit_rows(diff.reshape(t.shape[axis], -1).amax(1) <= tol, spec.dim, cfg.n_head)
             unit = GROUPS[spec.dim]
-            stuck[unit, k] = stuck.get((unit, k), True) & eq[maps[UNITS[unit]].new]
+            eq = eq[maps[UNITS[unit]].new]
+            stuck[unit, k] = stuck.get((unit, k), True) & eq
+            if isinstance(spec, Out):
+                producers[unit, k] = producers.get((unit, k), True) & eq
     order = list(UNITS)
     keys = sorted(stuck, key=lambda key: (order.index(key[0]), key[1] is not None, key[1] or 0))
-    return [{"dim": unit, "block": k, "copies": len(stuck[unit, k]), "twins": int(stuck[unit, k].sum())}
-            for unit, k in keys]
+    return [{"dim": unit, "block": k, "copies": len(stuck[unit, k]), "twins": int(stuck[unit, k].sum()),
+             # not twins, but only because their consumers differ (the noisy split before training)
+             "producers_equal": int((producers[unit, k] & ~stuck[unit, k]).sum())} for unit, k in keys]
 
 
 def block_label(row: dict) -> str:
@@ -528,13 +533,19 @@ def block_label(row: dict) -> str:
 
 
 def twins_report(rows: list[dict]) -> str:
-    """A table of twins(), and one closing line that says whether any copy is still stuck."""
-    lines = [f"{'dimension':<10} {'block':>6} {'copies':>7} {'twins':>6}"]
-    lines += [f"{r['dim']:<10} {block_label(r):>6} {r['copies']:>7} {r['twins']:>6}"
+    """A table of twins(), and one closing line that says whether any copy is still stuck. Copies
+    whose producers are still equal to their source's are counted apart: right after growth the
+    noisy split has made only their consumers differ, and training has yet to separate the rest."""
+    lines = [f"{'dimension':<10} {'block':>6} {'copies':>7} {'twins':>6} {'producers equal':>16}"]
+    lines += [f"{r['dim']:<10} {block_label(r):>6} {r['copies']:>7} {r['twins']:>6} {r['producers_equal']:>16}"
               for r in rows]
-    stuck = sum(r["twins"] for r in rows)
-    lines.append(f"{stuck} of {sum(r['copies'] for r in rows)} copies are still twins of their source"
-                 if stuck else "no twins: every copy differs from its source")
+    stuck, total = sum(r["twins"] for r in rows), sum(r["copies"] for r in rows)
+    equal = {unit: sum(r["producers_equal"] for r in rows if r["dim"] == unit) for unit in UNITS}
+    producers = "; producers still equal in " + ", ".join(
+        f"{unit} {n} of {sum(r['copies'] for r in rows if r['dim'] == unit)}" for unit, n in equal.items() if n) + \
+        " (expected before training: the split consumers separate them at the first steps)"
+    lines.append((f"{stuck} of {total} copies are still twins of their source" if stuck
+                  else "no twins: every copy differs from its source") + producers * any(equal.values()))
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ replaying the ones its ancestors trained on. A checkpoint (checkpoint.py) is wri
 """
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -24,7 +25,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from util import ArgumentParser, UserError, atomic_write, check_args, pick_device, run_cli  # first: see util.py
+from util import (ArgumentParser, UserError, atomic_write, check_args, check_device, check_ranges,
+                  pick_device, run_cli)  # first: see util.py
 
 
 def _opt(default, help, **kw):
@@ -39,6 +41,8 @@ class TrainConfig:
     ckpt: str = _opt("", "checkpoint path (default: OUT/ckpt.pt)")
     init: str = _opt("", "start from this checkpoint's weights (e.g. from expand.py); else random init")
     resume: bool = _opt(False, "continue from --ckpt if it exists (else start fresh)")
+    overwrite: bool = _opt(False, "start over even though --ckpt holds a checkpoint, replacing it (without "
+                                   "--resume or this flag such a run is refused)")
     stop_at: int = _opt(0, "checkpoint and exit after this step, to split a stage across jobs "
                            "(continue with --resume); the exit status is 3: the stage is not finished")
     tokens: float = _opt(0, "stage budget in training tokens (or give --max_iters)")
@@ -109,11 +113,27 @@ def parse_args(argv=None) -> TrainConfig:
         raise UserError("give the stage budget: --tokens N (> 0) or --max_iters N (> 0)")
     if not 0 <= cfg.seed < 2**63:  # torch.manual_seed takes a 64-bit integer
         raise UserError(f"--seed {cfg.seed} is out of range; use an integer from 0 to 2**63 - 1")
-    if min(cfg.batch_size, cfg.grad_accum) < 1 or cfg.lr <= 0 or cfg.seq_len < 0:
-        raise UserError("--batch_size and --grad_accum must be >= 1, --lr > 0, --seq_len >= 0")
+    check_numbers(cfg)
+    check_device(cfg.device)
     if cfg.stable_ckpt and cfg.schedule != "wsd":
         raise UserError("--stable_ckpt needs --schedule wsd: only WSD has a stable phase to end")
     return cfg
+
+
+def check_numbers(cfg: TrainConfig):
+    """Every numeric flag: finite, in its range, and consistent with the others. -1 is the default of
+    --min_lr (lr / 10) and --warmup (2% of the steps); 0 turns --grad_clip and --stop_at off and picks
+    the default of --seq_len and the intervals."""
+    check_ranges(cfg, {"tokens": "[0, inf)", "max_iters": "[0, inf)", "batch_size": "[1, inf)",
+                       "grad_accum": "[1, inf)", "seq_len": "[0, inf)", "lr": "(0, inf)",
+                       "decay_frac": "[0, 1]", "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)",
+                       "grad_clip": "[0, inf)", "stop_at": "[0, inf)", "eval_interval": "[0, inf)",
+                       "eval_tokens": "[1, inf)", "log_interval": "[0, inf)", "ckpt_interval": "[0, inf)",
+                       "peak_flops": "[0, inf)"})
+    if cfg.min_lr != -1:
+        check_ranges(cfg, {"min_lr": f"[0, {cfg.lr!r}]"})  # a schedule that decays, never climbs
+    if cfg.warmup != -1:
+        check_ranges(cfg, {"warmup": "[0, inf)"})
 
 
 # --help and usage errors are answered above this line, before torch loads (seconds on a busy machine)
@@ -286,6 +306,7 @@ class Trainer:
             self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create the run folder {cfg.out}: {e.strerror}; choose a writable --out") from e
+        self.lock = claim_checkpoint(cfg, self.ckpt_path) if self.dist.master else None
         self.step_tokens = cfg.batch_size * cfg.grad_accum * self.dist.world * self.seq_len
         # nearest whole number of steps: the FLOPs spent stay within half a step of the budget
         self.max_iters = cfg.max_iters or max(1, round(cfg.tokens / self.step_tokens))
@@ -334,6 +355,8 @@ class Trainer:
                                            betas=(cfg.beta1, cfg.beta2), fused=not self.fsdp)
         if resume is not None:
             self._resume(resume)
+        elif self.dist.master:  # a fresh start: no rows of an earlier run (killed, or --overwrite)
+            write_jsonl(Path(cfg.out) / "metrics.jsonl", [])
         elif opt_state is not None:
             parallel.load_optimizer(self.model, self.optimizer, opt_state, self.fsdp)
             for g, wd in zip(self.optimizer.param_groups, (cfg.weight_decay, 0.0)):  # this stage's settings,
@@ -547,6 +570,48 @@ class Trainer:
         self.log(f"step {self.step:6d}/{self.max_iters} | val loss {val:.4f}")
         self.metrics({"step": self.step, "tokens": self.tokens_seen, "flops": self.flops,
                       "flops_total": self.flops_total, "val_loss": val})
+
+
+def claim_checkpoint(cfg: TrainConfig, path: Path):
+    """Keep this run's checkpoint its own: refuse one that holds an earlier run's unless --resume or
+    --overwrite, one that is the --init checkpoint, and one another train.py is writing (a lock
+    file beside it, held until this process ends). Returns the open lock file."""
+    if cfg.init and Path(cfg.init).resolve() == path.resolve():
+        raise UserError(f"--init and --ckpt are the same file {path}; write this stage's checkpoint elsewhere")
+    lock = take_lock(path.with_name(path.name + ".lock"), path)
+    if path.exists() and not (cfg.resume or cfg.overwrite):
+        raise UserError(f"{path} holds the checkpoint of an earlier run; continue it with --resume, replace "
+                        f"it with --overwrite, or choose another --out/--ckpt")
+    return lock
+
+
+HELD_LOCKS = {}  # (device, inode) of a lock file -> its open file, held until the process ends
+
+
+def take_lock(lock_path: Path, path: Path):
+    """The lock file, locked by this process. A Trainer built again in one process (tests) takes
+    the lock it holds already, found by inode: the run folder may have moved meanwhile."""
+    try:
+        lock = open(lock_path, "a+")
+        stat = os.fstat(lock.fileno())
+        held = HELD_LOCKS.get((stat.st_dev, stat.st_ino))
+        if held is not None:
+            lock.close()
+            return held
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise UserError(f"another train.py (PID {holder}) is writing {path}; wait for it to end or choose "
+                        f"another --out/--ckpt") from None
+    except OSError as e:
+        raise UserError(f"cannot create {lock_path}: {e.strerror}; choose a writable --out/--ckpt") from e
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    HELD_LOCKS[stat.st_dev, stat.st_ino] = lock
+    return lock
 
 
 def write_jsonl(path, rows):

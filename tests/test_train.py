@@ -68,9 +68,10 @@ def test_bad_inputs_give_one_clear_line(byte_data, tmp_path):
                       "no prepared data")
     ok = run_script(*base, "--size", "20k", "--batch_size", 2, "--seq_len", 32)
     assert ok.returncode == 0, ok.stderr
-    assert_user_error(run_script(*base, "--size", "50k", "--init", tmp_path / "x" / "ckpt.pt"),
+    assert_user_error(run_script(*base, "--size", "50k", "--init", tmp_path / "x" / "ckpt.pt", "--out", tmp_path / "y"),
                       "expand.py")
-    assert_user_error(run_script(*base, "--size", "20k", "--init", tmp_path / "missing.pt"), "does not exist")
+    assert_user_error(run_script(*base, "--size", "20k", "--init", tmp_path / "missing.pt", "--out", tmp_path / "y"),
+                      "does not exist")
     assert_user_error(run_script("train.py", "--size", "20k", "--data", byte_data), "budget")
 
 
