@@ -11,8 +11,10 @@ import resource
 import shutil
 import signal
 import subprocess
+import struct
 import sys
 import time
+import zipfile
 
 import pytest
 import torch
@@ -164,6 +166,25 @@ def test_overwritten_tensor_bytes_are_caught_by_their_checksum(tmp_path):
         checkpoint.load(tmp_path / "ckpt.pt", mmap=True)  # mapped tensors are checked too
     meta_only = checkpoint.load(tmp_path / "ckpt.pt", mmap=True, verify=False)  # config/meta reads skip it
     assert meta_only["config"] == PRESETS["20k"] and "checksums" not in meta_only
+
+
+@pytest.mark.fast
+def test_a_changed_byte_in_the_pickled_part_is_caught(tmp_path):
+    """The config, progress and history are pickled, not checksummed per tensor: their zip record's
+    CRC is checked instead (torch.load checks none). A file of another kind is one line too."""
+    small_checkpoint(tmp_path)
+    path = tmp_path / "ckpt.pt"
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        pkl = next(i for i in z.infolist() if i.filename.endswith("/data.pkl"))
+    name_len, extra_len = struct.unpack("<HH", raw[pkl.header_offset + 26:pkl.header_offset + 30])
+    raw[pkl.header_offset + 30 + name_len + extra_len + pkl.compress_size // 2] ^= 0x5A
+    path.write_bytes(raw)
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated .Bad CRC-32"):
+        checkpoint.load(path, verify=False)
+    path.write_text("not a checkpoint\n")
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(path)
 
 
 def test_nan_weights_are_refused_at_load(tmp_path):
