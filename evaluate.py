@@ -358,9 +358,15 @@ def read_plan(path: str | None) -> dict | None:
     if not Path(path).is_file():
         raise UserError(f"--plan {path} does not exist; write it with `python flops.py --json {path}`")
     try:
-        return json.loads(Path(path).read_text())
+        plan = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"--plan {path} is not valid JSON ({e.msg}); write it again with flops.py") from e
+    keys = ("progressive", "independent", "progressive_flops", "independent_flops", "saving")
+    if not isinstance(plan, dict) or any(k not in plan for k in keys) or \
+            not all(isinstance(s, dict) and "size" in s for k in keys[:2] for s in plan[k]):
+        raise UserError(f"--plan {path} is not a plan of flops.py --json (it lacks {', '.join(keys)} or their "
+                        "stages); write it again with flops.py")
+    return plan
 
 
 def planned_flops(plan: dict, family: str, size: str) -> float | None:

@@ -355,6 +355,7 @@ def fx(byte_data, tmp_path_factory):
     (d / "afile").write_text("x")
     (d / "empty_dir").mkdir()
     (d / "bad.jsonl").write_text("not json\n")
+    (d / "not_a_plan.json").write_text('{"progressive": [1, 2]}')
     (d / "text.pt").write_text("not a checkpoint\n")
     torch.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": PRESETS["20k"].to_dict()},
                d / "no_model.pt")
@@ -488,6 +489,7 @@ BAD_INPUTS = [
     ("evaluate-keyless-task-file", lambda f: ["evaluate.py", "--ckpt", f["good"], "--tasks", "arc_easy", "--data_dir", f["d"] / "eval_keyless", "--out", f["d"] / "r"], "record 1 lacks the fields"),
     ("export-import-truncated-safetensors", lambda f: ["export_hf.py", "--import", f["d"] / "hf_truncated", "--out", f["d"] / "i.pt"], "cannot load a transformers GPT-2"),
     ("export-import-bad-config", lambda f: ["export_hf.py", "--import", f["d"] / "hf_bad_config", "--out", f["d"] / "i.pt"], "not a valid JSON"),
+    ("evaluate-plan-of-another-kind", lambda f: ["evaluate.py", "--ckpt", f["good"], "--tasks", "ppl", "--val-data", f["data"], "--plan", f["d"] / "not_a_plan.json", "--out", f["d"] / "r"], "not_a_plan.json is not a plan of flops.py"),
     ("run-family-duplicate-seeds", lambda f: ["run_family.sh", "--out", f["d"] / "fam"], "SEEDS lists seed 1 twice", {"SEEDS": "1 01"}),
 ]
 
