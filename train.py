@@ -353,10 +353,10 @@ class Trainer:
                                           cfg.seed, cfg.kernels, weights, initialise=resume is None)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=not self.fsdp)
+        if resume is None and self.dist.master:  # a fresh start: no rows of an earlier run (killed, --overwrite)
+            write_jsonl(Path(cfg.out) / "metrics.jsonl", [])
         if resume is not None:
             self._resume(resume)
-        elif self.dist.master:  # a fresh start: no rows of an earlier run (killed, or --overwrite)
-            write_jsonl(Path(cfg.out) / "metrics.jsonl", [])
         elif opt_state is not None:
             parallel.load_optimizer(self.model, self.optimizer, opt_state, self.fsdp)
             for g, wd in zip(self.optimizer.param_groups, (cfg.weight_decay, 0.0)):  # this stage's settings,

@@ -222,3 +222,17 @@ def test_source_ids_of_a_sharded_init_follow_its_meta_file(tmp_path):
     assert first == source_ids({"tokenizer": "bytes"}, str(folder)) and first["init"]
     checkpoint.save(folder / checkpoint.SHARDED_META, {"format": checkpoint.FORMAT, "train": {"step": 2}})
     assert source_ids({"tokenizer": "bytes"}, str(folder))["init"] != first["init"]
+
+
+def test_a_grown_adamw_state_is_loaded_on_a_fresh_start(byte_data, tmp_path):
+    """expand.py --optimizer_state: the grown stage starts from the grown moments, not an empty AdamW."""
+    from expand import expand
+    Trainer(args(byte_data, tmp_path / "a", "--max_iters", 2)).run()
+    grown = tmp_path / "grown.pt"
+    checkpoint.save(grown, expand(checkpoint.load(tmp_path / "a" / "ckpt.pt"), PRESETS["50k"], optimizer_state=True))
+    t = Trainer(parse_args(["--size", "50k", "--data", str(byte_data), "--out", str(tmp_path / "b"), "--max_iters", "2",
+                            "--init", str(grown)]))
+    moments = checkpoint.load(grown)["optimizer"]["state"]
+    assert len(t.optimizer.state) == len(moments) == len(list(t.model.parameters()))
+    first = next(iter(t.model.parameters()))
+    assert torch.equal(t.optimizer.state[first]["exp_avg"], moments[0]["exp_avg"])
