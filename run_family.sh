@@ -97,7 +97,12 @@ matches CHINCHILLA "$CHINCHILLA" "$NUM" "a number > 0"
 matches BUDGET_SCALE "${BUDGET_SCALE:-1}" "$NUM" "a number > 0"
 matches STAGE_FRACTIONS "${STAGE_FRACTIONS:-1}" "$NUM(,$NUM)*" "comma-separated numbers"
 [ -n "${SEEDS// }" ] || die "SEEDS is empty: give one or more seeds, e.g. SEEDS=\"1 2 3\""
-for seed in $SEEDS; do matches SEEDS "$seed" '[0-9]{1,18}' "integers >= 0 of at most 18 digits"; done
+declare -A seen_seeds=()  # a seed given twice would train and count the same runs twice
+for seed in $SEEDS; do
+  matches SEEDS "$seed" '[0-9]{1,18}' "integers >= 0 of at most 18 digits"
+  [ -z "${seen_seeds[$((10#$seed))]:-}" ] || die "SEEDS lists seed $((10#$seed)) twice; give each seed once"
+  seen_seeds[$((10#$seed))]=1
+done
 [ -z "${DATA:-}" ] || [ "$DRY_RUN" = 1 ] || [ -f "$DATA/meta.json" ] ||
   die "DATA=$DATA is not a folder made by data/prepare.py (no meta.json)"
 
@@ -233,12 +238,12 @@ for seed in $SEEDS; do
     extra=()
     if [ -n "$prev" ]; then
       grown="$prog/ckpt_${prev}_expanded.pt"
-      if [ ! -f "$grown" ]; then  # written atomically: present means complete
-        opt=(); [ "$OPT_STATE" = 1 ] && opt=(--optimizer_state)
-        src="$prog/ckpt_$prev.pt"; [ "$GROW_FROM" = stable ] && src="$prog/ckpt_${prev}_stable.pt"
-        step $PY expand.py --src "$src" --size "$size" --method "$METHOD" --depth "$DEPTH" \
-          --noise "$NOISE" --aki_top "$AKI_TOP" --seed "$seed" --out "$grown" "${opt[@]}"
-      fi
+      # --reuse keeps a grown checkpoint only if it was grown from the source as it is now (a re-run
+      # after the source stage was stopped and finished grows again); expand.py refuses an unfinished source
+      opt=(); [ "$OPT_STATE" = 1 ] && opt=(--optimizer_state)
+      src="$prog/ckpt_$prev.pt"; [ "$GROW_FROM" = stable ] && src="$prog/ckpt_${prev}_stable.pt"
+      step $PY expand.py --src "$src" --size "$size" --method "$METHOD" --depth "$DEPTH" \
+        --noise "$NOISE" --aki_top "$AKI_TOP" --seed "$seed" --out "$grown" --reuse "${opt[@]}"
       extra+=(--init "$grown")
     fi
     # the member is still the decayed model; its successor grows from the weights before the decay
