@@ -21,6 +21,7 @@ import concurrent.futures as cf
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,14 +75,18 @@ def train(args, d: Path, size: str, steps: int, warmup: int, lr: float, min_lr_r
     cmd += ["--branch_from", branch_from] if branch_from else []
     with open(d / "stdout.log", "a") as log:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    rows = [json.loads(line) for line in open(d / "metrics.jsonl") if line.endswith("}\n")] \
-        if (d / "metrics.jsonl").exists() else []
+    return {"size": size, "seed": seed, "lr": lr, "min_lr_ratio": min_lr_ratio, "steps": steps, "init": init,
+            "ckpt": str(d / "ckpt.pt"), **read_run(d, steps, proc.returncode)}
+
+
+def read_run(d: Path, steps: int, returncode: int = 0) -> dict:
+    """A run's result from its metrics.jsonl: complete (its last validation at `steps`), the final
+    validation loss (infinite for a diverged run, so a sweep moves away from it), FLOPs, the curve."""
+    path = d / "metrics.jsonl"  # a killed run may leave half a last line
+    rows = [json.loads(line) for line in open(path) if line.endswith("}\n")] if path.exists() else []
     vals = [r for r in rows if "val_loss" in r]
-    ok = proc.returncode == 0 and vals and vals[-1]["step"] == steps
-    # a diverged run (non-finite loss) counts as infinitely bad, so the sweep moves away from it
-    return {"size": size, "seed": seed, "lr": lr, "min_lr_ratio": min_lr_ratio, "steps": steps,
-            "init": init, "ckpt": str(d / "ckpt.pt"), "ok": bool(ok),
-            "val_loss": vals[-1]["val_loss"] if ok and math.isfinite(vals[-1]["val_loss"]) else math.inf,
+    ok = returncode == 0 and bool(vals) and vals[-1]["step"] == steps
+    return {"ok": ok, "val_loss": vals[-1]["val_loss"] if ok and math.isfinite(vals[-1]["val_loss"]) else math.inf,
             "flops": vals[-1]["flops"] if vals else 0.0, "flops_total": vals[-1]["flops_total"] if vals else 0.0,
             "curve": [[r["step"], r["flops_total"], r["val_loss"]] for r in vals]}
 
@@ -251,19 +256,52 @@ def curves(args) -> list[dict]:
     return out
 
 
+RUN_NAME = re.compile(r"(?P<size>.+)_lr(?P<lr>[^_]+)_min(?P<ratio>[^_]+)$")  # run_dir's folder name
+
+
+def finished_runs(out: Path, rec: dict, kind: str) -> list[dict]:
+    """Every complete run under out/kind (curves or sweep), read from its folder: the runs of a
+    sweep or curves still going are there before its JSON summary is."""
+    runs = []
+    for d in sorted((out / kind).glob("seed_*/*/*/*x")):  # seed_N/family/SIZE_lrLR_minRATIO/Mx
+        name, family = RUN_NAME.match(d.parent.name), d.parent.parent.name
+        stage = next((st for st in rec.get(family, []) if st["size"] == name["size"]), None) if name else None
+        if stage is None:
+            continue
+        multiple = float(d.name[:-1])
+        lr, ratio = float(name["lr"]), float(name["ratio"])
+        r = {"family": family, "size": name["size"], "seed": int(d.parent.parent.parent.name[5:]), "lr": lr,
+             "min_lr_ratio": ratio, "multiple": multiple, "steps": round(multiple * stage["steps"]),
+             # the plan's settings, or the sweep's best
+             "settings": "plan" if (name["lr"], ratio) == (f"{stage['lr']:.3g}", MIN_LR_RATIOS[0]) else "sweep"}
+        r.update(read_run(d, r["steps"]))
+        if r["ok"]:
+            runs.append(r)
+            if kind == "curves" and family == "independent" and stage == rec["independent"][0]:
+                runs.append({**r, "family": "progressive"})  # the smallest member: one run for both
+    return runs
+
+
 def collect(args):
-    """The compact results of every sweep and curve run (no checkpoints), for RESULTS.md."""
-    out = Path(args.out)
-    runs = [{**r, "settings": p.stem.split("_")[1]} for p in sorted(out.glob("curves_*.json"))
-            for r in json.loads(p.read_text())]
+    """The compact results of every finished sweep and curve run (no checkpoints), for RESULTS.md."""
+    out, rec = Path(args.out), recipe(args)
     keep = ("family", "size", "seed", "settings", "lr", "min_lr_ratio", "steps", "multiple", "val_loss",
-            "flops", "flops_total", "curve", "ok")
+            "flops", "flops_total", "curve")
     slim = lambda r: {k: r[k] for k in keep if k in r}  # noqa: E731
-    result = {"recipe": recipe(args), "family": args.family, "chinchilla": args.chinchilla,
+    sweep_runs, curves = {}, finished_runs(out, rec, "curves")
+    # a curve's 1x point at the plan's settings is the sweep's run at that LR, bit for bit (a branch
+    # equals the run planned to end there): seed 1's counts as that sweep point
+    planned = [r for r in curves if r["seed"] == 1 and r["multiple"] == 1.0 and r["settings"] == "plan"
+               and not (r["family"] == "progressive" and r["size"] == rec["progressive"][0]["size"])]
+    for r in finished_runs(out, rec, "sweep") + planned:
+        runs = sweep_runs.setdefault((r["family"], r["size"]), [])
+        if all((x["lr"], x["min_lr_ratio"]) != (r["lr"], r["min_lr_ratio"]) for x in runs):
+            runs.append(slim({**r, "multiple": 1.0}))
+    result = {"recipe": rec, "family": args.family, "chinchilla": args.chinchilla,
               "eval_tokens": args.eval_tokens, "data": os.path.basename(args.data.rstrip("/")),
-              "sweep": [{"family": s["family"], "size": s["size"], "runs": [slim(r) for r in s["runs"]]}
-                        for s in sweeps(out)],
-              "curves": [slim(r) for r in runs]}
+              "sweep": [{"family": f, "size": z, "runs": sorted(runs, key=lambda r: (r["min_lr_ratio"], r["lr"]))}
+                        for (f, z), runs in sweep_runs.items()],
+              "curves": [slim(r) for r in curves]}
     write_json(args.results, result)
     print(f"wrote {args.results}: {len(result['sweep'])} sweeps, {len(result['curves'])} curve runs")
 
@@ -383,7 +421,10 @@ def tuned_baseline(results: dict, seeds: dict, sizes: list[str]) -> list[list[st
         best = min(sw["runs"], key=lambda r: r["val_loss"])
         prog, ind = seeds[1]["progressive"][z], seeds[1]["independent"][z][1.0]
         how, c = crossing([(r["flops_total"], r["val_loss"]) for r in prog.values()], best["val_loss"])
-        rows.append([z, f"{best['lr']:.3g}" + ("/0" if best["min_lr_ratio"] == 0 else ""), f"{best['val_loss']:.3f}",
+        lrs = sorted({r["lr"] for r in sw["runs"]})
+        bracketed = lrs[0] < best["lr"] < lrs[-1]
+        rows.append([z, f"{len(lrs)}, " + ("bracketed" if bracketed else "**not bracketed**"),
+                     f"{best['lr']:.3g}" + ("/0" if best["min_lr_ratio"] == 0 else ""), f"{best['val_loss']:.3f}",
                      f"{ind['val_loss']:.3f}", f"{prog[1.0]['val_loss']:.3f}",
                      _fmt((FLIP[how], 1 - c / ind["flops_total"]))])
     return rows
@@ -442,7 +483,7 @@ def tables(results: dict) -> str:
     if tuned:
         out += ["Against the tuned baseline (seed 1): (a) with the target the best independent member of the LR "
                 "sweep below reaches at its planned budget, the same cost as the curves' 1× point.", "",
-                md_table(["member", "best max LR", "tuned independent loss", "independent loss, plan's LR",
+                md_table(["member", "max LRs tried", "best max LR", "tuned independent loss", "independent loss, plan's LR",
                           "progressive loss", "(a) against the tuned loss"], tuned), ""]
     out += ["LR sweep (seed 1, each member at its planned budget, WSD, final LR lr/10 unless marked /0; the "
             "chosen setting in bold):", ""]

@@ -136,5 +136,5 @@ def test_tables_show_the_savings_and_the_tuned_baseline():
     assert row("| l |") == "| l | -1.215 | -0.991 | 20.0 | 20.0 | 20.0% | 20.0% | 1 |"
     assert row("| family |") == "| family |  |  | 36.0 | 33.3 | 36.0% | 33.3% | 1 |"
     # the sweep's best (loss 5 - log 440) is reached at lineage 352: 1 - 352/400
-    assert row("| l | 0.002 |") == "| l | 0.002 | -1.087 | -0.991 | -1.215 | 12.0% |"
+    assert row("| l | 2, ") == "| l | 2, **not bracketed** | 0.002 | -1.087 | -0.991 | -1.215 | 12.0% |"
     assert "0.001: -0.991, **0.002: -1.087**" in row("| independent | l |")
