@@ -352,6 +352,11 @@ def member_savings(prog: dict, ind: dict) -> dict:
             "b": (how_b, 1 - p1["flops_total"] / c_b), "compute_b": c_b}
 
 
+def curve_settings(results: dict) -> str:
+    """The curves to report: with the sweep's settings where there are any, else the plan's."""
+    return next((k for k in ("sweep", "plan") if any(r.get("settings") == k for r in results["curves"])), "sweep")
+
+
 def by_seed(results: dict, settings: str) -> dict:
     """{seed: {family: {size: {multiple: run}}}} from collect's curves with these settings."""
     out = {}
@@ -413,7 +418,7 @@ def tuned_baseline(results: dict, seeds: dict, sizes: list[str]) -> list[list[st
     """(a) against the best independent member of the sweep (seed 1, its planned budget): rows of
     member, best setting, its loss, the curves' independent loss, the progressive loss, (a)."""
     rows = []
-    for sw in results["sweep"]:
+    for sw in sorted(results["sweep"], key=lambda sw: sizes.index(sw["size"])):
         z = sw["size"]
         if sw["family"] != "independent" or z == sizes[0] or len(seeds.get(1, {}).get("progressive", {}).get(z, {})) \
                 != len(MULTIPLES) or 1.0 not in seeds[1].get("independent", {}).get(z, {}):
@@ -434,7 +439,7 @@ def tables(results: dict) -> str:
     """The measured section: savings per member and for the family, seed by seed, the token-matched
     control, the tuned baseline and the LR sweep."""
     from util import md_table
-    settings = next((k for k in ("sweep", "plan") if any(r.get("settings") == k for r in results["curves"])), "sweep")
+    settings = curve_settings(results)
     seeds = by_seed(results, settings)
     sizes = [st["size"] for st in results["recipe"]["progressive"]]
 
@@ -488,7 +493,7 @@ def tables(results: dict) -> str:
     out += ["LR sweep (seed 1, each member at its planned budget, WSD, final LR lr/10 unless marked /0; the "
             "chosen setting in bold):", ""]
     rows = []
-    for sw in results["sweep"]:
+    for sw in sorted(results["sweep"], key=lambda sw: (sw["family"] != "independent", sizes.index(sw["size"]))):
         best = min(sw["runs"], key=lambda r: r["val_loss"])
         cells = []
         for r in sorted(sw["runs"], key=lambda r: (r["min_lr_ratio"] == 0, r["lr"])):
@@ -504,7 +509,7 @@ def plot(results: dict, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    seeds = by_seed(results)
+    seeds = by_seed(results, curve_settings(results))
     sizes = [st["size"] for st in results["recipe"]["progressive"]][1:]
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.6))
     for ax, z in zip(axes, sizes):

@@ -89,3 +89,19 @@ def test_results_md_has_one_section_to_replace():
     assert text.count(summarize.BEGIN) == 1 and text.count(summarize.END) == 1
     assert text.index(summarize.BEGIN) < text.index(summarize.END)
     assert "## What the tables show" in text[:text.index(summarize.BEGIN)]  # the hand-written prose stays
+
+
+def test_results_md_regenerates_from_the_committed_results(tmp_path):
+    """RESULTS.md's equal-loss section is what summarize.py makes of results/runs, byte for byte."""
+    import shutil
+    from conftest import run_script
+    copy = tmp_path / "RESULTS.md"
+    shutil.copy(ROOT / "RESULTS.md", copy)
+    text = copy.read_text()
+    start, end = text.index("<!-- equal-loss:begin -->"), text.index("<!-- equal-loss:end -->")
+    copy.write_text(text[:start] + "<!-- equal-loss:begin -->\nstale\n" + text[end:])
+    proc = run_script("experiments/summarize.py", "--runs", ROOT / "results" / "runs", "--results", copy,
+                      "--figures", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert copy.read_text() == (ROOT / "RESULTS.md").read_text()
+    assert (tmp_path / "equal_loss.png").stat().st_size > 10_000
