@@ -1,5 +1,6 @@
 """experiments/equal_loss.py: the saving at equal loss, on curves with known answers."""
 import importlib.util
+import json
 import math
 
 import pytest
@@ -138,3 +139,31 @@ def test_tables_show_the_savings_and_the_tuned_baseline():
     # the sweep's best (loss 5 - log 440) is reached at lineage 352: 1 - 352/400
     assert row("| l | 2, ") == "| l | 2, **not bracketed** | 0.002 | -1.087 | -0.991 | -1.215 | 12.0% |"
     assert "0.001: -0.991, **0.002: -1.087**" in row("| independent | l |")
+
+
+def test_collect_reads_finished_runs_from_their_folders(tmp_path):
+    """collect: a finished run's folder gives its result (a run still going gives none); the
+    smallest member's curve serves both families; a seed-1 curve's 1x point at the plan's settings
+    is that sweep point."""
+    args = equal_loss.parse_args(["collect", "--out", str(tmp_path), "--results", str(tmp_path / "r.json")])
+    rec = equal_loss.recipe(args)
+    small, big = rec["independent"][0], rec["independent"][-1]
+
+    def run(kind, fam, stage, lr, multiple, steps=None, loss=2.0):
+        d = equal_loss.run_dir(tmp_path / kind, fam, stage["size"], 1, lr, 0.1, f"{multiple:g}x")
+        d.mkdir(parents=True)
+        steps = round(multiple * stage["steps"]) if steps is None else steps
+        (d / "metrics.jsonl").write_text(json.dumps({"step": 0, "flops": 0, "flops_total": 0, "val_loss": 5.0}) + "\n"
+                                         + json.dumps({"step": steps, "flops": 7.0, "flops_total": 9.0,
+                                                       "val_loss": loss}) + "\n")
+    run("curves", "independent", small, small["lr"], 1.0)
+    run("curves", "independent", big, big["lr"], 1.0, loss=1.5)
+    run("curves", "independent", big, big["lr"], 2.0, steps=3)  # still going: its last row is step 3
+    run("sweep", "independent", big, big["lr"] / 2, 1.0, loss=1.7)
+    equal_loss.collect(args)
+    out = json.loads((tmp_path / "r.json").read_text())
+    assert sorted((c["family"], c["size"], c["multiple"]) for c in out["curves"]) == sorted(
+        [("independent", small["size"], 1.0), ("progressive", small["size"], 1.0), ("independent", big["size"], 1.0)])
+    sweep = next(s for s in out["sweep"] if s["size"] == big["size"])
+    assert [(r["lr"], r["val_loss"]) for r in sweep["runs"]] == [
+        (float(f"{big['lr'] / 2:.3g}"), 1.7), (float(f"{big['lr']:.3g}"), 1.5)]
