@@ -1,5 +1,6 @@
 """run_family.sh DRY_RUN=1: each stage's train.py command and memory layout, for the paper family on
 8, 16 and 64 GPUs (80 GB each by default); nothing is prepared, grown, trained or evaluated."""
+import json
 import os
 import re
 import subprocess
@@ -7,6 +8,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT
+from family_guard import GUARD, dry_run_commands
 
 
 def dry_run(tmp_path, **env):
@@ -37,6 +39,15 @@ def check_paper(r, tmp_path, nproc, members=("1b", "2b", "4b", "8b")):
 
 def test_two_paper_stages_on_8_gpus(tmp_path):
     check_paper(dry_run(tmp_path, NPROC="8", MEMBERS="4b,8b"), tmp_path, 8, ("4b", "8b"))
+
+
+def test_paper_dry_run_prints_the_recorded_commands(tmp_path):
+    """Every step of the paper family on 8 GPUs, independent members included, as the code printed it
+    before run_family.sh was rewritten (tests/family_guard.json): layouts, train.py, expand.py, evaluate.py."""
+    r = dry_run(tmp_path, NPROC="8", SKIP_INDEPENDENT="0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert dry_run_commands(r.stdout, str(tmp_path), str(tmp_path / "no_data")) == \
+        json.loads(GUARD.read_text())["paper_dry_run_nproc_8"]
 
 
 @pytest.mark.parametrize("nproc", [8, 16, 64])  # what the issue asks CI to check; ~8 s each when idle
