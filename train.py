@@ -44,14 +44,15 @@ class TrainConfig:
                            "(continue with --resume)")
     tokens: float = _opt(0, "stage budget in training tokens (or give --max_iters)")
     max_iters: int = _opt(0, "number of optimizer steps (overrides --tokens)")
-    batch_size: int = _opt(16, "sequences per micro-step per process")
+    batch_size: int = _opt(0, "sequences per micro-step per process (default: the family's batch, flops.py, "
+                              "over grad_accum x processes)")
     grad_accum: int = _opt(1, "micro-steps per optimizer step")
     seq_len: int = _opt(0, "tokens per sequence (default: the model's context)")
-    lr: float = _opt(3e-3, "max learning rate")
-    min_lr: float = _opt(-1, "final learning rate (default: lr / 10)")
-    warmup: int = _opt(-1, "linear warmup steps (default: 2%% of the steps)")
-    schedule: str = _opt("cosine", "cosine: warmup, cosine decay to min_lr; wsd: warmup, constant, "
-                                   "linear decay over the last --decay_frac", choices=["cosine", "wsd"])
+    lr: float = _opt(0, "max learning rate (default: the family's for --size, flops.py --lr_schedule adjusted)")
+    min_lr: float = _opt(-1, "final learning rate (default: lr / 10, the family's)")
+    warmup: int = _opt(-1, "linear warmup steps (default: the family's, 5%% of the stage's tokens)")
+    schedule: str = _opt("", "cosine (default, the family's): warmup, cosine decay to min_lr; wsd: warmup, "
+                             "constant, linear decay over the last --decay_frac", choices=["cosine", "wsd"])
     decay_frac: float = _opt(0.2, "wsd: share of the steps spent decaying")
     branches: str = _opt("", "wsd: comma-separated fractions F of this run's steps; at the step where a run "
                              "of F x the steps would start its decay, also write CKPT_branchN.pt (N = that "
@@ -116,8 +117,9 @@ def parse_args(argv=None) -> TrainConfig:
         raise UserError("give the stage budget: --tokens N (> 0) or --max_iters N (> 0)")
     if not 0 <= cfg.seed < 2**63:  # torch.manual_seed takes a 64-bit integer
         raise UserError(f"--seed {cfg.seed} is out of range; use an integer from 0 to 2**63 - 1")
-    if min(cfg.batch_size, cfg.grad_accum) < 1 or cfg.lr <= 0 or cfg.seq_len < 0:
-        raise UserError("--batch_size and --grad_accum must be >= 1, --lr > 0, --seq_len >= 0")
+    if cfg.batch_size < 0 or cfg.grad_accum < 1 or cfg.lr < 0 or cfg.seq_len < 0:
+        raise UserError("--batch_size and --grad_accum must be >= 1, --lr > 0, --seq_len >= 0 (leave "
+                        "--batch_size and --lr out for the family's)")
     if (cfg.stable_ckpt or cfg.branches or cfg.branch_from) and cfg.schedule != "wsd":
         raise UserError("--stable_ckpt, --branches and --branch_from need --schedule wsd: only WSD has a "
                         "stable phase to branch from")
@@ -138,7 +140,7 @@ import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
 from data import open_split, val_windows  # noqa: E402
-from flops import device_peak, train_flops_per_token  # noqa: E402
+from flops import MIN_LR_RATIO, SCHEDULE, device_peak, recipe, train_flops_per_token, warmup_steps  # noqa: E402
 from expand import block_label, twins  # noqa: E402
 from model import get_config, param_groups  # noqa: E402
 import parallel  # noqa: E402
@@ -195,8 +197,25 @@ def decay_start(cfg: TrainConfig, max_iters: int) -> int:
     return int(max_iters * (1 - cfg.decay_frac))
 
 
-def resolve_warmup(cfg: TrainConfig, max_iters: int) -> int:
-    return cfg.warmup if cfg.warmup >= 0 else max(1, round(0.02 * max_iters))
+def with_recipe(cfg: TrainConfig, world: int) -> TrainConfig:
+    """cfg with the family's recipe (flops.recipe) where a setting was left out: the max LR, the final
+    LR, the schedule and the micro-batch that makes the family's batch with --grad_accum on `world`
+    processes (the warmup, a share of the steps, is resolved with them: resolve_warmup)."""
+    r = {} if cfg.lr and cfg.batch_size else recipe(cfg.size)  # a size in no family has none: give both
+    lr = cfg.lr or r["lr"]
+    batch = cfg.batch_size or r["batch_size"] // (cfg.grad_accum * world)
+    if not cfg.batch_size and batch * cfg.grad_accum * world != r["batch_size"]:
+        raise UserError(f"--grad_accum {cfg.grad_accum} x {world} processes do not divide the {cfg.size} family's "
+                        f"batch of {r['batch_size']} sequences; give --batch_size")
+    return dataclasses.replace(cfg, lr=lr, min_lr=cfg.min_lr if cfg.min_lr >= 0 else lr * MIN_LR_RATIO,
+                               batch_size=batch, schedule=cfg.schedule or SCHEDULE)
+
+
+def resolve_warmup(cfg: TrainConfig, max_iters: int, step_tokens: int) -> int:
+    """--warmup, or the family's: its fraction of the stage's tokens (all of max_iters' steps if given)."""
+    if cfg.warmup >= 0:
+        return cfg.warmup
+    return warmup_steps(max_iters * step_tokens if cfg.max_iters else cfg.tokens, step_tokens)
 
 
 def branch_points(cfg: TrainConfig, max_iters: int) -> dict[int, list[int]]:
@@ -215,7 +234,7 @@ def branch_path(ckpt: Path, n: int) -> Path:
 
 
 def lr_at(step: int, cfg: TrainConfig, max_iters: int, warmup: int) -> float:
-    min_lr = cfg.lr / 10 if cfg.min_lr < 0 else cfg.min_lr
+    min_lr = cfg.lr * MIN_LR_RATIO if cfg.min_lr < 0 else cfg.min_lr
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     if cfg.schedule == "wsd":
@@ -306,6 +325,7 @@ class Trainer:
         self.cfg = cfg
         self.dist, self.device = parallel.init_distributed(cfg.device)
         self.model_cfg = get_config(cfg.size)
+        self.cfg = cfg = with_recipe(cfg, self.dist.world)
         self.seq_len = cfg.seq_len or self.model_cfg.block_size
         if self.seq_len > self.model_cfg.block_size:
             raise UserError(f"--seq_len {self.seq_len} exceeds the {cfg.size} context "
@@ -331,7 +351,7 @@ class Trainer:
         self.step_tokens = cfg.batch_size * cfg.grad_accum * self.dist.world * self.seq_len
         # nearest whole number of steps: the FLOPs spent stay within half a step of the budget
         self.max_iters = cfg.max_iters or max(1, round(cfg.tokens / self.step_tokens))
-        self.warmup = resolve_warmup(cfg, self.max_iters)
+        self.warmup = resolve_warmup(cfg, self.max_iters, self.step_tokens)
         self.stable_step = decay_start(cfg, self.max_iters)  # wsd: --stable_ckpt is written here
         self.branch_points = branch_points(cfg, self.max_iters)
         self.flops_per_token = train_flops_per_token(self.model_cfg, self.seq_len)
@@ -426,7 +446,7 @@ class Trainer:
         step = saved["step"]
         if not changed:  # the LR of every step trained so far, under both plans
             theirs = TrainConfig(**{f.name: old.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)})
-            their_warmup = resolve_warmup(theirs, saved["max_iters"])
+            their_warmup = resolve_warmup(theirs, saved["max_iters"], self.step_tokens)
             if any(lr_at(t, theirs, saved["max_iters"], their_warmup) != lr_at(t, self.cfg, self.max_iters, self.warmup)
                    for t in range(step)):
                 changed.append("the LR schedule (--lr, --warmup in steps, or a decay already begun)")

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from util import ArgumentParser, UserError, run_cli, write_json  # noqa: E402
+from util import ArgumentParser, UserError, read_jsonl, run_cli, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MULTIPLES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # budgets of a curve, x the member's planned budget
@@ -74,8 +74,7 @@ def train(args, d: Path, size: str, steps: int, warmup: int, lr: float, min_lr_r
     cmd += ["--branch_from", branch_from] if branch_from else []
     with open(d / "stdout.log", "a") as log:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    rows = [json.loads(line) for line in open(d / "metrics.jsonl") if line.endswith("}\n")] \
-        if (d / "metrics.jsonl").exists() else []
+    rows = read_jsonl(d / "metrics.jsonl")
     vals = [r for r in rows if "val_loss" in r]
     ok = proc.returncode == 0 and vals and vals[-1]["step"] == steps
     # a diverged run (non-finite loss) counts as infinitely bad, so the sweep moves away from it
