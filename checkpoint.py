@@ -102,12 +102,15 @@ def check_tensors(path: Path, ckpt: dict, sums: dict | None):
                                   f"diverged); {recovery(path)}")
 
 
-def load(path, map_location="cpu", mmap=False, verify=True) -> dict:
+def load(path, map_location="cpu", mmap=False, verify=True, model=True, optimizer=True) -> dict:
     """mmap=True maps the tensors instead of reading them. verify=False skips the checksums and the
-    NaN/Inf test, which read every tensor: for reading only config/meta/history."""
+    NaN/Inf test, which read every tensor: for reading only config/meta/history. model/optimizer=False
+    leave that part None and unread (a mapped file's other tensors are never touched; a sharded
+    folder reads only the shards asked for, or just its meta file): weights-only readers pass
+    optimizer=False, config/meta-only readers model=False too."""
     path = Path(path)
     if path.is_dir():
-        return load_sharded(path)
+        return load_sharded(path, model, optimizer, verify)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -127,17 +130,21 @@ def load(path, map_location="cpu", mmap=False, verify=True) -> dict:
     except (TypeError, KeyError) as e:
         raise CheckpointError(f"{path} has an unreadable model config ({e})") from e
     sums = ckpt.pop("checksums", None)
+    for part, wanted in (("model", model), ("optimizer", optimizer)):
+        if not wanted:  # dropped before the checksums, which would read it
+            ckpt[part] = None
     if verify:
         check_tensors(path, ckpt, sums)
     return ckpt
 
 
-def load_sharded(path, model=True, optimizer=True) -> dict:
+def load_sharded(path, model=True, optimizer=True, verify=True) -> dict:
     """A sharded checkpoint folder (train.py under FSDP) in one process, as load() returns a file:
     the full model state and AdamW's index-keyed state. model/optimizer=False leaves that part None
-    and unread (e.g. to check a run before every rank loads its own shards)."""
+    and unread (e.g. to check a run before every rank loads its own shards). verify: the meta file's
+    checksums and finite weights, as load() checks a file (the shards are read, not mapped)."""
     path = Path(path)
-    ckpt = load(path / SHARDED_META)
+    ckpt = load(path / SHARDED_META, verify=verify)
     ckpt["model"] = ckpt["optimizer"] = None
     keys = {key for key, wanted in (("model", model), ("optim", optimizer)) if wanted}
     if not keys:
@@ -156,6 +163,8 @@ def load_sharded(path, model=True, optimizer=True) -> dict:
         ckpt["model"] = state["model"]
     if optimizer:
         ckpt["optimizer"] = optim_by_index(state["optim"])
+    if verify:
+        check_tensors(path, ckpt, None)
     return ckpt
 
 
@@ -167,10 +176,12 @@ def optim_by_index(osd: dict) -> dict:
 
 
 def build_model(ckpt: dict, device="cpu", use_kernels=True) -> GPT:
-    """The GPT of a loaded checkpoint, with its weights."""
-    model = GPT(ckpt["config"], use_kernels=use_kernels)
+    """The GPT of a loaded checkpoint, with its weights: built on the meta device, its parameters
+    become the checkpoint's tensors (memory-mapped ones stay mapped), so no random model is made."""
+    with torch.device("meta"):
+        model = GPT(ckpt["config"], use_kernels=use_kernels)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"], assign=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint weights do not match its config: {str(e).splitlines()[0]}") from e
     return model.to(device)
@@ -178,7 +189,7 @@ def build_model(ckpt: dict, device="cpu", use_kernels=True) -> GPT:
 
 def load_model(path, device="cpu", use_kernels=True):
     """(model in eval mode, checkpoint dict) from a checkpoint path."""
-    ckpt = load(path)
+    ckpt = load(path, mmap=True, optimizer=False)
     model = build_model(ckpt, device, use_kernels)
     model.eval()
     return model, ckpt

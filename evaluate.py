@@ -132,7 +132,7 @@ class Member:
 def read_members(paths: list[str], family: str) -> list[Member]:
     members = []
     for p in paths:
-        ckpt = checkpoint.load(p, mmap=True, verify=False)  # mapped, unchecked: only config/meta are read
+        ckpt = checkpoint.load(p, mmap=True, verify=False, model=False, optimizer=False)  # config/meta only
         train = ckpt.get("train") or {}
         members.append(Member(family, Path(p), ckpt["config"], ckpt.get("meta") or {},
                               train.get("history") or [], (train.get("args") or {}).get("seed")))
@@ -156,7 +156,7 @@ def size_order(members: list[Member], flag: str) -> tuple[list[Member], str | No
 def load_weights(member: Member, device) -> torch.nn.Module:
     """The member's GPT in eval mode, built from the memory-mapped checkpoint: only the model's
     tensors are read from disk, not the AdamW moments (twice the weights) that a checkpoint keeps."""
-    ckpt = checkpoint.load(member.path, mmap=True)
+    ckpt = checkpoint.load(member.path, mmap=True, optimizer=False)
     return checkpoint.build_model(ckpt, device, use_kernels=False).eval()  # eager PyTorch ops
 
 

@@ -37,6 +37,59 @@ when d'/d is an integer and approximate otherwise; tests/test_expand.py bounds t
 (max logit difference and KL) for the non-integral tiny pairs, and RESULTS.md's growth table shows
 the validation loss right after each growth.
 
+Llama members (model.py: RMSNorm, SwiGLU, RoPE, grouped-query attention, no biases) grow by the
+same maps and equations; four rules more:
+
+RoPE. Width grows by whole heads at a fixed head_dim (check_growth refuses another head_dim or
+theta or Llama 3.1's frequency scaling): the rotation of a head's pair (k, k + e/2) at position t
+is by t w_k, w_k = theta^(-2k/e) (scaled or not, model.rope_inv_freq), which depends on e and on the
+pair's place in its head, never on the head, so a copied head rotates its q and k exactly as its
+source head does.
+
+GQA, group size G = n_head / n_kv_head fixed (check_growth refuses another). The head unit is a
+GROUP: one key/value head and the G query heads that read it. g_h maps key/value heads, and a
+group's G query heads are G e adjacent rows of q, so
+
+    g_q(a) = G e g_h(a div (G e)) + a mod (G e)   (q rows; attn.proj's columns)
+    g_kv(a) = e g_h(a div e) + a mod e            (k rows and v rows)
+
+and qkv's rows [q | k | v] use g_q, g_kv, g_kv. Query head b' of the grown model reads key/value
+head b' div G, a copy of the source's g_h(b' div G), which is exactly the key/value head that its
+source query head reads: every query head stays in its group, so copied heads compute the same
+attention, exact for any ratio of groups. Why whole groups rather than keeping the key/value heads
+and copying query heads within their groups: that grows G with the model, so a family's members
+would differ in group size, and every group must grow alike to stay uniform, as transformers'
+Llama and SDPA need (n_head = G n_kv_head), so the query heads could only grow by whole multiples.
+A fixed G is to GQA what a fixed head_dim is to heads; without GQA (G = 1) the rule is the head map.
+
+SwiGLU. y = proj(silu(gate x) * fc x): an FFN unit u is a row of gate, a row of fc (up) and a
+column of proj (down), so gate and fc use one map g_f (gate' as fc' above), and proj's columns are
+divided and split unevenly as for GELU: a copied unit computes silu(gate[g(u)] x) * fc[g(u)] x,
+the same number. Exact for any ratio.
+
+RMSNorm, RMS(x) = sqrt(mean_i x_i^2). Plain copies give mean_i x'_i^2 = sum_j c(j) x_j^2 / d': the
+old mean when every c(j) = d'/d (an integer, uniform ratio), but off otherwise (measured on the
+tiny-llama pairs 50k -> 120k and 120k -> 250k with random weights, 3 seeds: max logit difference
+0.31-0.53 of the largest logit, KL 7e-3 to 1.7e-2 nats/token, like LayerNorm's). So the residual
+copies are SCALED, which keeps the function exactly for any ratio:
+
+    s(i) = sqrt(d' / (d c_d(g_d(i))))                    (rms_scale; 1 at integer ratios)
+    every producer of the residual: W'[i, :] = s(i) W[g_d(i), :] (wte, wpe, attn.proj, mlp.proj
+                                             rows and biases; AKI's new rows included)
+    every RMSNorm gain:               gamma'[i] = gamma[g_d(i)] / s(i)
+
+The residual becomes x'_i = s(i) x_{g(i)}, so sum_i x'_i^2 = sum_j c(j) (d'/(d c(j))) x_j^2 =
+(d'/d) sum_j x_j^2: RMS(x') = RMS(x), and the normalized, gained copy is again x_{g(i)} / RMS(x)
+gamma_{g(i)}, exactly. A copy and its source have the same c, so the same s: they stay equal
+(twins() finds them as for GPT members). Adam's moments follow the gradient, which scales the
+other way: m/s, v/s^2 for producers, m s, v s^2 for gains (with the counts below). LayerNorm has
+no such rescue: keeping both its mean and its variance needs sum_{copies of j} s = a and
+sum_{copies of j} s^2 = b for every j; a unit with one copy forces a^2 = b, and then the two copies
+of another unit would need s_1 s_2 = 0.
+
+A tied head (head = wte) cannot grow exactly: wte' copies, head' divides. Members are untied;
+check_growth refuses a tied one, and export_hf.py --import unties.
+
 Symmetry, and the noisy split (--noise, default 0.1). With the equal split above, a copy and its
 source have equal producers and equal consumers, so they receive bitwise-equal gradients and Adam
 updates forever: the grown model never uses its new width. FPI therefore splits every consumer
@@ -51,7 +104,7 @@ per copy: one factor per copy would only scale that copy's gradient, which Adam'
 noise = 0 gives the bare form, whose copies stay twins (`--inspect` shows them).
 
 AKI (advanced knowledge initialization), bert2BERT's equation: the same maps, but the NEW output
-rows of every Linear of block l < L-1 (new heads in qkv, new FFN units in mlp.fc, and new residual
+rows of every Linear of block l < L-1 (new heads in qkv, new FFN units in mlp.fc and SwiGLU's mlp.gate, and new residual
 units in attn.proj and mlp.proj) come from block l+1, whose input side is widened by FPI as above;
 the old rows, every LayerNorm, the embeddings and the head are FPI:
 
@@ -161,7 +214,7 @@ check_args(__name__, parse_args)  # --help and usage errors before torch loads
 import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
-from model import GPT, GPTConfig, get_config, group_names  # noqa: E402
+from model import GPT, ROPE_SCALING, GPTConfig, get_config, group_names  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +225,7 @@ class IndexMap:
     g: torch.Tensor  # (n',) long: the source unit each target unit copies
     count: torch.Tensor  # (n',) float: c(g(i)), how many target units copy the same source unit
     new: torch.Tensor  # (n',) bool: the units that did not exist before
+    scale: torch.Tensor | None = None  # (n',) RMSNorm's residual scale s(i) (rms_scale); None: 1
 
 
 def index_map(g: torch.Tensor) -> IndexMap:
@@ -193,17 +247,27 @@ def rows_of(units: IndexMap, size: int) -> IndexMap:
     return IndexMap(g, units.count.repeat_interleave(size), units.new.repeat_interleave(size))
 
 
-def qkv_rows(attn: IndexMap, n_embd: int) -> IndexMap:
-    """qkv's rows [q | k | v]: the same head map in each of the three blocks."""
-    g = torch.cat([attn.g + j * n_embd for j in range(3)])
-    return IndexMap(g, attn.count.repeat(3), attn.new.repeat(3))
+def qkv_rows(attn: IndexMap, kv: IndexMap, q_width: int, kv_width: int) -> IndexMap:
+    """qkv's rows [q | k | v]: the query rows by `attn`, the key and the value rows by `kv`."""
+    g = torch.cat([attn.g, kv.g + q_width, kv.g + q_width + kv_width])
+    return IndexMap(g, torch.cat([attn.count, kv.count.repeat(2)]), torch.cat([attn.new, kv.new.repeat(2)]))
 
 
-def all_maps(hidden: IndexMap, heads: IndexMap, ffn: IndexMap, head_dim: int, qkv_width: int) -> dict:
-    """Dimension name (as LAYOUT uses it) -> IndexMap, from the three unit maps; qkv's rows point
-    into a [q | k | v] of width `qkv_width` (the source's to grow, the target's to compare copies)."""
-    attn = rows_of(heads, head_dim)
-    return {"hidden": hidden, "heads": heads, "attn": attn, "qkv": qkv_rows(attn, qkv_width), "ffn": ffn}
+def all_maps(hidden: IndexMap, heads: IndexMap, ffn: IndexMap, cfg: GPTConfig) -> dict:
+    """Dimension name (as LAYOUT uses it) -> IndexMap, from the three unit maps (heads: one unit per
+    key/value head with its group of query heads); qkv's rows point into the [q | k | v] of `cfg`
+    (the source's to grow, the target's to compare copies)."""
+    attn = rows_of(heads, cfg.group_size * cfg.head_dim)  # a group's query heads are adjacent rows
+    kv = rows_of(heads, cfg.head_dim)
+    qkv = qkv_rows(attn, kv, cfg.n_embd, cfg.kv_heads * cfg.head_dim)
+    return {"hidden": hidden, "heads": heads, "attn": attn, "qkv": qkv, "ffn": ffn}
+
+
+def rms_scale(hidden: IndexMap) -> IndexMap:
+    """The residual map with RMSNorm's scale s(i) = sqrt(n' / (n c(g(i)))) (module docstring):
+    1 everywhere when every unit has the same number of copies."""
+    n, n_new = int(hidden.g.max()) + 1, len(hidden.g)
+    return IndexMap(hidden.g, hidden.count, hidden.new, (n_new / (n * hidden.count)).sqrt())
 
 
 def depth_map(n_layer: int, n_layer_new: int, depth: str) -> list[int]:
@@ -227,28 +291,35 @@ class In:  # the tensor consumes this dimension along the axis: copy and divide 
     dim: str
 
 
+@dataclass(frozen=True)
+class Gain(Out):  # a norm's gain: produces the normalized unit; RMSNorm's residual scale divides it
+    pass
+
+
 KEEP = None  # an axis that does not grow (vocabulary, positions)
 
 LAYOUT = {
     "wte.weight": (KEEP, Out("hidden")),
     "wpe.weight": (KEEP, Out("hidden")),
-    "ln1.weight": (Out("hidden"),),
+    "ln1.weight": (Gain("hidden"),),
     "ln1.bias": (Out("hidden"),),
     "attn.qkv.weight": (Out("qkv"), In("hidden")),
     "attn.qkv.bias": (Out("qkv"),),
     "attn.proj.weight": (Out("hidden"), In("attn")),
     "attn.proj.bias": (Out("hidden"),),
-    "ln2.weight": (Out("hidden"),),
+    "ln2.weight": (Gain("hidden"),),
     "ln2.bias": (Out("hidden"),),
+    "mlp.gate.weight": (Out("ffn"), In("hidden")),  # SwiGLU's gate: the same unit map as its up, fc
+    "mlp.gate.bias": (Out("ffn"),),
     "mlp.fc.weight": (Out("ffn"), In("hidden")),
     "mlp.fc.bias": (Out("ffn"),),
     "mlp.proj.weight": (Out("hidden"), In("ffn")),
     "mlp.proj.bias": (Out("hidden"),),
-    "ln_f.weight": (Out("hidden"),),
+    "ln_f.weight": (Gain("hidden"),),
     "ln_f.bias": (Out("hidden"),),
     "head.weight": (KEEP, In("hidden")),
 }
-LINEARS = ("attn.qkv.", "attn.proj.", "mlp.fc.", "mlp.proj.")  # AKI: their new output rows
+LINEARS = ("attn.qkv.", "attn.proj.", "mlp.gate.", "mlp.fc.", "mlp.proj.")  # AKI: their new output rows
 ZEROED = ("attn.proj.weight", "attn.proj.bias", "mlp.proj.weight", "mlp.proj.bias")  # depth=zero
 
 
@@ -268,8 +339,12 @@ def check_growth(src: GPTConfig, tgt: GPTConfig):
     """Growth only adds: raise UserError (one line) for anything else."""
     if tgt == src:
         raise UserError("the target size equals the source's; nothing to expand")
+    if src.tie_embeddings or tgt.tie_embeddings:
+        raise UserError("cannot grow a tied head exactly (wte copies, the head divides): untie it "
+                        "(tie_embeddings False; export_hf.py --import unties)")
     fixed = [f"{k} {getattr(src, k)} -> {getattr(tgt, k)}"
-             for k in ("head_dim", "vocab_size", "block_size", "tokenizer", "norm_eps")
+             for k in ("head_dim", "vocab_size", "block_size", "tokenizer", "norm_eps", "norm", "mlp",
+                       "pos", "rope_theta", "bias", "group_size", *ROPE_SCALING)
              if getattr(src, k) != getattr(tgt, k)]
     if fixed:
         raise UserError(f"cannot grow across families: {', '.join(fixed)} (these must stay the same)")
@@ -292,9 +367,11 @@ def make_plan(src: GPTConfig, tgt: GPTConfig, method: str, depth: str, seed: int
     check_growth(src, tgt)
     gen = torch.Generator().manual_seed(seed)
     hidden = unit_map(src.n_embd, tgt.n_embd, gen)
-    heads = unit_map(src.n_head, tgt.n_head, gen)
+    heads = unit_map(src.kv_heads, tgt.kv_heads, gen)  # whole groups: a key/value head and its queries
     ffn = unit_map(src.d_ff, tgt.d_ff, gen)
-    return Plan(src, method, depth, all_maps(hidden, heads, ffn, src.head_dim, src.n_embd),
+    if src.norm == "rmsnorm":
+        hidden = rms_scale(hidden)
+    return Plan(src, method, depth, all_maps(hidden, heads, ffn, src),
                 depth_map(src.n_layer, tgt.n_layer, depth), seed, noise, aki_top)
 
 
@@ -324,6 +401,13 @@ def widen(t: torch.Tensor, axes, maps: dict, moment: int = 0, noise: float = 0.0
             continue
         m = maps[spec.dim]
         t = t.index_select(axis, m.g.to(t.device))
+        if m.scale is not None and isinstance(spec, Out):
+            # RMSNorm's residual scale s: producers of the residual multiply by s, gains divide; the
+            # gradients, and so the moments, the other way round (module docstring)
+            power = (1 if moment == 0 else -moment) * (-1 if isinstance(spec, Gain) else 1)
+            shape = [1] * t.dim()
+            shape[axis] = -1
+            t = t * (m.scale ** power).to(t.device, t.dtype).view(shape)
         # weights divide where they consume; gradients, and so the moments, where they produce
         if isinstance(spec, In) if moment == 0 else isinstance(spec, Out):
             shape = [1] * t.dim()
@@ -476,12 +560,15 @@ UNITS = {"residual": "hidden", "heads": "heads", "ffn": "ffn"}  # unit -> its ma
 GROUPS = {"hidden": "residual", "qkv": "heads", "attn": "heads", "ffn": "ffn"}  # LAYOUT dim -> unit
 
 
-def unit_rows(eq: torch.Tensor, dim: str, n_head: int) -> torch.Tensor:
-    """Row-level flags -> one flag per unit (a head: all of its rows, in q, k and v)."""
+def unit_rows(eq: torch.Tensor, dim: str, cfg: GPTConfig) -> torch.Tensor:
+    """Row-level flags -> one flag per unit (a head, or a key/value head with its group of query
+    heads: all of its rows, in q, k and v)."""
     if dim == "qkv":
-        return eq.view(3, n_head, -1).all(-1).all(0)
+        kv_width = cfg.kv_heads * cfg.head_dim
+        return torch.stack([rows.view(cfg.kv_heads, -1).all(-1)
+                            for rows in eq.split([cfg.n_embd, kv_width, kv_width])]).all(0)
     if dim == "attn":
-        return eq.view(n_head, -1).all(-1)
+        return eq.view(cfg.kv_heads, -1).all(-1)
     return eq
 
 
@@ -497,7 +584,7 @@ def twins(ckpt: dict, tol: float = 1e-6) -> list[dict]:
                         "(nor trained from a checkpoint that was)")
     cfg = ckpt["config"] if isinstance(ckpt["config"], GPTConfig) else GPTConfig.from_dict(ckpt["config"])
     units = [index_map(torch.tensor(expansion["maps"][d])) for d in ("hidden", "heads", "ffn")]
-    maps = all_maps(*units, cfg.head_dim, cfg.n_embd)  # every index a row of the grown tensors
+    maps = all_maps(*units, cfg)  # every index a row of the grown tensors
     stuck = {}  # (unit, block) -> flags over the new units: equal to their source in every tensor so far
     for name, t in ckpt["model"].items():
         k, local = split_name(name)
@@ -506,7 +593,7 @@ def twins(ckpt: dict, tol: float = 1e-6) -> list[dict]:
             if spec is KEEP:
                 continue
             diff = (t - t.index_select(axis, maps[spec.dim].g)).abs().transpose(0, axis)
-            eq = unit_rows(diff.reshape(t.shape[axis], -1).amax(1) <= tol, spec.dim, cfg.n_head)
+            eq = unit_rows(diff.reshape(t.shape[axis], -1).amax(1) <= tol, spec.dim, cfg)
             unit = GROUPS[spec.dim]
             stuck[unit, k] = stuck.get((unit, k), True) & eq[maps[UNITS[unit]].new]
     order = list(UNITS)
@@ -542,7 +629,7 @@ def peak_rss_gb() -> float:
 def main(argv=None):
     args = parse_args(argv)
     if args.inspect:
-        print(twins_report(twins(checkpoint.load(args.inspect, mmap=True))))
+        print(twins_report(twins(checkpoint.load(args.inspect, mmap=True, optimizer=False))))
         return
     missing = [f"--{k}" for k in ("src", "size", "out") if getattr(args, k) is None]
     if missing:
@@ -552,7 +639,8 @@ def main(argv=None):
         raise UserError("--out is the --src checkpoint; write the grown one to a new file")
 
     t0 = time.perf_counter()
-    src = checkpoint.load(args.src)
+    # mapped: only the weights (and with --optimizer_state the AdamW moments) are read, the rest never
+    src = checkpoint.load(args.src, mmap=True, optimizer=args.optimizer_state)
     src_size, src_params = checkpoint.size_name(src["config"]), n_params(src["model"])
     t1 = time.perf_counter()
     ckpt = expand(src, target, args.method, args.depth, args.seed, args.optimizer_state, args.noise, args.aki_top)

@@ -14,6 +14,15 @@ c_attn's output the same way), scale 1/sqrt(head_dim). The untied head is GPT-2'
 tie_word_embeddings=False. GPT-NeoX (rotary, interleaved per-head qkv) and Llama (RMSNorm, SwiGLU,
 rotary, no biases) would each need our weights changed, and change the function.
 
+Llama members (model.py's norm rmsnorm, mlp swiglu, pos rope) export as LlamaForCausalLM, 1:1 too:
+qkv's rows [q | k | v] are q_proj, k_proj and v_proj (n_kv_head heads in k and v), mlp.gate, mlp.fc
+and mlp.proj are gate_proj, up_proj and down_proj, ln1/ln2/ln_f the RMSNorms, and model.py's RoPE is
+transformers' (rotate_half, rope_theta, rope_type "default", or "llama3": Llama 3.1/3.2's
+frequency scaling, model.py's rope_factor and its fields). Llama folders import the same way:
+SmolLM2's, Llama 3.2's, or any LlamaForCausalLM with RoPE unscaled or scaled as Llama 3.1's (other
+rope_types are refused), into a member that expand.py grows; a tied head is untied. Other mixtures
+(say LayerNorm with SwiGLU) have no transformers class and are refused.
+
 Tokenizers: GPT-2-vocab members get the GPT-2 BPE (the model's padded vocab rows past 50,257 are
 never produced by it). Byte-level members get a byte-level BPE with no merges whose ids are the raw
 UTF-8 bytes, with 0xFF (never in UTF-8) as <|endoftext|> — exactly tokenizer.py's ByteTokenizer.
@@ -34,6 +43,8 @@ from pathlib import Path
 from util import ArgumentParser, UserError, check_args, run_cli  # first: see util.py
 
 SHARED_GPT2 = Path(__file__).resolve().parent.parent / "shared" / "tokenizer" / "gpt2"
+# the vocabularies of the tokenizer.json tokenizers (tokenizer.py's JSON_TOKENIZERS)
+JSON_VOCABS = {49152: "smollm2", 128256: "llama3"}  # SmolLM2's; Llama 3's (3.1, 3.2)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,13 +52,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="export: checkpoint of one member, e.g. out/ckpt_2b.pt")
     src.add_argument("--import", dest="import_src", metavar="SRC",
-                     help="import instead: a transformers GPT-2 (GPT2LMHeadModel), a Hub name (gpt2, "
-                          "gpt2-medium, ...) or a local folder, into the checkpoint --out")
+                     help="import instead: a transformers GPT-2 (GPT2LMHeadModel) or Llama "
+                          "(LlamaForCausalLM), a Hub name (gpt2, gpt2-medium, ...) or a local folder, "
+                          "into the checkpoint --out")
     p.add_argument("--out", required=True, help="export: folder to write (created; files in it are "
                                                  "overwritten); import: checkpoint to write (atomically)")
     p.add_argument("--tokenizer_dir", default=None,
                    help="export only: folder with GPT-2's encoder.json and vocab.bpe, for GPT-2-vocab "
-                        f"models (default: {SHARED_GPT2} if present, else download)")
+                        f"models (default: {SHARED_GPT2} if present, else download); for SmolLM2- or "
+                        "Llama 3-vocab models a folder with its tokenizer.json (the imported one)")
     args = p.parse_args(argv)
     if args.import_src is not None and args.tokenizer_dir is not None:
         raise UserError("--tokenizer_dir is for export; an import reads weights only")
@@ -58,8 +71,8 @@ check_args(__name__, parse_args)  # --help and usage errors before torch loads
 import torch  # noqa: E402
 
 from checkpoint import load, pack, save  # noqa: E402
-from model import GPTConfig  # noqa: E402
-from tokenizer import ByteTokenizer, GPT2Tokenizer  # noqa: E402
+from model import ROPE_SCALING, GPTConfig  # noqa: E402
+from tokenizer import JSON_TOKENIZERS, ByteTokenizer, GPT2Tokenizer, tokenizers_dir  # noqa: E402
 
 # Our parameter names -> GPT2LMHeadModel's: the model's own, then those of each block (a weight
 # and a bias each, under blocks.{i}. and transformer.h.{i}.). Export and import both read them.
@@ -95,6 +108,87 @@ def from_hf_state_dict(hf_sd: dict, n_layer: int) -> dict:
     """The inverse of hf_state_dict: GPT2LMHeadModel's tensors under our names and layout (a tied
     lm_head.weight is wte's tensor; its vocabulary as it is, unpadded)."""
     return {ours: conv1d(ours, hf_sd[theirs]) for ours, theirs in hf_names(n_layer).items()}
+
+
+# Llama: our names -> LlamaForCausalLM's (qkv is split into q_proj, k_proj, v_proj: llama_state_dict)
+LLAMA_TOP = {"wte.weight": "model.embed_tokens.weight", "ln_f.weight": "model.norm.weight",
+             "head.weight": "lm_head.weight"}
+LLAMA_NORMS = {"ln1": "input_layernorm", "ln2": "post_attention_layernorm"}
+LLAMA_LINEARS = {"attn.proj": "self_attn.o_proj", "mlp.gate": "mlp.gate_proj", "mlp.fc": "mlp.up_proj",
+                 "mlp.proj": "mlp.down_proj"}
+LLAMA_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+
+def is_llama(cfg: GPTConfig) -> bool:
+    return (cfg.norm, cfg.mlp, cfg.pos) == ("rmsnorm", "swiglu", "rope")
+
+
+def is_gpt2(cfg: GPTConfig) -> bool:
+    return ((cfg.norm, cfg.mlp, cfg.pos, cfg.kv_heads, cfg.bias, cfg.tie_embeddings)
+            == ("layernorm", "gelu", "learned", cfg.n_head, True, False))
+
+
+def llama_state_dict(sd: dict, cfg: GPTConfig) -> dict:
+    """Our state dict under LlamaForCausalLM's names (a tied head: lm_head is wte's tensor)."""
+    out = {theirs: sd[ours] for ours, theirs in LLAMA_TOP.items()}
+    kinds = ("weight", "bias") if cfg.bias else ("weight",)
+    kv = cfg.kv_heads * cfg.head_dim
+    for i in range(cfg.n_layer):
+        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
+        out.update({f"{theirs}{b}.weight": sd[f"{ours}{a}.weight"] for a, b in LLAMA_NORMS.items()})
+        for kind in kinds:
+            out.update({f"{theirs}{b}.{kind}": sd[f"{ours}{a}.{kind}"] for a, b in LLAMA_LINEARS.items()})
+            for name, t in zip(LLAMA_QKV, sd[f"{ours}attn.qkv.{kind}"].split([cfg.n_embd, kv, kv])):
+                out[f"{theirs}{name}.{kind}"] = t.contiguous()
+    return out
+
+
+def from_llama_state_dict(hf_sd: dict, cfg: GPTConfig) -> dict:
+    """The inverse of llama_state_dict, untied: a tied lm_head is wte's tensor (cloned)."""
+    out = {ours: hf_sd[theirs] for ours, theirs in LLAMA_TOP.items() if theirs in hf_sd}
+    out["head.weight"] = hf_sd.get("lm_head.weight", out["wte.weight"]).clone()
+    kinds = ("weight", "bias") if cfg.bias else ("weight",)
+    for i in range(cfg.n_layer):
+        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
+        out.update({f"{ours}{a}.weight": hf_sd[f"{theirs}{b}.weight"] for a, b in LLAMA_NORMS.items()})
+        for kind in kinds:
+            out.update({f"{ours}{a}.{kind}": hf_sd[f"{theirs}{b}.{kind}"] for a, b in LLAMA_LINEARS.items()})
+            out[f"{ours}attn.qkv.{kind}"] = torch.cat([hf_sd[f"{theirs}{name}.{kind}"] for name in LLAMA_QKV])
+    return out
+
+
+# model.py's RoPE scaling fields -> the keys of transformers' rope_parameters of rope_type "llama3"
+LLAMA3_ROPE = {"rope_factor": "factor", "rope_low_freq_factor": "low_freq_factor",
+               "rope_high_freq_factor": "high_freq_factor",
+               "rope_original_max_position_embeddings": "original_max_position_embeddings"}
+assert tuple(LLAMA3_ROPE) == ROPE_SCALING
+
+
+def rope_parameters(cfg: GPTConfig) -> dict:
+    """transformers' rope_parameters of cfg: "default", or "llama3" when it scales (rope_factor != 1)."""
+    if cfg.rope_factor == 1.0:
+        return {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    return {"rope_type": "llama3", "rope_theta": cfg.rope_theta,
+            **{theirs: getattr(cfg, ours) for ours, theirs in LLAMA3_ROPE.items()}}
+
+
+def rope_scaling_of(rope: dict) -> dict:
+    """The inverse of rope_parameters: GPTConfig's scaling fields (none for "default")."""
+    if rope.get("rope_type", "default") == "default":
+        return {}
+    # each cast to its field's type (the original context an int, the factors floats)
+    return {ours: type(getattr(GPTConfig, ours))(rope[theirs]) for ours, theirs in LLAMA3_ROPE.items()}
+
+
+def llama_config(cfg: GPTConfig, eot: int):
+    from transformers import LlamaConfig
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim, max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
+        rope_parameters=rope_parameters(cfg), hidden_act="silu",
+        tie_word_embeddings=cfg.tie_embeddings, attention_bias=cfg.bias, mlp_bias=cfg.bias,
+        bos_token_id=eot, eos_token_id=eot, architectures=["LlamaForCausalLM"])
 
 
 def hf_config(cfg: GPTConfig, eot: int):
@@ -143,6 +237,19 @@ def byte_tokenizer(block_size: int):
                                    bos_token="<|endoftext|>", eos_token="<|endoftext|>")
 
 
+def folder_tokenizer(tokenizer_dir, block_size: int, name: str):
+    """(tokenizer, end-of-text id) of a folder's tokenizer.json (SmolLM2's or Llama 3's, as imported)."""
+    from transformers import PreTrainedTokenizerFast
+    tokenizer_dir = tokenizer_dir or tokenizers_dir() / name  # where tokenizer.py finds it
+    if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise UserError(f"a {name}-vocabulary model needs its tokenizer.json, not found in {tokenizer_dir}: "
+                        "pass --tokenizer_dir DIR (the folder it was imported from)")
+    eot = JSON_TOKENIZERS[name]
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(tokenizer_dir) / "tokenizer.json"),
+                                  model_max_length=block_size, eos_token=eot, bos_token=eot)
+    return tok, tok.eos_token_id
+
+
 def need_transformers():
     try:
         import transformers
@@ -158,17 +265,28 @@ def export(ckpt_path, out, tokenizer_dir=None):
     if cfg.tokenizer == "bytes" and tokenizer_dir is not None:
         raise UserError(f"{ckpt_path} is a byte-level model: a GPT-2 tokenizer would feed it wrong ids; "
                         "drop --tokenizer_dir (a byte tokenizer is exported with it)")
+    if not (is_gpt2(cfg) or is_llama(cfg)):
+        raise UserError(f"{ckpt_path}: this architecture (norm {cfg.norm}, mlp {cfg.mlp}, pos {cfg.pos}) has no "
+                        "transformers class; GPT-2 is layernorm, gelu, learned (biases, no GQA, untied), "
+                        "Llama rmsnorm, swiglu, rope")
     transformers = need_transformers()
     if cfg.tokenizer == "gpt2":
         eot = 50256
         tok = gpt2_tokenizer(tokenizer_dir or (SHARED_GPT2 if SHARED_GPT2.is_dir() else None), cfg.block_size)
+    elif cfg.tokenizer in JSON_TOKENIZERS:
+        tok, eot = folder_tokenizer(tokenizer_dir, cfg.block_size, cfg.tokenizer)
     else:
         eot = 0xFF
         tok = byte_tokenizer(cfg.block_size)
 
     with torch.device("meta"):  # no memory, no random init: the weights come from the checkpoint
-        hf = transformers.GPT2LMHeadModel(hf_config(cfg, eot))
-    hf.load_state_dict(hf_state_dict(ckpt["model"], cfg), strict=True, assign=True)
+        if is_llama(cfg):
+            hf = transformers.LlamaForCausalLM(llama_config(cfg, eot))
+            weights = llama_state_dict(ckpt["model"], cfg)
+        else:
+            hf = transformers.GPT2LMHeadModel(hf_config(cfg, eot))
+            weights = hf_state_dict(ckpt["model"], cfg)
+    hf.load_state_dict(weights, strict=True, assign=True)
     hf.generation_config = transformers.GenerationConfig(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -204,6 +322,39 @@ def config_from_hf(hc) -> GPTConfig:
                      vocab_size, hc.n_positions, tokenizer, hc.layer_norm_epsilon)
 
 
+def config_from_llama(hc) -> GPTConfig:
+    """Our config of a transformers LlamaConfig (untied; the vocabulary padded as for GPT-2);
+    UserError for a Llama that computes another function than model.py's."""
+    rope = hc.rope_parameters or {}
+    head_dim = getattr(hc, "head_dim", None) or hc.hidden_size // hc.num_attention_heads
+    checks = {"hidden_act": hc.hidden_act == "silu",
+              "rope_type": rope.get("rope_type", "default") in ("default", "llama3"),  # Llama 3.1's scaling
+              "head_dim": head_dim * hc.num_attention_heads == hc.hidden_size,
+              "attention_bias": hc.attention_bias == hc.mlp_bias}  # one bias flag for every Linear
+    bad = [f"{k}={rope.get('rope_type') if k == 'rope_type' else getattr(hc, k)}" for k, ok in checks.items() if not ok]
+    if bad:
+        raise UserError(f"this Llama variant computes another function than model.py's: {', '.join(bad)}")
+    tokenizer = tokenizer_of_vocab(hc.vocab_size)
+    vocab_size = -(-hc.vocab_size // 64) * 64 if tokenizer == "gpt2" else hc.vocab_size
+    return GPTConfig(hc.num_hidden_layers, hc.num_attention_heads, head_dim, hc.intermediate_size, vocab_size,
+                     hc.max_position_embeddings, tokenizer, hc.rms_norm_eps, "rmsnorm", "swiglu", "rope",
+                     float(rope["rope_theta"]), hc.num_key_value_heads or hc.num_attention_heads, hc.attention_bias,
+                     **rope_scaling_of(rope))
+
+
+def tokenizer_of_vocab(n: int) -> str:
+    """The tokenizer a Llama's vocabulary size stands for: ours (bytes), GPT-2's, SmolLM2's or Llama 3's."""
+    if n == ByteTokenizer.vocab_size:
+        return "bytes"
+    if GPT2Tokenizer.vocab_size <= n <= GPT2Tokenizer.vocab_size + 63:
+        return "gpt2"
+    if n in JSON_VOCABS:
+        return JSON_VOCABS[n]
+    raise UserError(f"a vocabulary of {n} tokens is none of bytes ({ByteTokenizer.vocab_size}), GPT-2's "
+                    f"BPE ({GPT2Tokenizer.vocab_size}) or "
+                    f"{' or '.join(f'{name} ({n})' for n, name in JSON_VOCABS.items())}")
+
+
 def pad_vocab(sd: dict, vocab_size: int) -> dict:
     """wte and head grown to vocab_size rows, for ids that the tokenizer never produces.
 
@@ -219,7 +370,8 @@ def pad_vocab(sd: dict, vocab_size: int) -> dict:
 
 
 def load_hf(src: str):
-    """(GPT2LMHeadModel, its config) from a local folder or, when no such folder, the Hub."""
+    """(GPT2LMHeadModel or LlamaForCausalLM, its config) from a local folder or, when no such
+    folder, the Hub."""
     transformers = need_transformers()
     folder = Path(src).expanduser()
     if not folder.exists() and src.startswith(("/", ".", "~")):
@@ -228,19 +380,23 @@ def load_hf(src: str):
         raise UserError(f"--import {src} has no config.json: not a transformers model folder")
     where = f"folder {folder}" if folder.exists() else f"Hub model {src!r}"
     src = str(folder) if folder.exists() else src
+    kind = "model"  # what the error below names: GPT-2 or Llama once the config is read
     try:
         hc = transformers.AutoConfig.from_pretrained(src)
-        if hc.model_type != "gpt2":
-            raise UserError(f"{where} holds a {hc.model_type} model, not GPT-2 (GPT2LMHeadModel)")
-        config_from_hf(hc)  # refuse a variant before reading its weights
-        hf, info = transformers.GPT2LMHeadModel.from_pretrained(src, config=hc, dtype=torch.float32,
-                                                                output_loading_info=True)
+        kind = {"gpt2": "GPT-2", "llama": "Llama"}.get(hc.model_type, hc.model_type)
+        if hc.model_type not in ("gpt2", "llama"):
+            raise UserError(f"{where} holds a {hc.model_type} model, not GPT-2 (GPT2LMHeadModel) or "
+                            "Llama (LlamaForCausalLM)")
+        # refuse a variant before reading its weights
+        config_from_llama(hc) if hc.model_type == "llama" else config_from_hf(hc)
+        model_class = transformers.LlamaForCausalLM if hc.model_type == "llama" else transformers.GPT2LMHeadModel
+        hf, info = model_class.from_pretrained(src, config=hc, dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as e:  # offline, no config.json, no or bad weights
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load a transformers GPT-2 from {where}: {reason}") from e
+        raise UserError(f"cannot load a transformers {kind} from {where}: {reason}") from e
     missing = [k for k in info["missing_keys"] if not (k == "lm_head.weight" and hc.tie_word_embeddings)]
     if missing:
-        raise UserError(f"{where} lacks weights of GPT2LMHeadModel ({', '.join(missing[:3])}); "
+        raise UserError(f"{where} lacks weights of {type(hf).__name__} ({', '.join(missing[:3])}); "
                         "transformers would initialize them at random")
     return hf, hc
 
@@ -253,10 +409,14 @@ def import_hf(src: str) -> dict:
     transposed to nn.Linear's layout and the vocabulary is padded (pad_vocab). The config is a
     preset when the shapes are one (OpenAI's GPT-2 -> 124m, ..., 1.5b), else a custom one."""
     hf, hc = load_hf(src)
-    cfg = config_from_hf(hc)
-    sd = from_hf_state_dict(hf.state_dict(), cfg.n_layer)
-    sd["head.weight"] = sd["head.weight"].clone()  # untied: storage of its own even when GPT-2 ties it
-    origin = {"source": src, "architecture": "GPT2LMHeadModel", "tied_embeddings": hc.tie_word_embeddings,
+    if hc.model_type == "llama":
+        cfg = config_from_llama(hc)
+        sd = from_llama_state_dict(hf.state_dict(), cfg)
+    else:
+        cfg = config_from_hf(hc)
+        sd = from_hf_state_dict(hf.state_dict(), cfg.n_layer)
+    sd["head.weight"] = sd["head.weight"].clone()  # untied: storage of its own even when the source ties it
+    origin = {"source": src, "architecture": type(hf).__name__, "tied_embeddings": hc.tie_word_embeddings,
               "tokenizer_vocab": hc.vocab_size, "padding": "wte rows 0, head rows the mean of the real rows",
               "flops": "not counted (trained elsewhere)"}
     return pack(cfg, pad_vocab(sd, cfg.vocab_size), meta={"origin": origin})
@@ -273,7 +433,7 @@ def main(argv=None):
               f"{cfg['vocab_size']}")
         return
     cfg = export(args.ckpt, args.out, args.tokenizer_dir)
-    print(f"wrote {args.out}: GPT2LMHeadModel, {cfg.n_layer} layers, width {cfg.n_embd}, "
+    print(f"wrote {args.out}: {'LlamaForCausalLM' if is_llama(cfg) else 'GPT2LMHeadModel'}, {cfg.n_layer} layers, width {cfg.n_embd}, "
           f"{cfg.tokenizer} tokenizer")
 
 

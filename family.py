@@ -28,7 +28,7 @@ from util import UserError, read_jsonl, run_cli
 # The options of run_family.sh, as environment variables or flags (--name value, lower case, '-' or
 # '_'): name -> (default, what it is). QUICK=1 changes the defaults of QUICK_DEFAULTS.
 OPTIONS = {
-    "FAMILY": ("tiny", "a family of model.py: tiny, paper, gpt2"),
+    "FAMILY": ("tiny", "a family of model.py: tiny, paper, gpt2, tiny-llama, llama, ... (python flops.py --presets)"),
     "CHINCHILLA": ("1", "tokens per parameter, as a multiple of Chinchilla's 20"),
     "LR_SCHEDULE": ("adjusted", "adjusted: max LR from the smallest's to the largest's; fixed: the smallest's"),
     "SEED": ("1337", "the seed of a one-seed run"),
@@ -45,7 +45,7 @@ OPTIONS = {
     "BUDGET_SCALE": ("1", "the progressive budget in multiples of the largest member's FLOPs"),
     "NPROC": ("1", "processes (GPUs) per stage; torchrun when > 1"),
     "GPU_MEM": ("80", "GB of memory per GPU, for the memory plan"),
-    "DRY_RUN": ("0", "1: print each stage's layout and command, run nothing"),
+    "DRY_RUN": ("0", "1 (or the flag --dry-run alone): print each stage's layout and command, run nothing"),
     "DATA": ("", "a folder from data/prepare.py (default: OpenStax from ../shared, else FineWeb-Edu)"),
     "OUT": ("", "where everything goes (default: runs/<FAMILY>)"),
     "SKIP_INDEPENDENT": ("0", "1: the progressive family only"),
@@ -69,11 +69,13 @@ def parse_options(argv: list[str], env) -> dict[str, str]:
         if not arg.startswith("--"):
             raise UserError(f"unknown argument '{arg}' (see bash run_family.sh --help)")
         key, eq, value = arg[2:].partition("=")
-        if not eq:
+        name = key.upper().replace("-", "_")
+        if name == "DRY_RUN" and not eq:  # alone: on
+            value = argv.pop(0) if argv and argv[0] in ("0", "1") else "1"
+        elif not eq:
             if not argv:
                 raise UserError(f"{arg} needs a value")
             value = argv.pop(0)
-        name = key.upper().replace("-", "_")
         if name not in OPTIONS:
             raise UserError(f"unknown option --{key.lower()} (see bash run_family.sh --help)")
         given[name] = value
@@ -203,9 +205,14 @@ def stage(o, plan: dict, seed: str, kind: str, size: str) -> dict:
                       "--lr", str(s["lr"]), "--min_lr", str(s["min_lr"]),
                       "--warmup", str(flops.warmup_steps(s["tokens"], batch * s["seq_len"])),
                       "--batch_size", str(r["micro_batch"]), "--grad_accum", str(r["grad_accum"]),
+                      # the whole layout and its budget, so train.py runs the one printed here (its --dry_run says so)
+                      "--fsdp", "on" if r["strategy"] == "fsdp" else "off",
+                      "--activation_checkpointing", "on" if r["checkpointing"] else "off", "--gpu_mem", o["GPU_MEM"],
                       "--seq_len", str(s["seq_len"]), "--seed", seed, "--schedule", o["SCHEDULE"],
                       "--eval_tokens", o["EVAL_TOKENS"], "--out", f"{run}/{size}", "--ckpt", ckpt(o, seed, kind, size),
                       "--resume"]
+    if o["FAMILY"] != "tiny":  # the GPU families' stages take hours to days
+        cmd += ["--log_every_min", "1", "--ckpt_every_min", "30"]
     members = plan["members"]
     if kind == "progressive" and size != members[0]:
         cmd += ["--init", ckpt(o, seed, kind, members[members.index(size) - 1], "_expanded")]

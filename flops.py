@@ -7,9 +7,13 @@ Per token, one forward+backward pass costs (backward = 2 x forward):
     train_flops_per_token = 6 * N_matmul + 12 * n_layer * n_embd * T
 
 - N_matmul = n_layer * (4 d^2 + 2 d d_ff) + vocab * d: every weight that takes part in a matrix
-  multiply, the output head included; embedding lookups, biases and LayerNorms are not counted.
+  multiply, the output head included (tied or not); embedding lookups, biases and LayerNorms are
+  not counted. Llama members: grouped-query attention's qkv has d (d + 2 n_kv_head head_dim)
+  weights, SwiGLU's MLP 3 d d_ff (gate, up, down), so
+  N_matmul = n_layer * (d (2d + 2 n_kv_head head_dim) + 3 d d_ff) + vocab * d (model.count_params);
+  RMSNorm, RoPE and the SwiGLU product are elementwise, not counted.
 - 12 L d T: attention scores q.k^T and the weighted sum of v, 2 * T * d multiply-adds each per
-  layer forward. We count the full T x T square, as PaLM's MFU does; a causal kernel does only
+  layer forward (per QUERY head: grouped-query attention shares keys and values, not this work). We count the full T x T square, as PaLM's MFU does; a causal kernel does only
   about half of that useful work. torch's FlopCounterMode counts the full square too, for the
   CUDA SDPA kernels and for the math backend; it does NOT count the CPU flash kernel
   (aten._scaled_dot_product_flash_attention_for_cpu) at all, so compare on CPU under
@@ -79,18 +83,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 check_args(__name__, parse_args)  # --help and usage errors before torch loads
-from model import FAMILIES, GPTConfig, count_params, get_config  # noqa: E402
+from model import FAMILIES, PRESETS, GPTConfig, count_params, get_config  # noqa: E402
 
 # Training recipe per family. Max LR of the smallest and of the largest member: the "adjusted"
 # schedule interpolates between them, "fixed" uses the first for every member.
-# paper: the paper's values. tiny: the best of 1e-3..1.6e-2 for 20k and 250k trained alone
+# paper: our reading of the paper (its appendix configs were not available). tiny: the best of 1e-3..1.6e-2 for 20k and 250k trained alone
 # (experiments/lr_sweep.sh, README): 20k still improved at 1.6e-2, 250k was best at 8e-3.
 # gpt2: GPT-3's (Brown et al. 2020, Table 2.1) for its 125M and 1.3B models, the nearest in shape.
-FAMILY_LR = {"paper": (1.5e-3, 3e-4), "tiny": (1.6e-2, 8e-3), "gpt2": (6e-4, 2e-4)}
+# tiny-llama and llama: tiny's and paper's, not swept for them. smollm2: GPT-3's for its 125M and
+# 350M models, the nearest in size (SmolLM2's own schedule is not this project's).
+FAMILY_LR = {"paper": (1.5e-3, 3e-4), "tiny": (1.6e-2, 8e-3), "gpt2": (6e-4, 2e-4),
+             "tiny-llama": (1.6e-2, 8e-3), "llama": (1.5e-3, 3e-4), "smollm2": (6e-4, 3e-4)}
 # Sequences per optimizer step; the sequence length is the preset's context (block_size).
 # paper: 1024 x 1024 tokens ~ 1M tokens per step; tiny: 16 x 256 = 4096 tokens;
 # gpt2: 512 x 1024 ~ 0.5M tokens, GPT-3's batch for its models up to 760M.
-FAMILY_BATCH = {"paper": 1024, "tiny": 16, "gpt2": 512}
+# tiny-llama and llama as tiny and paper; smollm2: 256 x 8192 ~ 2M tokens.
+FAMILY_BATCH = {"paper": 1024, "tiny": 16, "gpt2": 512, "tiny-llama": 16, "llama": 1024, "smollm2": 256}
 MIN_LR_RATIO = 0.1  # cosine decay ends at lr / 10
 WARMUP_FRACTION = 0.05  # of each stage's tokens; a grown stage warms up again (fresh optimizer)
 SCHEDULE = "cosine"  # the paper's; train.py --schedule wsd is the alternative
@@ -273,9 +281,11 @@ def print_memory(sizes: list[str], nproc: int, micro_batch: int, gpu_mem_gb: flo
     gb = lambda x: f"{x / GB:.1f}"  # noqa: E731
     print(f"per-GPU memory (GB) on {nproc} GPUs of {gpu_mem_gb:g} GB ({GPU_MEM_USABLE:.0%} usable), "
           f"micro-batch {micro_batch}, bf16 mixed precision + AdamW, without activation checkpointing "
-          f"(the last columns: what train.py chooses, checkpointing included)")
+          f"(the last columns: what train.py chooses, checkpointing included; loss bwd: the cross-entropy "
+          f"backward's transient)")
     head = (f"{'size':>5s} {'params':>7s} {'DDP state':>9s} {'FSDP state':>10s} {'FSDP work':>9s} "
-            f"{'activ':>7s} {'DDP total':>9s} {'FSDP total':>10s} {'chosen':>6s} {'act ckpt':>8s} {'total':>6s}")
+            f"{'activ':>7s} {'loss bwd':>8s} {'DDP total':>9s} {'FSDP total':>10s} {'chosen':>6s} "
+            f"{'act ckpt':>8s} {'total':>6s}")
     print(head)
     print("-" * len(head))
     for s, m in zip(sizes, plans):
@@ -283,7 +293,8 @@ def print_memory(sizes: list[str], nproc: int, micro_batch: int, gpu_mem_gb: flo
         c = choose_strategy(get_config(s), nproc, micro_batch, gpu_mem_gb=gpu_mem_gb)
         note = "" if c["fits"] else " (does not fit)"
         print(f"{s:>5s} {_si(m['params']):>7s} {gb(ddp['state']):>9s} {gb(fsdp['state']):>10s} "
-              f"{gb(fsdp['working_set']):>9s} {gb(ddp['activations']):>7s} {gb(ddp['total']):>9s} "
+              f"{gb(fsdp['working_set']):>9s} {gb(ddp['activations']):>7s} {gb(ddp['loss_backward']):>8s} "
+              f"{gb(ddp['total']):>9s} "
               f"{gb(fsdp['total']):>10s} {c['strategy']:>6s} {'on' if c['checkpointing'] else 'off':>8s} "
               f"{gb(c['bytes']):>6s}{note}")
 
@@ -309,15 +320,17 @@ def describe_layout(r: dict, nproc: int, global_batch: int) -> str:
 
 def print_presets():
     """Every preset of every family: shape, parameter counts, training FLOPs per token."""
-    head = f"{'family':7s} {'size':>5s} {'layers':>6s} {'width':>6s} {'heads':>5s} {'hd':>4s} " \
-           f"{'FFN':>6s} {'vocab':>6s} {'ctx':>5s} {'total':>14s} {'non-emb':>14s} {'train FLOPs/tok':>16s}"
+    head = f"{'family':10s} {'size':>16s} {'layers':>6s} {'width':>6s} {'heads':>5s} {'kv':>3s} {'hd':>4s} " \
+           f"{'FFN':>6s} {'vocab':>6s} {'ctx':>6s} {'total':>14s} {'non-emb':>14s} {'train FLOPs/tok':>16s}"
     print(head)
     print("-" * len(head))
-    for fam, sizes in FAMILIES.items():
+    in_family = {s for sizes in FAMILIES.values() for s in sizes}
+    rows = [*FAMILIES.items(), ("-", [s for s in PRESETS if s not in in_family])]  # "-": in no family
+    for fam, sizes in rows:
         for s in sizes:
             c, n = get_config(s), count_params(get_config(s))
-            print(f"{fam:7s} {s:>5s} {c.n_layer:6d} {c.n_embd:6d} {c.n_head:5d} {c.head_dim:4d} "
-                  f"{c.d_ff:6d} {c.vocab_size:6d} {c.block_size:5d} {n['total']:14,d} "
+            print(f"{fam:10s} {s:>16s} {c.n_layer:6d} {c.n_embd:6d} {c.n_head:5d} {c.kv_heads:3d} {c.head_dim:4d} "
+                  f"{c.d_ff:6d} {c.vocab_size:6d} {c.block_size:6d} {n['total']:14,d} "
                   f"{n['non_embedding']:14,d} {train_flops_per_token(c):16.4g}")
 
 

@@ -1,8 +1,10 @@
 """
-Fused Triton kernels for the two memory-hungry layers of the GPT: LayerNorm and causal attention,
-forward and backward. model.py calls `layer_norm` and `causal_attention` on CUDA (GPT.set_kernels);
-on CPU they run only under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests check
-them against a float64 reference.
+Fused Triton kernels for the two memory-hungry layers of the GPT: LayerNorm (and RMSNorm) and causal
+attention, forward and backward. model.py calls `layer_norm`, `rms_norm` and `causal_attention` on
+CUDA (GPT.set_kernels); on CPU they run only under Triton's interpreter (TRITON_INTERPRET=1), which
+is how the tests check them against a float64 reference. Grouped-query attention (Llama members)
+expands each key/value head to its group's query heads before the attention kernel, which reads
+one key/value head per query head (repeat_interleave: a copy, which the backward sums back).
 
 LayerNorm, one row x of width N (w, b the learned gain and bias, eps the variance floor):
 
@@ -19,6 +21,9 @@ LayerNorm, one row x of width N (w, b the learned gain and bias, eps the varianc
   dx is row-local; dw and db are reductions across all rows, so each backward program walks a
   contiguous group of rows, keeps its partial sums in registers and writes one partial row; a
   torch sum over the (few hundred) partial rows finishes it. No atomics: the result is deterministic.
+
+RMSNorm (Llama members), the same with no mean and no bias: rstd = 1 / sqrt(sum_j x_j^2 / N + eps),
+  xhat = x * rstd, y = xhat * w; backward dx = rstd * (g - xhat * mean_j(g * xhat)), dw as above.
 
 Causal attention, per (batch, head), with s = 1/sqrt(head_dim) and i >= j the causal mask:
 
@@ -201,6 +206,96 @@ class LayerNormFunction(torch.autograd.Function):
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5):
     """LayerNorm over the last dimension of x, like F.layer_norm(x, (N,), weight, bias, eps)."""
     return LayerNormFunction.apply(x, weight, bias, eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# RMSNorm (Llama members): LayerNorm without the mean and the bias, the same launch layout.
+
+
+@triton.jit
+def _rms_fwd(X, Y, W, Rstd, stride_x, N, eps, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / N + eps)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + row * N + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=mask)
+    tl.store(Rstd + row, rstd)
+
+
+@triton.jit
+def _rms_bwd(DY, X, W, Rstd, DX, DW_partial, stride_dy, stride_x, M, N, ROWS_PER_PROGRAM,
+             BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    row_start = pid * ROWS_PER_PROGRAM
+    for row in range(row_start, tl.minimum(row_start + ROWS_PER_PROGRAM, M)):
+        xhat = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32) * tl.load(Rstd + row)
+        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        g = dy * w
+        dx = tl.load(Rstd + row) * (g - xhat * (tl.sum(g * xhat, axis=0) / N))
+        tl.store(DX + row * N + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        dw += dy * xhat
+    tl.store(DW_partial + pid * N + cols, dw, mask=mask)
+
+
+@torch.library.custom_op("gpt_kernels::rms_norm_fwd", mutates_args=())
+def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (y like x, rstd (rows,) float32)."""
+    x2d = _rows(x)
+    M, N = x2d.shape
+    y, rstd = _empty(x.shape, x.dtype, x.device), _empty((M,), torch.float32, x.device)
+    block_n, num_warps = _ln_launch_params(x2d)
+    _rms_fwd[(M,)](x2d, y, weight, rstd, x2d.stride(0), N, eps, BLOCK_N=block_n, num_warps=num_warps)
+    return y, rstd
+
+
+@rms_norm_fwd.register_fake
+def _(x, weight, eps):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32))
+
+
+@torch.library.custom_op("gpt_kernels::rms_norm_bwd", mutates_args=())
+def rms_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                 rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (dx like x, dweight like weight)."""
+    x2d, dy2d = _rows(x), _rows(dy)
+    M, N = x2d.shape
+    dx = _empty(x.shape, x.dtype, x.device)
+    programs = _ln_bwd_programs(M, x.device)
+    dw_partial = _empty((programs, N), torch.float32, x.device)
+    block_n, num_warps = _ln_launch_params(x2d)
+    _rms_bwd[(programs,)](dy2d, x2d, weight, rstd, dx, dw_partial, dy2d.stride(0), x2d.stride(0), M, N,
+                          triton.cdiv(M, programs), BLOCK_N=block_n, num_warps=num_warps)
+    return dx, dw_partial.sum(0).to(weight.dtype)
+
+
+@rms_norm_bwd.register_fake
+def _(dy, x, weight, rstd):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        y, rstd = rms_norm_fwd(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        dx, dw = rms_norm_bwd(dy, *ctx.saved_tensors)
+        return dx, dw, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5):
+    """RMSNorm over the last dimension of x, like F.rms_norm(x, (N,), weight, eps)."""
+    return RMSNormFunction.apply(x, weight, eps)
 
 
 # ---------------------------------------------------------------------------------------------

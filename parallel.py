@@ -38,14 +38,21 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+def env_dist() -> Dist:
+    """This process's place in the job as torchrun's environment gives it (none: one process)."""
     if "RANK" not in os.environ:
-        return Dist(), pick_device(device_name)
+        return Dist()
     try:
-        d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+        return Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
     except (KeyError, ValueError) as e:
         raise UserError("bad torchrun environment: RANK, WORLD_SIZE and LOCAL_RANK must be integers; "
                         "launch with torchrun") from e
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    if "RANK" not in os.environ:
+        return Dist(), pick_device(device_name)
+    d = env_dist()
     device = pick_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
@@ -174,12 +181,14 @@ def wrap(model: GPT, d: Dist, device: torch.device, fsdp: bool, compile: bool):
     return model
 
 
-def gradient_sync(model: GPT, wrapped, d: Dist, fsdp: bool, last: bool):
-    """Gradients are reduced across ranks on a step's last micro-step only: FSDP is told so, DDP
-    skips the others under no_sync (the context returned)."""
-    if fsdp:
-        model.set_requires_gradient_sync(last)
-    elif d.world > 1 and not last:
+def gradient_sync(wrapped, d: Dist, fsdp: bool, last: bool):
+    """The context of a micro-step's backward. DDP all-reduces on a step's last micro-step only and
+    skips the others under no_sync (its gradients are full replicas anyway). FSDP reduce-scatters
+    every micro-step, into the gradient shard it accumulates: its no-sync mode
+    (set_requires_gradient_sync(False)) would keep every parameter's whole unsharded fp32 gradient on
+    every rank until the last micro-step (+16 GB per GPU at 4b), which the memory plan would then
+    have to count; a reduce-scatter per micro-step costs communication, not memory."""
+    if not fsdp and d.world > 1 and not last:
         return wrapped.no_sync()
     return nullcontext()
 
@@ -320,7 +329,12 @@ def activation_parts(cfg: GPTConfig, micro_batch: int, seq_len: int, compute: in
     """
     s, b, h, a, V = seq_len, micro_batch, cfg.n_embd, cfg.n_head, cfg.vocab_size
     r = compute if residual is None else residual
-    return {"block": s * b * (16 * compute * h + 2 * (r - compute) * h + 4 * a),
+    # the 16 h: two norm inputs and outputs, q, k, v, attention output (8 h), the MLP's hidden
+    # twice (8 h at d_ff = 4 h). Llama members: k and v are n_kv_head heads wide, and SwiGLU keeps
+    # four d_ff-wide tensors (gate, silu(gate), up, their product) where GELU keeps two
+    kv = cfg.kv_heads * cfg.head_dim
+    elements = 6 * h + 2 * kv + (4 if cfg.mlp == "swiglu" else 2) * cfg.d_ff
+    return {"block": s * b * (elements * compute + 2 * (r - compute) * h + 4 * a),
             "block_input": s * b * h * r,
             "head": s * b * ((r + compute) * h + compute * V + 4 * V)}
 
@@ -351,7 +365,14 @@ def memory_plan(cfg: GPTConfig, nproc: int, micro_batch: int, seq_len: int | Non
     the prefetched next), and one block's fp32 gradients for the reduce-scatter. Activations are per
     GPU under both (activation_bytes): fp32 residual stream under DDP's autocast, all bf16 under
     FSDP's mixed precision. mixed_precision=False is an fp32 run (CPU's default): no copies, 4-byte
-    activations. A strategy fits when its total is at most GPU_MEM_USABLE of gpu_mem_gb.
+    activations. Both add the cross-entropy backward's transient (loss_backward): at the start of
+    backward, with every activation still kept, the fp32 gradients of the log-softmax output and of
+    the logits (8 bytes x tokens x vocab; 6.6 GB for 1024 x 16 tokens of GPT-2's vocabulary). FSDP
+    holds no unsharded gradient across micro-steps (gradient_sync reduce-scatters every one), DDP's
+    accumulated gradients are the state's. A strategy fits when its total is at most GPU_MEM_USABLE
+    of gpu_mem_gb. Estimates, not measurements: the activations are checked against what autograd
+    saves (tests/test_flops.py); the working sets, the transient and the usable fraction are not
+    measured on a GPU yet (docs/gpu.md).
     """
     if nproc < 1:
         raise UserError(f"nproc must be >= 1, got {nproc}")
@@ -372,7 +393,8 @@ def memory_plan(cfg: GPTConfig, nproc: int, micro_batch: int, seq_len: int | Non
             "working_set": 2 * compute * (root + 2 * block) + 4 * block,
             "activations": activation_bytes(cfg, micro_batch, seq_len, checkpointing, compute)}
     for d in (ddp, fsdp):
-        d["total"] = d["state"] + d["working_set"] + d["activations"]
+        d["loss_backward"] = 8 * seq_len * micro_batch * cfg.vocab_size
+        d["total"] = d["state"] + d["working_set"] + d["activations"] + d["loss_backward"]
         d["fits"] = d["total"] <= usable
     return {"params": n["total"], "nproc": nproc, "micro_batch": micro_batch, "seq_len": seq_len,
             "gpu_mem_gb": gpu_mem_gb, "usable_bytes": usable, "checkpointing": checkpointing,
@@ -431,21 +453,35 @@ def available_ram() -> float:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+# --fsdp as choose_strategy takes it, the same on every device
+FSDP_FLAG = {"on": "fsdp", "off": "ddp", "auto": "auto"}
+
+
+def memory_budget(gpu_mem: float, d: Dist, device: torch.device) -> tuple[float, str]:
+    """(GB, what they are) a process plans for: `gpu_mem` (train.py --gpu_mem: the budget run_family.sh
+    planned the layout for) when given, but at most what the device has: the GPU's memory, on CPU this
+    process's share of the host's available RAM. A GPU that is not here (a dry run on a CPU-only
+    machine, --device cuda) has only `gpu_mem`."""
+    have = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        have, where = torch.cuda.get_device_properties(device).total_memory / GB, "GPU memory"
+    elif device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
+        have, where = available_ram() / GB / local, "available host RAM per process"
+    if gpu_mem > 0 and (have is None or gpu_mem <= have):
+        return gpu_mem, "planning budget (--gpu_mem)"
+    if have is None:
+        raise UserError(f"no {device} here to read its memory from; give --gpu_mem (GB per GPU) to plan for one")
+    return have, where
+
+
 def memory_layout(cfg, model_cfg: GPTConfig, d: Dist, device: torch.device, seq_len: int,
                   dtype: torch.dtype) -> dict:
     """Strategy (single, ddp, fsdp) and activation checkpointing from the memory plan of this run
-    on this device (auto: the first that fits); refuses a run that does not fit. On CPU the ranks of
-    a host share its available RAM, and --fsdp auto stays DDP. `cfg`: train.py's TrainConfig."""
-    if device.type == "cuda":
-        mem, where = torch.cuda.get_device_properties(device).total_memory / GB, "GPU memory"
-        strategy = cfg.fsdp
-    else:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
-        mem, where = available_ram() / GB / local, "available host RAM per process"
-        strategy = "fsdp" if cfg.fsdp == "on" else "ddp"
-    if d.world == 1 or cfg.fsdp == "off":
-        strategy = "ddp"
-    c = choose_strategy(model_cfg, d.world, cfg.batch_size, seq_len, mem, strategy,
+    (--fsdp and --activation_checkpointing pin them; auto: the first that fits) for its memory_budget;
+    refuses a run that does not fit. `cfg`: train.py's TrainConfig. Adds the budget's "gpu_mem_gb"."""
+    mem, where = memory_budget(cfg.gpu_mem, d, device)
+    c = choose_strategy(model_cfg, d.world, cfg.batch_size, seq_len, mem, FSDP_FLAG[cfg.fsdp],
                         cfg.activation_checkpointing, mixed_precision=dtype != torch.float32)
     if cfg.memory_check and not c["fits"]:
         raise UserError(f"--size {cfg.size} does not fit: planned {c['bytes'] / GB:.1f} GB per process "
@@ -453,4 +489,4 @@ def memory_layout(cfg, model_cfg: GPTConfig, d: Dist, device: torch.device, seq_
                         f"{'on' if c['checkpointing'] else 'off'}) > {c['usable_bytes'] / GB:.1f} GB usable "
                         f"of {mem:.1f} GB {where}; lower --batch_size and raise --grad_accum, use "
                         f"--activation_checkpointing on or --fsdp on, or more GPUs (python flops.py --check)")
-    return c
+    return {**c, "gpu_mem_gb": mem}

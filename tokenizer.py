@@ -1,5 +1,8 @@
-"""The two tokenizers of the project: UTF-8 bytes (tiny family) and GPT-2 BPE (paper family)."""
+"""The tokenizers of the project: UTF-8 bytes (tiny families), GPT-2 BPE (paper and llama families),
+and the byte-level BPEs of SmolLM2 and Llama 3 from their tokenizer.json (smollm2 and llama3.2
+presets, imported SmolLM2 and Llama 3.x folders)."""
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -66,12 +69,71 @@ class GPT2Tokenizer(Tokenizer):
         return self.enc.decode_single_token_bytes(i)
 
 
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE writes byte b as one printable character: character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:  # the others are shifted past 255, in order
+            chars[chr(256 + n)] = b
+            n += 1
+    return chars
+
+
+# the byte-level BPEs read from a tokenizer.json: name -> the special token that separates documents
+JSON_TOKENIZERS = {"smollm2": "<|endoftext|>", "llama3": "<|end_of_text|>"}
+TOKENIZER_NAMES = ("bytes", "gpt2", *JSON_TOKENIZERS)
+
+
+class JSONTokenizer(Tokenizer):
+    """A byte-level BPE from a Hugging Face tokenizer.json (SmolLM2's, Llama 3's), through the
+    `tokenizers` package; JSON_TOKENIZERS[name] separates documents. The file is
+    TOKENIZERS/<name>/tokenizer.json, TOKENIZERS being $PGF_TOKENIZERS or ../shared/tokenizer beside
+    the repository: copy the imported folder's tokenizer.json there."""
+
+    def __init__(self, name: str):
+        path = tokenizers_dir() / name / "tokenizer.json"
+        if not path.is_file():
+            raise UserError(f"tokenizer {name!r} needs {path} (e.g. the tokenizer.json of the folder "
+                            "export_hf.py imported); set PGF_TOKENIZERS to the folder holding "
+                            f"{name}/tokenizer.json")
+        from tokenizers import Tokenizer as HFTokenizer
+        self.name, self.tok = name, HFTokenizer.from_file(str(path))
+        self.vocab_size = self.tok.get_vocab_size()
+        self.eot = self.tok.token_to_id(JSON_TOKENIZERS[name])
+        if self.eot is None:
+            raise UserError(f"{path} has no {JSON_TOKENIZERS[name]} token to separate documents")
+        self.specials = {t.content for t in self.tok.get_added_tokens_decoder().values()}
+        self.alphabet = byte_level_alphabet()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def token_bytes(self, i: int) -> bytes:
+        """A special token's text; any other token's characters mapped back to their bytes."""
+        token = self.tok.id_to_token(i)
+        if token in self.specials:
+            return token.encode("utf-8")
+        return bytes(self.alphabet[c] for c in token)
+
+
+def tokenizers_dir() -> Path:
+    return Path(os.environ.get("PGF_TOKENIZERS") or Path(__file__).resolve().parent.parent / "shared" / "tokenizer")
+
+
 def get_tokenizer(name: str):
     if name == "bytes":
         return ByteTokenizer()
     if name == "gpt2":
         return GPT2Tokenizer()
-    raise UserError(f"unknown tokenizer {name!r}; choose 'bytes' or 'gpt2'")
+    if name in JSON_TOKENIZERS:
+        return JSONTokenizer(name)
+    raise UserError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZER_NAMES)}")
 
 
 def _default_tiktoken_cache():

@@ -9,7 +9,7 @@ batch of step s is a pure function of (seed, stage, s), where stage is the numbe
 --init checkpoint has (0 from scratch): resuming at step s, or running on another number of
 processes, sees exactly the same data, and a grown stage draws its own batches instead of
 replaying the ones its ancestors trained on. A checkpoint (checkpoint.py) is written atomically every
---ckpt_interval steps and at the end; `--resume` continues from it bit for bit.
+--ckpt_interval steps (and --ckpt_every_min minutes) and at the end; `--resume` continues from it bit for bit.
 """
 import argparse
 import dataclasses
@@ -77,15 +77,26 @@ class TrainConfig:
     eval_tokens: int = _opt(131072, "validation tokens per evaluation")
     log_interval: int = _opt(0, "steps between log lines (default: about 50 per stage)")
     ckpt_interval: int = _opt(0, "steps between checkpoints (default: the eval interval)")
+    log_every_min: float = _opt(1.0, "also a log line (not a metrics row) when this many minutes passed "
+                                     "since the last one, so a long run's steps show signs of life (0: off)")
+    ckpt_every_min: float = _opt(0.0, "also a checkpoint when this many minutes passed since the last one, "
+                                      "so a preempted run loses at most that (0: off; run_family.sh: 30 on GPUs)")
     on_nan: str = _opt("stop", "non-finite loss or gradient: stop (keep the last good checkpoint) "
                                "or skip the step (stops after 10 in a row)", choices=["stop", "skip"])
     peak_flops: float = _opt(0, "device peak FLOP/s for MFU (default: known GPUs; none on CPU)")
     fsdp: str = _opt("auto", "under torchrun, shard parameters, gradients and optimizer state with "
-                             "FSDP2 (auto: on CUDA when DDP would not fit the GPU's memory, see flops.py "
-                             "--memory)", choices=["auto", "on", "off"])
+                             "FSDP2 (auto: when DDP would not fit the memory budget, see flops.py "
+                             "--memory; the same on every device)", choices=["auto", "on", "off"])
     activation_checkpointing: str = _opt("auto", "recompute each block's activations in backward instead of "
                                                  "keeping them (auto: when the memory plan needs it)",
                                          choices=["auto", "on", "off"])
+    gpu_mem: float = _opt(0, "GB (1e9 bytes) per process the memory plan may use, at most what the device "
+                             "has (default: the GPU's memory; on CPU the available RAM per process); "
+                             "run_family.sh passes the GPU_MEM its layout was planned for")
+    dry_run: bool = _opt(False, "print the layout (strategy, micro-batch, accumulation, activation "
+                                "checkpointing) and planned memory per process this command would train "
+                                "with, and exit: nothing is read or built, no GPU is needed (--device cuda "
+                                "--gpu_mem GB plans for one); the world size is torchrun's WORLD_SIZE")
     memory_check: bool = _opt(True, "refuse a run whose memory plan (flops.py) does not fit the GPU, or "
                                     "the available host RAM on CPU (--no_memory_check: start anyway)")
 
@@ -120,6 +131,8 @@ def parse_args(argv=None) -> TrainConfig:
     if cfg.batch_size < 0 or cfg.grad_accum < 1 or cfg.lr < 0 or cfg.seq_len < 0:
         raise UserError("--batch_size and --grad_accum must be >= 1, --lr > 0, --seq_len >= 0 (leave "
                         "--batch_size and --lr out for the family's)")
+    if not min(cfg.gpu_mem, cfg.log_every_min, cfg.ckpt_every_min) >= 0:
+        raise UserError("--gpu_mem, --log_every_min and --ckpt_every_min must be >= 0 (0: default or off)")
     if (cfg.stable_ckpt or cfg.branches or cfg.branch_from) and cfg.schedule != "wsd":
         raise UserError("--stable_ckpt, --branches and --branch_from need --schedule wsd: only WSD has a "
                         "stable phase to branch from")
@@ -246,6 +259,24 @@ def lr_at(step: int, cfg: TrainConfig, max_iters: int, warmup: int) -> float:
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
+class Every:
+    """A wall-clock interval: due() is true once `minutes` have passed since the start or the last
+    reset (then it resets); never with minutes 0. `clock` in seconds (tests pass a fake one)."""
+
+    def __init__(self, minutes: float, clock=time.monotonic):
+        self.minutes, self.clock = minutes, clock
+        self.reset()
+
+    def reset(self):
+        self.last = self.clock()
+
+    def due(self) -> bool:
+        if not self.minutes or self.clock() - self.last < 60 * self.minutes:
+            return False
+        self.reset()
+        return True
+
+
 # ---------------------------------------------------------------------------------------------
 
 class Trainer:
@@ -289,12 +320,15 @@ class Trainer:
             if self.step % self.log_interval == 0 or self.step == self.max_iters:
                 self.log_step(loss, lr, gnorm, window_steps, window_time, time.time() - t_start)
                 window_time, window_steps = 0.0, 0
+                self.log_timer.reset()
+            elif self.dist.master and self.log_timer.due():  # a sign of life between the rows
+                self.log_step(loss, lr, gnorm, window_steps, window_time, time.time() - t_start, row=False)
             done = self.step == self.max_iters
             if self.step % self.eval_interval == 0 or done:
                 self.record_eval()
             self.stop_requested = parallel.any_rank(self.dist, self.stop_requested or self.step == cfg.stop_at,
                                                  self.device)
-            if self.step % self.ckpt_interval == 0 or done or self.stop_requested:
+            if self.step % self.ckpt_interval == 0 or done or self.stop_requested or self.checkpoint_due():
                 self.save(done=done)
             if self.stop_requested and not done:
                 log(f"stop requested: checkpoint at step {self.step} written to {self.ckpt_path}")
@@ -309,7 +343,7 @@ class Trainer:
                              cfg.seed, self.step, micro, self.stage)
             lo = self.dist.rank * cfg.batch_size
             x, y = x[lo:lo + cfg.batch_size].to(self.device), y[lo:lo + cfg.batch_size].to(self.device)
-            sync = parallel.gradient_sync(self.model, model, self.dist, self.fsdp, micro == cfg.grad_accum - 1)
+            sync = parallel.gradient_sync(model, self.dist, self.fsdp, micro == cfg.grad_accum - 1)
             with sync, self.autocast():
                 _, loss = model(x, y)
                 (loss / cfg.grad_accum).backward()
@@ -358,6 +392,7 @@ class Trainer:
         self.eval_interval = cfg.eval_interval or max(1, self.max_iters // 10)
         self.log_interval = cfg.log_interval or max(1, self.max_iters // 50)
         self.ckpt_interval = cfg.ckpt_interval or self.eval_interval
+        self.log_timer, self.ckpt_timer = Every(cfg.log_every_min), Every(cfg.ckpt_every_min)
         # MFU is only printed where the peak is known
         self.peak = cfg.peak_flops or (device_peak(torch.cuda.get_device_name(self.device)) or 0
                                        if self.device.type == "cuda" else 0)
@@ -493,6 +528,14 @@ class Trainer:
         parallel.save_state(path, self.model_cfg, self.model, self.optimizer, train, meta, self.dist, self.fsdp)
         if kind == "train":
             self.saved_step = self.step
+            self.ckpt_timer.reset()
+
+    def checkpoint_due(self) -> bool:
+        """--ckpt_every_min has passed on rank 0's clock: every rank learns it at the same step (an
+        FSDP checkpoint is collective, and the ranks' clocks differ)."""
+        if not self.ckpt_timer.minutes:
+            return False
+        return parallel.any_rank(self.dist, self.dist.master and self.ckpt_timer.due(), self.device)
 
     @property
     def stage_flops(self) -> float:
@@ -615,8 +658,9 @@ class Trainer:
             with open(Path(self.cfg.out) / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def log_step(self, loss, lr, gnorm, timed_steps, timed_s, elapsed):
-        """One log line and metrics row; tok/s and MFU over the window's timed steps (none: n/a)."""
+    def log_step(self, loss, lr, gnorm, timed_steps, timed_s, elapsed, row=True):
+        """One log line and (row) metrics row; tok/s and MFU over the window's timed steps (none: n/a).
+        The lines --log_every_min adds are not rows: metrics.jsonl stays the same for any timing."""
         tps = timed_steps * self.step_tokens / timed_s if timed_steps else None
         mfu = tps * self.flops_per_token / self.dist.world / self.peak if self.peak and tps else None
         eta = elapsed / (self.step - self.start_step) * (self.max_iters - self.step)
@@ -624,9 +668,10 @@ class Trainer:
         self.log(f"step {self.step:6d}/{self.max_iters} | loss {loss:.4f} | lr {lr:.2e} | gnorm {gnorm:.2f} | "
                  f"{speed}" + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
                  + f" | ETA {eta / 60:.1f} min")
-        self.metrics({"step": self.step, "tokens": self.tokens_seen, "flops": self.flops,
-                      "flops_total": self.flops_total, "loss": loss, "lr": lr, "grad_norm": gnorm,
-                      "tok_per_s": tps, "timed_steps": timed_steps, "mfu": mfu})
+        if row:
+            self.metrics({"step": self.step, "tokens": self.tokens_seen, "flops": self.flops,
+                          "flops_total": self.flops_total, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                          "tok_per_s": tps, "timed_steps": timed_steps, "mfu": mfu})
 
     def record_eval(self):
         val = self.evaluate()
@@ -635,12 +680,33 @@ class Trainer:
                       "flops_total": self.flops_total, "val_loss": val})
 
 
+def dry_run(cfg: TrainConfig) -> tuple[str, bool]:
+    """--dry_run: a line giving the layout this command would train with (memory_layout's choice for
+    its world size, micro-batch and budget), and whether it fits; no process group, data or checkpoint."""
+    d = parallel.env_dist()
+    device = torch.device(cfg.device) if cfg.device != "auto" else pick_device("auto")
+    model_cfg = get_config(cfg.size)
+    cfg = with_recipe(cfg, d.world)
+    dtype, _ = compute_choices(cfg, device)
+    seq_len = cfg.seq_len or model_cfg.block_size
+    c = parallel.memory_layout(dataclasses.replace(cfg, memory_check=False), model_cfg, d, device, seq_len, dtype)
+    return (f"layout of --size {cfg.size}: micro-batch {cfg.batch_size} x accumulation {cfg.grad_accum} x "
+            f"{d.world} processes = {cfg.batch_size * cfg.grad_accum * d.world}; {c['strategy']}, activation "
+            f"checkpointing {'on' if c['checkpointing'] else 'off'}; planned {c['bytes'] / parallel.GB:.1f} GB "
+            f"of {c['usable_bytes'] / parallel.GB:.1f} GB usable per process ({c['gpu_mem_gb']:g} GB, {device}, "
+            f"{str(dtype).split('.')[-1]})" + ("" if c["fits"] else " -- DOES NOT FIT"), c["fits"])
+
+
 def write_jsonl(path, rows):
     atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), mode="w")
 
 
 def main(argv=None):
     cfg = parse_args(argv)
+    if cfg.dry_run:
+        line, fits = dry_run(cfg)
+        print(line)
+        sys.exit(0 if fits or not cfg.memory_check else 1)  # 1 as run_family.sh's dry run: does not fit
     trainer, previous = None, signal.getsignal(signal.SIGINT)
     try:
         trainer = Trainer(cfg)

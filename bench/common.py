@@ -73,6 +73,16 @@ def layer_norm_errors(shape, dtype, device="cpu") -> dict[str, float]:
                    torch.randn(shape, device=device), dtype, ["y", "dx", "dw", "db"])
 
 
+def rms_norm_errors(shape, dtype, device="cpu") -> dict[str, float]:
+    """kernels.rms_norm vs F.rms_norm in float64 on fresh random inputs: y, dx, dw."""
+    import gpt_kernels as kernels
+    N = shape[-1]
+    x, w = torch.randn(shape, device=device) * 3 + 1.5, torch.randn(N, device=device)
+    return _errors(lambda x, w: kernels.rms_norm(x, w, 1e-5), lambda x, w: F.rms_norm(x, (N,), w, 1e-5),
+                   lambda dt: [t.detach().to(dt).requires_grad_() for t in (x, w)],
+                   torch.randn(shape, device=device), dtype, ["y", "dx", "dw"])
+
+
 def causal_sdpa(q, k, v):
     """PyTorch's causal attention, as model.py calls it off the Triton path."""
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -9,14 +9,15 @@ by default, so that a 10-minute slot keeps what ran; results are saved after eve
   1. correctness first: the compiled kernels, float32 and bfloat16, forward and backward, against
      float64 PyTorch on fresh random inputs, every output buffer poisoned with NaN beforehand (the
      same comparison tests/test_kernels.py runs on CPU through Triton's interpreter);
-  2. a training step of the 1b preset (8 x 1024 tokens, bf16 autocast, fused AdamW) with kernels
-     off and on, compiled first, then eager, from one initialisation on the same batches: tokens/s,
-     MFU against the device's bf16 peak (flops.device_peak), peak memory allocated, and each step's
-     loss (on and off should agree to bf16 noise);
+  2. causal attention fwd+bwd (8 x 1024 tokens, 16 and 32 heads of 128, bf16): kernel vs
+     F.scaled_dot_product_attention (flash backend) eager and compiled, in TFLOP/s;
   3. LayerNorm fwd+bwd at widths 2048 and 4096 (8 x 1024 rows, bf16): kernel vs F.layer_norm eager
      and torch.compile'd, in GB/s of the minimum traffic, against a measured device copy;
-  4. causal attention fwd+bwd (8 x 1024 tokens, 16 and 32 heads of 128, bf16): kernel vs
-     F.scaled_dot_product_attention (flash backend) eager and compiled, in TFLOP/s.
+  4. last, as it takes longest (two compiled 1b models): a training step of the 1b preset
+     (8 x 1024 tokens, bf16 autocast, fused AdamW) with kernels off and on, compiled first, then
+     eager, from one initialisation on the same batches: tokens/s, MFU against the device's bf16
+     peak (flops.device_peak), peak memory allocated, and each step's loss (on and off should agree
+     to bf16 noise).
   Every section also records torch.cuda.max_memory_allocated.
 
 Results go to OUT/results_gpu.json and a short OUT/results_gpu.md. The CPU training step: bench/cpu.py;
@@ -43,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also time the torch.compile'd model (about a minute of compilation each)")
     p.add_argument("--budget_s", type=float, default=480,
                    help="start no new section or model mode after this many seconds (default 480: "
-                        "correctness and the 1b step come first)")
+                        "correctness and the kernel comparisons come first)")
     return p.parse_args(argv)
 
 
@@ -260,10 +261,10 @@ def run_gpu_all(args) -> None:
     if not torch.cuda.is_available():
         raise UserError("bench/gpu.py needs a CUDA GPU; on CPU run bench/cpu.py")
     deadline = time.perf_counter() + args.budget_s
-    run_sections([("correctness", gpu_correctness),
+    run_sections([("correctness", gpu_correctness), ("attention", gpu_attention_speed),
+                  ("layer_norm", gpu_layer_norm_speed),
                   ("model", lambda: gpu_model_speed(args.size, args.batch, args.steps, args.warmup,
-                                                    args.model_compile, deadline)),
-                  ("layer_norm", gpu_layer_norm_speed), ("attention", gpu_attention_speed)],
+                                                    args.model_compile, deadline))],
                  args.out, deadline)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tokenizer import get_tokenizer  # noqa: E402
+from tokenizer import TOKENIZER_NAMES, get_tokenizer  # noqa: E402
 from util import ArgumentParser, UserError, run_cli, write_json  # noqa: E402
 
 TEXT_SUFFIXES = (".jsonl", ".txt", ".parquet")
@@ -255,8 +255,10 @@ def main(argv=None):
     p.add_argument("--dataset", default="fineweb-edu",
                    help="'fineweb-edu' (streams HuggingFaceFW/fineweb-edu, sample-10BT) or a local "
                         ".jsonl (with a 'text' field) / .txt / .parquet file or folder")
-    p.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"],
-                   help="gpt2: tiktoken BPE (paper family); bytes: UTF-8 bytes (tiny family)")
+    p.add_argument("--tokenizer", default="gpt2", choices=TOKENIZER_NAMES,
+                   help="gpt2: tiktoken BPE (paper and llama families); bytes: UTF-8 bytes (tiny families); "
+                        "smollm2, llama3: SmolLM2's or Llama 3's tokenizer.json, from "
+                        "$PGF_TOKENIZERS/NAME/ (default ../shared/tokenizer/NAME/)")
     p.add_argument("--out", required=True, help="output folder for train.bin, val.bin, meta.json")
     p.add_argument("--tokens", type=int, default=0,
                    help="stop after this many training tokens (0: the whole source)")

@@ -140,6 +140,22 @@ def pools(args):
     return cf.ThreadPoolExecutor(args.jobs), cf.ThreadPoolExecutor(32)
 
 
+class Lanes:
+    """Two queues of trainings for curves: the progressive chain, whose stages wait for each other,
+    never waits behind the independent members' runs (--jobs 2: a worker each; 1: one shared)."""
+
+    def __init__(self, jobs: int):
+        self.chain = cf.ThreadPoolExecutor(max(1, jobs // 2))
+        self.independent = cf.ThreadPoolExecutor(max(1, jobs - jobs // 2)) if jobs > 1 else self.chain
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.chain.shutdown()
+        self.independent.shutdown()
+
+
 def sweep(args) -> list[dict]:
     rec = recipe(args)
     out = []
@@ -206,17 +222,17 @@ def curve(args, pool, family: str, stage: dict, lr: float, ratio: float, seed: i
     return out
 
 
-def curves_of_seed(args, pool, outer, seed: int, best: dict) -> list[dict]:
+def curves_of_seed(args, lanes: Lanes, outer, seed: int, best: dict) -> list[dict]:
     rec, out = recipe(args), []
-    # the independent members do not wait for each other
-    indep = [outer.submit(curve, args, pool, "independent", s, *best[("independent", s["size"])], seed)
-             for s in rec["independent"][1:]]
     first = rec["progressive"][0]
-    runs = curve(args, pool, "independent", first, *best[("independent", first["size"])], seed)
+    runs = curve(args, lanes.chain, "independent", first, *best[("independent", first["size"])], seed)
     out += runs + [{**r, "family": "progressive"} for r in runs]
+    # the independent members do not wait for each other, nor for the chain
+    indep = [outer.submit(curve, args, lanes.independent, "independent", s, *best[("independent", s["size"])], seed)
+             for s in reversed(rec["independent"][1:])]  # the largest first: the member that matters most
     src = next(r["ckpt"] for r in runs if r["multiple"] == 1.0)
     for stage in rec["progressive"][1:]:
-        runs = curve(args, pool, "progressive", stage, *best[("progressive", stage["size"])], seed,
+        runs = curve(args, lanes.chain, "progressive", stage, *best[("progressive", stage["size"])], seed,
                      grow(args, src, stage["size"], seed))
         out += runs
         src = next(r["ckpt"] for r in runs if r["multiple"] == 1.0)
@@ -227,9 +243,8 @@ def curves_of_seed(args, pool, outer, seed: int, best: dict) -> list[dict]:
 
 def curves(args) -> list[dict]:
     best = chosen(args)
-    pool, outer = pools(args)
-    with pool, outer:
-        per_seed = [outer.submit(curves_of_seed, args, pool, outer, s, best) for s in args.seeds]
+    with Lanes(args.jobs) as lanes, cf.ThreadPoolExecutor(32) as outer:
+        per_seed = [outer.submit(curves_of_seed, args, lanes, outer, s, best) for s in args.seeds]
         out = [r for f in per_seed for r in f.result()]
     write_json(Path(args.out) / f"curves_{args.settings}_{'_'.join(map(str, args.seeds))}.json", out)
     return out

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every run behind RESULTS.md (RUNS=runs/exp by default). Two streams run side by side on a
 # 2-core machine (~90 min from nothing); each run is run_family.sh, resumable, so re-running this
-# script skips what is done. Then `python experiments/summarize.py` writes the tables into RESULTS.md.
+# script skips what is done. It copies each seed's report.json to results/runs/ (commit them); then
+# `python experiments/summarize.py --runs results/runs` writes the tables into RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${RUNS:-runs/exp}
@@ -27,4 +28,11 @@ stream2() {
 stream1 & pid1=$!
 stream2 & pid2=$!
 wait $pid1 && wait $pid2
-echo "all runs done in $R; now: python experiments/summarize.py --runs $R"
+# speculative decoding speed within the main run's first seed (results/speculative.md)
+nice python3 experiments/speculative.py --run "$R/main_adjusted/seed_1" --out results
+# the compact results (each seed's report.json, kilobytes; no checkpoints) that RESULTS.md is made
+# from, to commit: python experiments/summarize.py --runs results/runs then regenerates its tables
+for f in "$R"/*/seed_*/report/report.json; do
+  rel=${f#"$R"/}; mkdir -p "results/runs/$(dirname "$rel")"; cp "$f" "results/runs/$rel"
+done
+echo "all runs done in $R; now: python experiments/summarize.py --runs results/runs"

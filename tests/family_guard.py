@@ -1,6 +1,7 @@
 """What run_family.sh produces, reduced to values a refactor must not change: the sha256 of every
 checkpoint's model tensors of the QUICK tiny family, and the paper family's dry-run commands.
-tests/family_guard.json holds them as the code gave them before run_family.sh was restructured;
+tests/family_guard.json holds them as the code gave them before run_family.sh was restructured (the dry run
+recorded again from main after it gained train.py's layout and interval flags, issue 28);
 tests/test_family.py and tests/test_dry_run.py compare against it.
 
     python tests/family_guard.py --run OUT/seed_7 --dry_run dry.txt --out_dir OUT --data DATA   # re-record

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from conftest import assert_user_error, need_shared, run_script
 from data import open_split
 from tokenizer import get_tokenizer
+from util import UserError
 
 TEXTS = ["Hello, world!", "naïve café — 日本語 🙂", "line\nbreaks\tand  spaces ", "", "<|endoftext|> literal"]
 
@@ -167,3 +169,50 @@ def test_offline_fineweb_names_the_route_through_a_prepared_folder(tmp_path):
     assert_user_error(proc, "python data/prepare.py --dataset PATH --tokenizer bytes --out data/mine",
                       "DATA=data/mine bash run_family.sh")
     assert not list((tmp_path / "o").glob(".*.tmp"))
+
+
+def smollm2_like_tokenizer(folder, name="smollm2", eot="<|endoftext|>"):
+    """A small byte-level BPE saved as folder/name/tokenizer.json, in SmolLM2's (or Llama 3's) format,
+    eot its first token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=[eot, "<|im_start|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["the cell membrane and the cell wall", "naïve café, 東京"] * 50, trainer)
+    (folder / name).mkdir(parents=True)
+    tok.save(str(folder / name / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("name, eot", [("smollm2", "<|endoftext|>"), ("llama3", "<|end_of_text|>")])
+def test_tokenizer_json_encodes_decodes_and_counts_bytes(tmp_path, monkeypatch, name, eot):
+    pytest.importorskip("tokenizers")
+    smollm2_like_tokenizer(tmp_path, name, eot)
+    monkeypatch.setenv("PGF_TOKENIZERS", str(tmp_path))
+    tok = get_tokenizer(name)
+    assert tok.eot == 0 and tok.vocab_size == 280
+    text = "the cell membrane: naïve café — 東京 <|im_start|>"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and len(ids) < len(text.encode("utf-8"))
+    assert tok.byte_lengths()[ids].sum() == len(text.encode("utf-8"))  # bits per byte stay exact
+    monkeypatch.setenv("PGF_TOKENIZERS", str(tmp_path / "none"))
+    with pytest.raises(UserError, match=f"{name}/tokenizer.json"):
+        get_tokenizer(name)
+
+
+def test_prepare_with_a_tokenizer_json(tmp_path, monkeypatch):
+    """data/prepare.py --tokenizer smollm2: the documents come back from the token files."""
+    pytest.importorskip("tokenizers")
+    smollm2_like_tokenizer(tmp_path / "tok")
+    monkeypatch.setenv("PGF_TOKENIZERS", str(tmp_path / "tok"))  # the script inherits it
+    docs = [f"document {i}: the cell wall, naïve café" for i in range(40)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    proc = run_script("data/prepare.py", "--dataset", tmp_path / "c.jsonl", "--tokenizer", "smollm2",
+                      "--out", tmp_path / "o", "--val_fraction", 0.2, "--workers", 1)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot"]) == ("smollm2", 280, 0)
+    ids = np.concatenate([np.fromfile(tmp_path / "o" / f"{s}.bin", dtype=meta["dtype"]) for s in ("train", "val")])
+    texts = get_tokenizer("smollm2").decode(ids.tolist()).split("<|endoftext|>")
+    assert sorted(t for t in texts if t) == sorted(docs)

@@ -53,6 +53,14 @@ def test_two_ranks_match_one(byte_data, tmp_path, reference, mode):
     assert_same_run(ck, reference)
 
 
+@pytest.mark.slow
+def test_llama_member_under_fsdp_matches_one_rank(byte_data, tmp_path):
+    """A Llama member (RMSNorm, SwiGLU, RoPE, grouped-query attention) sharded over two ranks."""
+    ref = train(byte_data, tmp_path / "one", 1, "--size", "llama-20k")  # the last --size counts
+    assert ref["config"] == get_config("llama-20k")
+    assert_same_run(train(byte_data, tmp_path / "two", 2, "--size", "llama-20k", "--fsdp", "on"), ref)
+
+
 def test_fsdp_checkpoint_resumes_on_one_and_two_ranks(byte_data, tmp_path, reference):
     """FSDP writes a sharded folder (no gather); it resumes bit for bit on 1 process, on 2 under DDP
     and on 2 under FSDP, and one process reads it whole (checkpoint.load, expand.py)."""

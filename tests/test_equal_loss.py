@@ -82,3 +82,35 @@ def test_token_matched_interpolates_the_independent_curve():
     seed = {"independent": {"l": ind}, "progressive": {"l": {1.0: {"val_loss": 2.5}}}}
     t = equal_loss.token_matched(seed, recipe, "l")
     assert t["multiple"] == 1.25 and t["loss_independent"] == pytest.approx(3.0 - math.log(1.25))
+
+
+def test_the_sweep_widens_until_the_best_lr_is_bracketed(monkeypatch, tmp_path):
+    """A loss that is lowest at 8x the plan's LR: the first grid (0.5..4x) has its best at the edge,
+    so the sweep adds 8x, then 16x (which is worse), stops, and tries the best LR decaying to 0."""
+    import concurrent.futures as cf
+    calls = []
+
+    def fake_train(args, d, size, steps, warmup, lr, ratio, seed, batch, init="", **kw):
+        calls.append((lr, ratio))
+        return {"lr": lr, "min_lr_ratio": ratio, "ckpt": str(d), "val_loss": (math.log2(lr / 8e-3)) ** 2 + ratio}
+
+    monkeypatch.setattr(equal_loss, "train", fake_train)
+    args = equal_loss.parse_args(["sweep", "--out", str(tmp_path)])
+    with cf.ThreadPoolExecutor(2) as pool:
+        res = equal_loss.sweep_member(args, pool, "independent", {"size": "20k", "lr": 1e-3, "steps": 10,
+                                                                    "warmup": 1, "batch": 16})
+    lrs = sorted({round(lr / 1e-3, 6) for lr, _ in calls})
+    assert lrs == [0.5, 1, 2, 4, 8, 16]
+    assert res["best"]["lr"] == pytest.approx(8e-3) and res["best"]["min_lr_ratio"] == 0.0
+    assert sum(r == 0.0 for _, r in calls) == 1  # decay to 0 only at the best LR
+
+
+def test_bad_input_is_one_line(tmp_path):
+    from conftest import assert_user_error, run_script
+    assert_user_error(run_script("experiments/equal_loss.py", "curves", "--data", tmp_path / "none"),
+                      "data/prepare.py")
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "meta.json").write_text("{}")
+    assert_user_error(run_script("experiments/equal_loss.py", "curves", "--data", data, "--out", tmp_path / "o"),
+                      "sweep")

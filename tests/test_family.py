@@ -62,6 +62,27 @@ def test_quick_family_is_bit_identical_to_the_recorded_one(quick):
     assert model_hashes(out / "seed_7") == guard["quick_family_seed_7"]
 
 
+@pytest.mark.slow
+def test_tiny_llama_family_grows_and_evaluates(byte_data, tmp_path):
+    """FAMILY=tiny-llama with the same commands: the two smallest Llama members, trained, grown
+    (AKI across query groups, SwiGLU and RMSNorm) and evaluated; the full family is
+    test_tiny_llama_family_end_to_end."""
+    run_family(tmp_path, byte_data, FAMILY="tiny-llama", MEMBERS="llama-20k,llama-50k", SKIP_INDEPENDENT="1")
+    grown = checkpoint.load(tmp_path / "seed_1337" / "progressive" / "ckpt_llama-50k.pt")
+    assert grown["config"].norm == "rmsnorm" and grown["meta"]["lineage"] == ["llama-20k"]
+    assert grown["train"]["done"] and grown["meta"]["expansion"]["method"] == "aki"
+    report = json.loads((tmp_path / "seed_1337" / "report" / "report.json").read_text())
+    assert report and (tmp_path / "seed_1337" / "report" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_tiny_llama_family_end_to_end(byte_data, tmp_path):
+    """All four tiny-llama members, progressive and independent, and the report (~3 min idle)."""
+    run_family(tmp_path, byte_data, FAMILY="tiny-llama")
+    report = (tmp_path / "seed_1337" / "report" / "report.md").read_text()
+    assert all(s in report for s in ("llama-20k", "llama-250k", "progressive", "independent"))
+
+
 def assert_ends_with_the_report(proc, report):
     """The run's last lines: where the report is, then its verdict (when evaluate.py wrote one)."""
     out = re.sub(r"^\[\d\d:\d\d:\d\d\] ", "", proc.stdout.strip(), flags=re.MULTILINE)

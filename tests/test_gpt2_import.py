@@ -146,10 +146,10 @@ def test_import_bad_inputs(tmp_path):
         export_hf.main(["--import", str(tmp_path / "missing"), "--out", str(tmp_path / "c.pt")])
     with pytest.raises(UserError, match="no config.json"):
         export_hf.main(["--import", str(tmp_path), "--out", str(tmp_path / "c.pt")])
-    llama = transformers.LlamaConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1)
-    llama.save_pretrained(tmp_path / "llama")
-    with pytest.raises(UserError, match="llama model, not GPT-2"):
-        export_hf.main(["--import", str(tmp_path / "llama"), "--out", str(tmp_path / "c.pt")])
+    neox = transformers.GPTNeoXConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1)
+    neox.save_pretrained(tmp_path / "neox")
+    with pytest.raises(UserError, match="gpt_neox model, not GPT-2 .GPT2LMHeadModel. or Llama"):
+        export_hf.main(["--import", str(tmp_path / "neox"), "--out", str(tmp_path / "c.pt")])
     relu = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, activation_function="relu")
     relu.save_pretrained(tmp_path / "relu")
     with pytest.raises(UserError, match="activation_function=relu"):

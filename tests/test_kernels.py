@@ -16,7 +16,8 @@ import torch
 # any test module is collected; skip if gpt_kernels.py came in without it anyway.
 pytest.importorskip("triton", reason="triton is not installed (pip install triton==3.7.1)")
 import gpt_kernels as kernels  # noqa: E402
-from bench.common import TOLERANCE, attention_errors, layer_norm_errors, poisoned_outputs, rel_err  # noqa: E402
+from bench.common import (TOLERANCE, attention_errors, layer_norm_errors, poisoned_outputs, rel_err,  # noqa: E402
+                          rms_norm_errors)
 from model import GPT, GPTConfig  # noqa: E402
 
 if not kernels._INTERPRETED:
@@ -54,6 +55,15 @@ def test_layer_norm_saves_mean_and_rstd():
     xd = x.double()
     assert rel_err(mean, xd.mean(-1)) < TOLERANCE[torch.float32]
     assert rel_err(rstd, 1 / torch.sqrt(xd.var(-1, unbiased=False) + 1e-5)) < TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("shape", [(7, 50), (2, 5, 96)])
+def test_rms_norm_float32_matches_float64(shape):
+    assert_within(rms_norm_errors(shape, torch.float32), torch.float32, shape)
+
+
+def test_rms_norm_16bit():
+    assert_within(rms_norm_errors((6, 80), torch.bfloat16), torch.bfloat16, (6, 80))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,18 +143,24 @@ def assert_same_training(ref: GPT, fused: GPT, losses):
         assert (p - q).abs().max() < 1e-5, name
 
 
-def test_training_steps_match_pytorch_ops(monkeypatch):
-    ref = GPT(TINY, use_kernels=False)
+# a Llama member: RMSNorm, and attention with each key/value head expanded to its group of query heads
+TINY_LLAMA = GPTConfig(**{**TINY.to_dict(), "n_head": 4, "n_kv_head": 2, "norm": "rmsnorm", "mlp": "swiglu",
+                          "pos": "rope", "bias": False})
+
+
+@pytest.mark.parametrize("cfg, norm", [(TINY, "layer_norm"), (TINY_LLAMA, "rms_norm")], ids=["gpt2", "llama"])
+def test_training_steps_match_pytorch_ops(monkeypatch, cfg, norm):
+    ref = GPT(cfg, use_kernels=False)
     fused = copy.deepcopy(ref)
     fused.set_kernels(True, on_cpu=True)
-    calls = {"layer_norm": 0, "causal_attention": 0}
+    calls = {norm: 0, "causal_attention": 0}
     for name in calls:  # count the calls: the model really goes through the kernels
         def counted(*args, _f=getattr(kernels, name), _name=name):
             calls[_name] += 1
             return _f(*args)
         monkeypatch.setattr(kernels, name, counted)
     assert_same_training(ref, fused, train_losses([ref, fused]))
-    assert calls == {"layer_norm": 3 * (2 * TINY.n_layer + 1), "causal_attention": 3 * TINY.n_layer}
+    assert calls == {norm: 3 * (2 * cfg.n_layer + 1), "causal_attention": 3 * cfg.n_layer}
 
 
 @pytest.mark.slow

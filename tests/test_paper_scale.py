@@ -115,7 +115,8 @@ def test_gpu_bench_runs_what_matters_first_and_reports_peak_memory(monkeypatch):
         names=[name for name, _ in sections]))
     gpu.run_gpu_all(argparse.Namespace(budget_s=480, size="1b", batch=8, steps=10, warmup=3,
                                          model_compile=True, out="unused"))
-    assert seen["names"] == ["correctness", "model", "layer_norm", "attention"]
+    # the kernel comparisons before the two compiled 1b models, which may use up a short GPU slot
+    assert seen["names"] == ["correctness", "attention", "layer_norm", "model"]
     mode = {"tokens_per_s": 1e5, "mfu": 0.4, "max_memory_allocated_gb": 61.25, "losses": [11.0, 10.9],
             "max_loss_diff_vs_first_mode": 0.0}
     md = gpu._md_gpu({"machine": {}, "max_memory_allocated_gb": {"correctness": 1.5, "model": 61.25},

@@ -18,11 +18,15 @@ from sample import CachedModel, generate, speculative_acceptance, speculative_ge
 from util import UserError
 
 
-def random_gpt(seed: int, n_layer=2, n_head=2, block_size=32, std=0.3, tokenizer="bytes") -> GPT:
+# a Llama member: RMSNorm, SwiGLU, RoPE, one key/value head for both query heads, no biases
+LLAMA = {"norm": "rmsnorm", "mlp": "swiglu", "pos": "rope", "n_kv_head": 1, "bias": False}
+
+
+def random_gpt(seed: int, n_layer=2, n_head=2, block_size=32, std=0.3, tokenizer="bytes", **arch) -> GPT:
     """Random weights, biases and gains included, so no tensor hides behind init's zeros and ones."""
     torch.manual_seed(seed)
     vocab = 256 if tokenizer == "bytes" else 50304
-    model = GPT(GPTConfig(n_layer, n_head, 8, 32, vocab, block_size, tokenizer), use_kernels=False)
+    model = GPT(GPTConfig(n_layer, n_head, 8, 32, vocab, block_size, tokenizer, **arch), use_kernels=False)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, std)
@@ -37,8 +41,9 @@ def total_variation(a, b) -> float:
 # KV cache
 
 @torch.no_grad()
-def test_cached_logits_equal_the_full_forward_step_by_step():
-    model = random_gpt(1)
+@pytest.mark.parametrize("arch", [{}, LLAMA], ids=["gpt2", "llama"])
+def test_cached_logits_equal_the_full_forward_step_by_step(arch):
+    model = random_gpt(1, **arch)
     seq = torch.randint(0, 256, (2, 20))
     cache, steps = KVCache(), [5, 1, 3, 1, 1, 4, 2]  # token chunks fed one after the other
     t = 0
@@ -51,8 +56,9 @@ def test_cached_logits_equal_the_full_forward_step_by_step():
 
 
 @torch.no_grad()
-def test_cache_crop_forgets_the_rejected_positions():
-    model = random_gpt(2)
+@pytest.mark.parametrize("arch", [{}, LLAMA], ids=["gpt2", "llama"])
+def test_cache_crop_forgets_the_rejected_positions(arch):
+    model = random_gpt(2, **arch)
     seq, other = torch.randint(0, 256, (1, 12)), torch.randint(0, 256, (1, 3))
     cache = KVCache()
     model(seq, cache=cache)

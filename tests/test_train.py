@@ -122,7 +122,7 @@ def test_stable_ckpt_is_the_state_where_the_decay_starts(byte_data, tmp_path):
         assert torch.equal(stable["model"][k], stopped["model"][k]), k
     assert stable["meta"]["flops_total"] == pytest.approx(full.flops_total)
     assert stable["meta"]["stable_phase_end"] == {"step": 16, "of": 20}
-    with pytest.raises(UserError, match="needs --schedule wsd"):
+    with pytest.raises(UserError, match="need --schedule wsd"):
         args(byte_data, tmp_path / "c", "--max_iters", 20, "--stable_ckpt", tmp_path / "x.pt")
     (tmp_path / "stable.pt").unlink()  # a finished stage whose stable checkpoint was removed
     with pytest.raises(UserError, match="missing"):
@@ -273,3 +273,20 @@ def test_a_branch_from_a_different_schedule_is_refused(byte_data, tmp_path):
         parse_args(["--size", "20k", "--data", "d", "--max_iters", "5", "--schedule", "wsd", "--branches", "1.5"])
     with pytest.raises(UserError, match="wsd"):
         parse_args(["--size", "20k", "--data", "d", "--max_iters", "5", "--branches", "0.5"])
+
+
+def test_llama_member_trains_grows_and_continues(byte_data, tmp_path):
+    """The same commands for a Llama member: train llama-20k, grow it with expand.py's CLI (AKI)
+    into llama-50k, continue with train.py --init; the growth check finds no twin."""
+    Trainer(parse_args(["--size", "llama-20k", "--data", str(byte_data), "--out", str(tmp_path / "a"),
+                        "--batch_size", "8", "--seq_len", "64", "--eval_tokens", "4096", "--max_iters", "4"])).run()
+    grown = tmp_path / "grown.pt"
+    r = run_script("expand.py", "--src", tmp_path / "a" / "ckpt.pt", "--size", "llama-50k", "--out", grown)
+    assert r.returncode == 0, r.stderr
+    t = Trainer(parse_args(["--size", "llama-50k", "--data", str(byte_data), "--out", str(tmp_path / "b"),
+                            "--batch_size", "8", "--seq_len", "64", "--eval_tokens", "4096", "--max_iters", "4",
+                            "--init", str(grown)]))
+    t.run()
+    ck = checkpoint.load(tmp_path / "b" / "ckpt.pt")
+    assert ck["meta"]["lineage"] == ["llama-20k"] and ck["config"] == PRESETS["llama-50k"]
+    assert "growth check: all" in (tmp_path / "b" / "train.log").read_text()
