@@ -17,6 +17,8 @@ A training run sharded with FSDP writes a folder instead (load_sharded): each ra
 model and AdamW state (torch.distributed.checkpoint), and the rest of that dict in SHARDED_META.
 load() reads either in one process and returns the same dict.
 """
+import hashlib
+import json
 import pickle
 import zipfile
 import zlib
@@ -79,6 +81,20 @@ def save(path, ckpt: dict):
     atomic_write(path, lambda f: torch.save(body, f))
 
 
+def identity(path) -> str:
+    """A short hash of what a checkpoint holds, read from its zip's directory alone: the name, CRC-32
+    and size of every record torch.save wrote (one per tensor, one for the rest). A sharded checkpoint
+    (a folder) is stood for by its meta file, rewritten with every save."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path / SHARDED_META if path.is_dir() else path) as z:
+            # names lose the archive's folder, which follows the file name
+            records = sorted((i.filename.split("/", 1)[-1], i.CRC, i.file_size) for i in z.infolist())
+    except (OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"checkpoint {path} is missing or not a checkpoint file ({type(e).__name__})") from e
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def recovery(path: Path) -> str:
     """What a user can do about an unusable checkpoint: the other checkpoints beside it, or how to
     make it again when there are none."""
@@ -102,6 +118,18 @@ def check_tensors(path: Path, ckpt: dict, sums: dict | None):
                                   f"diverged); {recovery(path)}")
 
 
+def check_archive(path: Path):
+    """torch.save writes a zip, and torch.load checks none of its CRCs: read the pickled part (config,
+    progress, history: what the tensor checksums do not cover) through zipfile, which does."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if name.endswith("/data.pkl"):
+                    z.read(name)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:  # ValueError: a damaged zip index
+        raise CheckpointError(f"{path} is corrupt or truncated ({e}); {recovery(path)}") from e
+
+
 def load(path, map_location="cpu", mmap=False, verify=True, model=True, optimizer=True) -> dict:
     """mmap=True maps the tensors instead of reading them. verify=False skips the checksums and the
     NaN/Inf test, which read every tensor: for reading only config/meta/history. model/optimizer=False
@@ -113,15 +141,22 @@ def load(path, map_location="cpu", mmap=False, verify=True, model=True, optimize
         return load_sharded(path, model, optimizer, verify)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    check_archive(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} holds pickled objects beyond tensors and plain values; "
                               "refusing to load it (it could run code)") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError) as e:  # a damaged index or a file of another kind fails in any of these
         raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}); {recovery(path)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no '{FORMAT}' header)")
+    if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("meta", {}), dict):
+        raise CheckpointError(f"{path} has the header of this project's checkpoints but no weights ('model'); "
+                              f"{recovery(path)}")
+    for part, empty in (("optimizer", None), ("train", None), ("meta", {})):  # optional parts
+        ckpt.setdefault(part, empty)
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} has format version {ckpt['version']}, newer than this code's "
                               f"{VERSION}; update the code")

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from util import ArgumentParser, UserError, check_args, pick_device, read_jsonl, run_cli  # first: see util.py
+from util import ArgumentParser, UserError, check_args, check_device, pick_device, read_jsonl, run_cli  # first: see util.py
 from zeroshot import DEFAULT_EVAL_DIR, ZERO_SHOT  # light: zeroshot.py loads torch only to score
 
 TASKS = ["ppl", *ZERO_SHOT, "kl", "spec"]
@@ -86,7 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="prompts (starts of validation windows) for the speculative-decoding check")
     p.add_argument("--spec_tokens", type=positive_int, default=64, help="new tokens generated per prompt")
     p.add_argument("--seed", type=int, default=0, help="seed of the speculative sampling")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_device(args.device)
+    return args
 
 
 check_args(__name__, parse_args)  # --help and usage errors before torch loads
@@ -346,9 +348,15 @@ def read_plan(path: str | None) -> dict | None:
     if not Path(path).is_file():
         raise UserError(f"--plan {path} does not exist; write it with `python flops.py --json {path}`")
     try:
-        return json.loads(Path(path).read_text())
+        plan = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"--plan {path} is not valid JSON ({e.msg}); write it again with flops.py") from e
+    keys = ("progressive", "independent", "progressive_flops", "independent_flops", "saving")
+    if not isinstance(plan, dict) or any(k not in plan for k in keys) or \
+            not all(isinstance(s, dict) and "size" in s for k in keys[:2] for s in plan[k]):
+        raise UserError(f"--plan {path} is not a plan of flops.py --json (it lacks {', '.join(keys)} or their "
+                        "stages); write it again with flops.py")
+    return plan
 
 
 def planned_flops(plan: dict, family: str, size: str) -> float | None:

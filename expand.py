@@ -204,6 +204,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also grow the AdamW moments (default: none; the trainer starts a fresh "
                         "optimizer, as the paper does)")
     p.add_argument("--out", help="path of the grown checkpoint (written atomically)")
+    p.add_argument("--allow_unfinished", action="store_true",
+                   help="grow from a training checkpoint whose stage did not finish (stopped by a signal "
+                        "or --stop_at); refused by default. A stable-phase checkpoint (train.py "
+                        "--stable_ckpt) needs no flag")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep --out when it was grown from --src as --src is now (its content, not its "
+                        "path) with the same settings; else grow it again (run_family.sh does this)")
     p.add_argument("--inspect", metavar="CKPT",
                    help="only report, per grown dimension and block, how many copies of CKPT (grown "
                         "by expand.py, trained or not) are still within 1e-6 of their source")
@@ -586,6 +593,7 @@ def twins(ckpt: dict, tol: float = 1e-6) -> list[dict]:
     units = [index_map(torch.tensor(expansion["maps"][d])) for d in ("hidden", "heads", "ffn")]
     maps = all_maps(*units, cfg)  # every index a row of the grown tensors
     stuck = {}  # (unit, block) -> flags over the new units: equal to their source in every tensor so far
+    producers = {}  # the same over the tensors that produce the unit only (Out axes)
     for name, t in ckpt["model"].items():
         k, local = split_name(name)
         t = t.float()
@@ -595,11 +603,15 @@ def twins(ckpt: dict, tol: float = 1e-6) -> list[dict]:
             diff = (t - t.index_select(axis, maps[spec.dim].g)).abs().transpose(0, axis)
             eq = unit_rows(diff.reshape(t.shape[axis], -1).amax(1) <= tol, spec.dim, cfg)
             unit = GROUPS[spec.dim]
-            stuck[unit, k] = stuck.get((unit, k), True) & eq[maps[UNITS[unit]].new]
+            eq = eq[maps[UNITS[unit]].new]
+            stuck[unit, k] = stuck.get((unit, k), True) & eq
+            if isinstance(spec, Out):
+                producers[unit, k] = producers.get((unit, k), True) & eq
     order = list(UNITS)
     keys = sorted(stuck, key=lambda key: (order.index(key[0]), key[1] is not None, key[1] or 0))
-    return [{"dim": unit, "block": k, "copies": len(stuck[unit, k]), "twins": int(stuck[unit, k].sum())}
-            for unit, k in keys]
+    return [{"dim": unit, "block": k, "copies": len(stuck[unit, k]), "twins": int(stuck[unit, k].sum()),
+             # not twins, but only because their consumers differ (the noisy split before training)
+             "producers_equal": int((producers[unit, k] & ~stuck[unit, k]).sum())} for unit, k in keys]
 
 
 def block_label(row: dict) -> str:
@@ -608,14 +620,51 @@ def block_label(row: dict) -> str:
 
 
 def twins_report(rows: list[dict]) -> str:
-    """A table of twins(), and one closing line that says whether any copy is still stuck."""
-    lines = [f"{'dimension':<10} {'block':>6} {'copies':>7} {'twins':>6}"]
-    lines += [f"{r['dim']:<10} {block_label(r):>6} {r['copies']:>7} {r['twins']:>6}"
+    """A table of twins(), and one closing line that says whether any copy is still stuck. Copies
+    whose producers are still equal to their source's are counted apart: right after growth the
+    noisy split has made only their consumers differ, and training has yet to separate the rest."""
+    lines = [f"{'dimension':<10} {'block':>6} {'copies':>7} {'twins':>6} {'producers equal':>16}"]
+    lines += [f"{r['dim']:<10} {block_label(r):>6} {r['copies']:>7} {r['twins']:>6} {r['producers_equal']:>16}"
               for r in rows]
-    stuck = sum(r["twins"] for r in rows)
-    lines.append(f"{stuck} of {sum(r['copies'] for r in rows)} copies are still twins of their source"
-                 if stuck else "no twins: every copy differs from its source")
+    stuck, total = sum(r["twins"] for r in rows), sum(r["copies"] for r in rows)
+    equal = {unit: sum(r["producers_equal"] for r in rows if r["dim"] == unit) for unit in UNITS}
+    producers = "; producers still equal in " + ", ".join(
+        f"{unit} {n} of {sum(r['copies'] for r in rows if r['dim'] == unit)}" for unit, n in equal.items() if n) + \
+        " (expected before training: the split consumers separate them at the first steps)"
+    lines.append((f"{stuck} of {total} copies are still twins of their source" if stuck
+                  else "no twins: every copy differs from its source") + producers * any(equal.values()))
     return "\n".join(lines)
+
+
+def check_finished(src: dict, path, allow: bool):
+    """A stage stopped before its end (signal, --stop_at) is not a member to grow from: its successor
+    would silently start from a half-trained model. The stable-phase checkpoint is mid-stage by design."""
+    train = src.get("train")
+    if train and not train.get("done") and "stable_phase_end" not in src["meta"] and not allow:
+        raise UserError(f"{path} is a checkpoint of an unfinished stage (step {train['step']}/"
+                        f"{train['max_iters']}, stopped early); finish it with train.py --resume, or grow "
+                        f"from it anyway with --allow_unfinished")
+
+
+def growth_settings(args) -> dict:
+    """What a grown checkpoint records of how it was made (meta.expansion) and --reuse compares: the
+    settings and the identity of the source's content."""
+    return {"method": args.method, "depth": args.depth, "seed": args.seed, "noise": args.noise,
+            "aki_top": args.aki_top, "optimizer_state": args.optimizer_state,
+            "source_id": checkpoint.identity(args.src)}
+
+
+def grown_already(args, target: GPTConfig) -> bool:
+    """--reuse: --out exists, is readable, and was grown from --src's current content into --size
+    with the same settings."""
+    if not Path(args.out).exists():
+        return False
+    try:
+        old = checkpoint.load(args.out, mmap=True, verify=False)
+    except checkpoint.CheckpointError:
+        return False
+    made = (old["meta"] or {}).get("expansion") or {}
+    return old["config"] == target and all(made.get(k) == v for k, v in growth_settings(args).items())
 
 
 def n_params(weights: dict) -> int:
@@ -639,12 +688,17 @@ def main(argv=None):
         raise UserError("--out is the --src checkpoint; write the grown one to a new file")
 
     t0 = time.perf_counter()
+    if args.reuse and grown_already(args, target):  # before the source is read: its zip directory tells
+        print(f"kept {args.out}: already grown from {args.src} as it is now, with the same settings")
+        return
     # mapped: only the weights (and with --optimizer_state the AdamW moments) are read, the rest never
     src = checkpoint.load(args.src, mmap=True, optimizer=args.optimizer_state)
+    check_finished(src, args.src, args.allow_unfinished)
     src_size, src_params = checkpoint.size_name(src["config"]), n_params(src["model"])
     t1 = time.perf_counter()
     ckpt = expand(src, target, args.method, args.depth, args.seed, args.optimizer_state, args.noise, args.aki_top)
     del src  # the source is no longer needed: free it before serializing the target
+    ckpt["meta"]["expansion"].update(growth_settings(args))  # --reuse compares them
     t2 = time.perf_counter()
     rss_expand = peak_rss_gb()
     checkpoint.save(args.out, ckpt)

@@ -57,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "into the checkpoint --out")
     p.add_argument("--out", required=True, help="export: folder to write (created; files in it are "
                                                  "overwritten); import: checkpoint to write (atomically)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="import: replace an existing --out (refused without it: it may be a training checkpoint)")
     p.add_argument("--tokenizer_dir", default=None,
                    help="export only: folder with GPT-2's encoder.json and vocab.bpe, for GPT-2-vocab "
                         f"models (default: {SHARED_GPT2} if present, else download); for SmolLM2- or "
@@ -64,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.import_src is not None and args.tokenizer_dir is not None:
         raise UserError("--tokenizer_dir is for export; an import reads weights only")
+    if args.import_src is not None and Path(args.out).exists() and not args.overwrite:
+        raise UserError(f"--out {args.out} exists; choose a new path or replace it with --overwrite")
     return args
 
 
@@ -373,6 +377,7 @@ def load_hf(src: str):
     """(GPT2LMHeadModel or LlamaForCausalLM, its config) from a local folder or, when no such
     folder, the Hub."""
     transformers = need_transformers()
+    from safetensors import SafetensorError  # a truncated model.safetensors
     folder = Path(src).expanduser()
     if not folder.exists() and src.startswith(("/", ".", "~")):
         raise UserError(f"--import {src}: no such folder")
@@ -391,7 +396,7 @@ def load_hf(src: str):
         config_from_llama(hc) if hc.model_type == "llama" else config_from_hf(hc)
         model_class = transformers.LlamaForCausalLM if hc.model_type == "llama" else transformers.GPT2LMHeadModel
         hf, info = model_class.from_pretrained(src, config=hc, dtype=torch.float32, output_loading_info=True)
-    except (OSError, ValueError, RuntimeError) as e:  # offline, no config.json, no or bad weights
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # offline, no config.json, bad weights
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load a transformers {kind} from {where}: {reason}") from e
     missing = [k for k in info["missing_keys"] if not (k == "lm_head.weight" and hc.tie_word_embeddings)]

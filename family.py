@@ -122,9 +122,13 @@ def check(o: dict[str, str], shared: Path) -> dict[str, str]:
         matches("STAGE_FRACTIONS", f"{NUM}(,{NUM})*", "comma-separated numbers")
     if not o["SEEDS"].split():
         raise UserError('SEEDS is empty: give one or more seeds, e.g. SEEDS="1 2 3"')
+    seen = set()  # a seed given twice would train and count the same runs twice
     for seed in o["SEEDS"].split():
         if not re.fullmatch(r"[0-9]{1,18}", seed):
             raise UserError(f"SEEDS must be integers >= 0 of at most 18 digits, not '{seed}'")
+        if int(seed) in seen:
+            raise UserError(f"SEEDS lists seed {int(seed)} twice; give each seed once")
+        seen.add(int(seed))
     if o["DATA"] and o["DRY_RUN"] == "0" and not Path(o["DATA"], "meta.json").is_file():
         raise UserError(f"DATA={o['DATA']} is not a folder made by data/prepare.py (no meta.json)")
     p = the_plan(o)
@@ -173,15 +177,16 @@ def ckpt(o, seed, kind, size, suffix="") -> str:
 
 def grow(o, seed: str, size: str) -> dict:
     """expand.py growing SIZE's predecessor in the chain into SIZE (GROW_FROM=stable: its weights
-    before the decay, which its stage wrote with --stable_ckpt), and the grown checkpoint's path."""
+    before the decay, which its stage wrote with --stable_ckpt). --reuse keeps a grown checkpoint only
+    if it was grown from the source as it is now (a re-run after the source stage was stopped and
+    finished grows again); expand.py refuses an unfinished source."""
     members = o["MEMBERS"].split(",")
     prev = members[members.index(size) - 1]
     src = ckpt(o, seed, "progressive", prev, "_stable" if o["GROW_FROM"] == "stable" else "")
-    grown = ckpt(o, seed, "progressive", prev, "_expanded")
-    return {"grown": grown, "cmd": [os.environ.get("PYTHON", "python3"), "expand.py", "--src", src, "--size", size,
-                                    "--method", o["METHOD"], "--depth", o["DEPTH"], "--noise", o["NOISE"],
-                                    "--aki_top", o["AKI_TOP"], "--seed", seed, "--out", grown]
-            + (["--optimizer_state"] if o["OPT_STATE"] == "1" else [])}
+    opt = ["--optimizer_state"] if o["OPT_STATE"] == "1" else []
+    return {"cmd": [os.environ.get("PYTHON", "python3"), "expand.py", "--src", src, "--size", size,
+                    "--method", o["METHOD"], "--depth", o["DEPTH"], "--noise", o["NOISE"], "--aki_top", o["AKI_TOP"],
+                    "--seed", seed, "--out", ckpt(o, seed, "progressive", prev, "_expanded"), "--reuse", *opt]}
 
 
 def stage(o, plan: dict, seed: str, kind: str, size: str) -> dict:

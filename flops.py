@@ -35,8 +35,9 @@ saving of 1 - 64/85 = 24.7% against training the four members independently.
     python flops.py --check --nproc 8 --family paper --gpu_mem 80           # each stage's layout
 """
 import argparse
+import math
 
-from util import ArgumentParser, UserError, check_args, run_cli, write_json  # first: see util.py
+from util import ArgumentParser, UserError, check_args, check_ranges, run_cli, write_json  # first: see util.py
 
 TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): compute-optimal tokens ~ 20 x params
 LR_SCHEDULES = ("fixed", "adjusted")  # max LR per member: see member_lr
@@ -216,7 +217,7 @@ def plan(family: str | list[str], chinchilla: float = 1, lr_schedule: str = "fix
     unknown = [m for m in members if m not in sizes]
     if unknown:
         raise UserError(f"{', '.join(unknown)} not in the {family_name} family ({', '.join(sizes)})")
-    if not chinchilla > 0:
+    if not 0 < chinchilla < math.inf:
         raise UserError(f"chinchilla must be > 0, got {chinchilla}")
     if lr_schedule not in LR_SCHEDULES:
         raise UserError(f"lr_schedule must be fixed or adjusted, got {lr_schedule!r}")
@@ -224,7 +225,7 @@ def plan(family: str | list[str], chinchilla: float = 1, lr_schedule: str = "fix
     if len(members) < 2 or any(a >= b for a, b in zip(params, params[1:])):
         raise UserError(f"a progressive chain needs >= 2 members of increasing size, got {members}")
     if stage_fractions is not None and (len(stage_fractions) != len(members) - 1
-                                        or any(not w > 0 for w in stage_fractions)):
+                                        or any(not 0 < w < math.inf for w in stage_fractions)):
         raise UserError(f"stage_fractions needs {len(members) - 1} positive weights (one per "
                         f"grown stage), got {stage_fractions}")
 
@@ -233,6 +234,9 @@ def plan(family: str | list[str], chinchilla: float = 1, lr_schedule: str = "fix
     indep_flops = [ci * d for ci, d in zip(c, indep_tokens)]
     if not budget_scale * indep_flops[-1] > indep_flops[0]:
         raise UserError(f"budget_scale {budget_scale} leaves nothing for the grown stages")
+    if not budget_scale * indep_flops[-1] <= sum(indep_flops):  # a saving below 0 measures nothing
+        raise UserError(f"budget_scale {budget_scale} gives the progressive family more FLOPs than training "
+                        f"every member alone; use at most {sum(indep_flops) / indep_flops[-1]:.4g}")
     prog_tokens = [f / ci for f, ci in zip(progressive_flops(indep_flops, stage_fractions, budget_scale), c)]
     progressive = _rows(members, prog_tokens, c, indep_flops, lr_schedule)
     independent = _rows(members, indep_tokens, c, indep_flops, lr_schedule)
@@ -336,8 +340,9 @@ def print_presets():
 
 def main(argv=None):
     args = parse_args(argv)
-    if not 0 < args.mfu <= 1 or not args.peak > 0 or args.gpus < 1:
-        raise UserError("need 0 < --mfu <= 1, --peak > 0 and --gpus >= 1")
+    check_ranges(args, {"chinchilla": "(0, inf)", "budget_scale": "(0, inf)", "mfu": "(0, 1]", "peak": "(0, inf)",
+                        "gpus": "[1, inf)", "global_batch": "[0, inf)", "nproc": "[1, inf)",
+                        "micro_batch": "[1, inf)", "gpu_mem": "(0, inf)"})
     if args.presets:
         return print_presets()
     p = plan(args.family, args.chinchilla, args.lr_schedule, args.members, args.stage_fractions,

@@ -71,8 +71,8 @@ def teardown():
         dist.destroy_process_group()
 
 
-def leave(d: Dist):
-    """End a finished multi-process run, after teardown()."""
+def leave(d: Dist, status: int = 0):
+    """End a finished (or stopped: status != 0) multi-process run, after teardown()."""
     if d.world > 1:
         # DDP and FSDP keep the process group alive after destroy_process_group, and with it gloo's
         # worker threads. Were the interpreter torn down under them, a worker that still drops a
@@ -81,7 +81,7 @@ def leave(d: Dist):
         # busy machine. Every rank is past the final barrier and the checkpoint is written: leave.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(status)
 
 
 def all_sum(d: Dist, t: torch.Tensor):

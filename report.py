@@ -419,7 +419,8 @@ def loss_plot_data(reports: list[dict], summary: dict) -> dict:
     ylim = None
     if ys:
         low = min(ys)
-        high = max([float(np.percentile(curve_y, 90))] * bool(curve_y) + [p["y"] for p in points])
+        # no curve: a member evaluated before its first evaluation in training (grown, or stopped early)
+        high = max(([float(np.percentile(curve_y, 90))] if curve_y else []) + [p["y"] for p in points])
         pad = 0.05 * (high - low) or 0.05
         ylim = (low - pad, high + pad)
     return {"curves": curves, "points": points, "growth": growth, "ylim": ylim,

@@ -15,7 +15,9 @@ cd "$(dirname "$0")"
 export PYTHON=${PYTHON:-python3}
 # OpenMP threads that spin while waiting lose most of their time when the cores are shared
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-for arg in "$@"; do case "$arg" in --help|-h) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; echo; exec "$PYTHON" family.py options ;; esac; done
+for arg in "$@"; do  # --help: the lines above, then every option
+  case "$arg" in --help|-h) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; echo; exec "$PYTHON" family.py options ;; esac
+done
 
 # --- settings: every option checked (family.py), then exported for the steps below -------------
 settings=$("$PYTHON" family.py settings "$@")
@@ -34,9 +36,9 @@ log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/run_family.log"; }
 # DRY_RUN=1: data preparation, growth and evaluation are printed, not run (train prints its stage)
 step() { if [ "$DRY_RUN" = 1 ]; then echo "  (dry run) $*"; else "$@"; fi; }
 
-grow() {  # grow SEED SIZE: SIZE's predecessor grown into SIZE (expand.py), unless done before
-  local spec grown cmd; spec=$("$PYTHON" family.py grow "$@"); eval "$spec"
-  [ -f "$grown" ] || step "${cmd[@]}"  # written atomically: present means complete
+grow() {  # grow SEED SIZE: SIZE's predecessor grown into SIZE (expand.py; kept while its source is unchanged)
+  local spec cmd; spec=$("$PYTHON" family.py grow "$@"); eval "$spec"
+  step "${cmd[@]}"
 }
 train() {  # train SEED KIND SIZE: one stage of the plan; the smallest independent member may be a reuse
   local spec about layout fits cmd reuse=""; spec=$("$PYTHON" family.py stage "$@"); eval "$spec"

@@ -20,7 +20,7 @@ import time
 from itertools import groupby
 from pathlib import Path
 
-from util import ArgumentParser, UserError, check_args, pick_device, run_cli  # first: see util.py
+from util import ArgumentParser, UserError, check_args, check_device, check_ranges, pick_device, run_cli  # first: see util.py
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,9 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1337, help="sample n uses seed + n")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     args = p.parse_args(argv)
-    for flag, low in (("num_samples", 1), ("max_new_tokens", 0), ("temperature", 0), ("top_k", 0), ("k", 1)):
-        if getattr(args, flag) < low:
-            raise UserError(f"--{flag} must be >= {low}")
+    check_ranges(args, {"num_samples": "[1, inf)", "max_new_tokens": "[0, inf)", "temperature": "[0, inf)",
+                        "top_k": "[0, inf)", "k": "[1, inf)"})
+    check_device(args.device)
     if args.draft and args.family:
         raise UserError("--draft drafts for one --ckpt, not a --family")
     if args.bench and not args.draft:

@@ -13,6 +13,7 @@ replaying the ones its ancestors trained on. A checkpoint (checkpoint.py) is wri
 """
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -20,12 +21,12 @@ import os
 import signal
 import sys
 import time
-import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from util import ArgumentParser, UserError, atomic_write, check_args, pick_device, run_cli  # first: see util.py
+from util import (ArgumentParser, UserError, atomic_write, check_args, check_device, check_ranges,
+                  pick_device, run_cli)  # first: see util.py
 
 
 def _opt(default, help, **kw):
@@ -40,8 +41,10 @@ class TrainConfig:
     ckpt: str = _opt("", "checkpoint path (default: OUT/ckpt.pt)")
     init: str = _opt("", "start from this checkpoint's weights (e.g. from expand.py); else random init")
     resume: bool = _opt(False, "continue from --ckpt if it exists (else start fresh)")
+    overwrite: bool = _opt(False, "start over even though --ckpt holds a checkpoint, replacing it (without "
+                                   "--resume or this flag such a run is refused)")
     stop_at: int = _opt(0, "checkpoint and exit after this step, to split a stage across jobs "
-                           "(continue with --resume)")
+                           "(continue with --resume); the exit status is 3: the stage is not finished")
     tokens: float = _opt(0, "stage budget in training tokens (or give --max_iters)")
     max_iters: int = _opt(0, "number of optimizer steps (overrides --tokens)")
     batch_size: int = _opt(0, "sequences per micro-step per process (default: the family's batch, flops.py, "
@@ -128,9 +131,8 @@ def parse_args(argv=None) -> TrainConfig:
         raise UserError("give the stage budget: --tokens N (> 0) or --max_iters N (> 0)")
     if not 0 <= cfg.seed < 2**63:  # torch.manual_seed takes a 64-bit integer
         raise UserError(f"--seed {cfg.seed} is out of range; use an integer from 0 to 2**63 - 1")
-    if cfg.batch_size < 0 or cfg.grad_accum < 1 or cfg.lr < 0 or cfg.seq_len < 0:
-        raise UserError("--batch_size and --grad_accum must be >= 1, --lr > 0, --seq_len >= 0 (leave "
-                        "--batch_size and --lr out for the family's)")
+    check_numbers(cfg)
+    check_device(cfg.device)
     if not min(cfg.gpu_mem, cfg.log_every_min, cfg.ckpt_every_min) >= 0:
         raise UserError("--gpu_mem, --log_every_min and --ckpt_every_min must be >= 0 (0: default or off)")
     if (cfg.stable_ckpt or cfg.branches or cfg.branch_from) and cfg.schedule != "wsd":
@@ -146,6 +148,23 @@ def parse_args(argv=None) -> TrainConfig:
     return cfg
 
 
+def check_numbers(cfg: TrainConfig):
+    """Every numeric flag: finite, in its range, and consistent with the others. 0 picks the family's
+    --lr and --batch_size (with_recipe); -1 is the default of --min_lr (lr / 10) and --warmup (the
+    family's share of the tokens); 0 turns --grad_clip and --stop_at off and picks the default of
+    --seq_len and the intervals."""
+    check_ranges(cfg, {"tokens": "[0, inf)", "max_iters": "[0, inf)", "batch_size": "[0, inf)",
+                       "grad_accum": "[1, inf)", "seq_len": "[0, inf)", "lr": "[0, inf)",
+                       "decay_frac": "[0, 1]", "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)",
+                       "grad_clip": "[0, inf)", "stop_at": "[0, inf)", "eval_interval": "[0, inf)",
+                       "eval_tokens": "[1, inf)", "log_interval": "[0, inf)", "ckpt_interval": "[0, inf)",
+                       "peak_flops": "[0, inf)"})
+    if cfg.min_lr != -1:  # a schedule that decays, never climbs (with the family's LR: with_recipe)
+        check_ranges(cfg, {"min_lr": f"[0, {cfg.lr!r}]" if cfg.lr else "[0, inf)"})
+    if cfg.warmup != -1:
+        check_ranges(cfg, {"warmup": "[0, inf)"})
+
+
 # --help and usage errors are answered above this line, before torch loads (seconds on a busy machine)
 check_args(__name__, parse_args)
 import numpy as np  # noqa: E402
@@ -158,6 +177,8 @@ from expand import block_label, twins  # noqa: E402
 from model import get_config, param_groups  # noqa: E402
 import parallel  # noqa: E402
 
+
+STOPPED_AT = 3  # exit status of a run that --stop_at stopped before the end of its stage
 
 # ---------------------------------------------------------------------------------------------
 # Data
@@ -180,16 +201,10 @@ def check_data(meta: dict, model_cfg, data_dir: str):
 
 def source_ids(data_meta: dict, init: str) -> dict:
     """What --data and --init hold, as short hashes: the data folder's meta.json (its tokenizer,
-    token counts and the fingerprint of its inputs) and the CRC-32 of every record of the --init
-    checkpoint (a zip written by torch.save; its directory holds them, so nothing else is read)."""
+    token counts and the fingerprint of its inputs) and checkpoint.identity of --init."""
     def digest(obj) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-    records = []
-    if init:  # a sharded checkpoint (a folder): its meta file, rewritten with every save, stands for it
-        archive = Path(init) / checkpoint.SHARDED_META if Path(init).is_dir() else init
-        with zipfile.ZipFile(archive) as z:  # names lose the archive's folder, which follows the file name
-            records = sorted((i.filename.split("/", 1)[-1], i.CRC, i.file_size) for i in z.infolist())
-    return {"data": digest(data_meta), "init": digest(records) if init else ""}
+    return {"data": digest(data_meta), "init": checkpoint.identity(init) if init else ""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +235,10 @@ def with_recipe(cfg: TrainConfig, world: int) -> TrainConfig:
     if not cfg.batch_size and batch * cfg.grad_accum * world != r["batch_size"]:
         raise UserError(f"--grad_accum {cfg.grad_accum} x {world} processes do not divide the {cfg.size} family's "
                         f"batch of {r['batch_size']} sequences; give --batch_size")
-    return dataclasses.replace(cfg, lr=lr, min_lr=cfg.min_lr if cfg.min_lr >= 0 else lr * MIN_LR_RATIO,
-                               batch_size=batch, schedule=cfg.schedule or SCHEDULE)
+    cfg = dataclasses.replace(cfg, lr=lr, min_lr=cfg.min_lr if cfg.min_lr >= 0 else lr * MIN_LR_RATIO,
+                              batch_size=batch, schedule=cfg.schedule or SCHEDULE)
+    check_ranges(cfg, {"min_lr": f"[0, {lr!r}]"})
+    return cfg
 
 
 def resolve_warmup(cfg: TrainConfig, max_iters: int, step_tokens: int) -> int:
@@ -382,6 +399,7 @@ class Trainer:
             self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create the run folder {cfg.out}: {e.strerror}; choose a writable --out") from e
+        self.lock = claim_checkpoint(cfg, self.ckpt_path) if self.dist.master else None
         self.step_tokens = cfg.batch_size * cfg.grad_accum * self.dist.world * self.seq_len
         # nearest whole number of steps: the FLOPs spent stay within half a step of the budget
         self.max_iters = cfg.max_iters or max(1, round(cfg.tokens / self.step_tokens))
@@ -397,6 +415,7 @@ class Trainer:
         self.peak = cfg.peak_flops or (device_peak(torch.cuda.get_device_name(self.device)) or 0
                                        if self.device.type == "cuda" else 0)
         self.stop_requested = self.interrupted = False
+        self.stop_signal = 0  # the signal that asked this run to stop (SIGTERM, SIGUSR1, SIGHUP)
         self.saved_step = None  # the step of the last checkpoint this run wrote or resumed from
         self._build()
 
@@ -437,6 +456,8 @@ class Trainer:
                                           cfg.seed, cfg.kernels, weights, initialise=resume is None)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), fused=not self.fsdp)
+        if resume is None and self.dist.master:  # a fresh start: no rows of an earlier run (killed, --overwrite)
+            write_jsonl(Path(cfg.out) / "metrics.jsonl", [])
         if resume is not None:
             self._resume(resume, path)
         elif opt_state is not None:
@@ -592,8 +613,8 @@ class Trainer:
                 f"{'on' if self.layout['checkpointing'] else 'off'}, planned {self.layout['bytes'] / 1e9:.2f} GB "
                 f"per process), {self.device}, {str(self.dtype).split('.')[-1]}"
                 + (f", from {cfg.init}" if cfg.init else ""))
-        for sig in (signal.SIGTERM, signal.SIGUSR1):  # preemption: checkpoint, then exit
-            signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):  # preemption, hang-up: checkpoint, exit
+            signal.signal(sig, self.on_signal)
         self.start_step = self.step
         self.model.train()
         if self.step == 0 and not self.history:
@@ -618,6 +639,17 @@ class Trainer:
         parallel.barrier(self.dist)
         if self.interrupted and self.step < self.max_iters:
             raise KeyboardInterrupt  # main() says how to continue; the exit status stops a launcher
+
+    def on_signal(self, signum, _frame):
+        self.stop_requested, self.stop_signal = True, signum
+
+    def exit_status(self) -> int:
+        """0 when the stage is finished; else what stops a launcher (run_family.sh, a job script) from
+        taking the checkpoint for a finished stage: 128 + the signal, as shells report a signal's death
+        (143 for SIGTERM, 129 for SIGHUP), or STOPPED_AT after --stop_at."""
+        if self.step >= self.max_iters:
+            return 0
+        return 128 + self.stop_signal if self.stop_signal else STOPPED_AT
 
     def on_ctrl_c(self, *_):
         """SIGINT: the first Ctrl-C stops after the current step with a checkpoint, a second one at once."""
@@ -697,6 +729,48 @@ def dry_run(cfg: TrainConfig) -> tuple[str, bool]:
             f"{str(dtype).split('.')[-1]})" + ("" if c["fits"] else " -- DOES NOT FIT"), c["fits"])
 
 
+def claim_checkpoint(cfg: TrainConfig, path: Path):
+    """Keep this run's checkpoint its own: refuse one that holds an earlier run's unless --resume or
+    --overwrite, one that is the --init checkpoint, and one another train.py is writing (a lock
+    file beside it, held until this process ends). Returns the open lock file."""
+    if cfg.init and Path(cfg.init).resolve() == path.resolve():
+        raise UserError(f"--init and --ckpt are the same file {path}; write this stage's checkpoint elsewhere")
+    lock = take_lock(path.with_name(path.name + ".lock"), path)
+    if path.exists() and not (cfg.resume or cfg.overwrite):
+        raise UserError(f"{path} holds the checkpoint of an earlier run; continue it with --resume, replace "
+                        f"it with --overwrite, or choose another --out/--ckpt")
+    return lock
+
+
+HELD_LOCKS = {}  # (device, inode) of a lock file -> its open file, held until the process ends
+
+
+def take_lock(lock_path: Path, path: Path):
+    """The lock file, locked by this process. A Trainer built again in one process (tests) takes
+    the lock it holds already, found by inode: the run folder may have moved meanwhile."""
+    try:
+        lock = open(lock_path, "a+")
+        stat = os.fstat(lock.fileno())
+        held = HELD_LOCKS.get((stat.st_dev, stat.st_ino))
+        if held is not None:
+            lock.close()
+            return held
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise UserError(f"another train.py (PID {holder}) is writing {path}; wait for it to end or choose "
+                        f"another --out/--ckpt") from None
+    except OSError as e:
+        raise UserError(f"cannot create {lock_path}: {e.strerror}; choose a writable --out/--ckpt") from e
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    HELD_LOCKS[stat.st_dev, stat.st_ino] = lock
+    return lock
+
+
 def write_jsonl(path, rows):
     atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), mode="w")
 
@@ -712,6 +786,11 @@ def main(argv=None):
         trainer = Trainer(cfg)
         signal.signal(signal.SIGINT, trainer.on_ctrl_c)
         trainer.run()
+        status = trainer.exit_status()
+        if status and trainer.dist.master:
+            why = f"signal {signal.Signals(trainer.stop_signal).name}" if trainer.stop_signal else "--stop_at"
+            print(f"stopped by {why}: the stage is not finished; {trainer.resume_hint()} (exit status "
+                  f"{status})", file=sys.stderr)
     except KeyboardInterrupt:  # Ctrl-C: where the run can continue from
         if trainer is None or trainer.dist.master:
             hint = trainer.resume_hint() if trainer else "before training started; nothing was written"
@@ -720,7 +799,9 @@ def main(argv=None):
     finally:
         signal.signal(signal.SIGINT, previous)
         parallel.teardown()
-    parallel.leave(trainer.dist)  # os._exit under torchrun: see parallel.leave
+    parallel.leave(trainer.dist, status)  # os._exit under torchrun: see parallel.leave
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ before paying for torch (seconds on a busy machine).
 """
 import argparse
 import errno
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -124,7 +127,7 @@ def write_error(path: Path, e: Exception, tmp: str) -> UserError:
         cause = cause.__cause__ or cause.__context__
     code = cause.errno if cause is not None else None
     if code in (errno.ENOSPC, errno.EDQUOT) or code is None and shutil.disk_usage(path.parent).free < 2**20:
-        os.unlink(tmp)  # the free space the user can count on is what remains without it
+        Path(tmp).unlink(missing_ok=True)  # the free space the user can count on is what remains without it
         free = shutil.disk_usage(path.parent).free / 2**20
         return UserError(f"writing {path} failed: no space left on the device of {path.parent} "
                          f"({free:.0f} MB free); free space or choose another --out; the previous "
@@ -149,11 +152,43 @@ def read_jsonl(path) -> list:
     return rows
 
 
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_json(path, obj):
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")
 
 
+def check_ranges(args, ranges: dict[str, str]):
+    """Every numeric flag in one line each: ranges maps a flag (an attribute of args) to its interval,
+    written as in mathematics ("(0, inf)": > 0; "[0, 1)": from 0 up to below 1). NaN and infinities
+    are refused too. The error names the flag, its value and the interval."""
+    for name, interval in ranges.items():
+        value = getattr(args, name)
+        lo, hi = (float(end) for end in interval[1:-1].split(","))
+        # an int is compared as it is: float() of a 400-digit --seed would overflow
+        finite = isinstance(value, int) or math.isfinite(value)
+        inside = (lo < value if interval[0] == "(" else lo <= value) and \
+                 (value < hi if interval[-1] == ")" else value <= hi)
+        if not (finite and inside):
+            raise UserError(f"--{name} {value} is out of range: it must be in {interval}")
+
+
+DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(name: str):
+    if not DEVICES.fullmatch(name):
+        raise UserError(f"--device {name!r} is not a device here; use auto, cpu, cuda or cuda:N")
+
+
 def pick_device(name: str = "auto"):
+    check_device(name)
     import torch  # here, not at the top: see the module's docstring
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -80,14 +80,27 @@ def _lines(path: Path, limit: int | None) -> list[str]:
     if not path.is_file():
         raise UserError(f"task file {path} is missing; point --data_dir at a folder with the files "
                         "of ../shared/data/eval")
-    with open(path, encoding="utf-8") as f:
-        return list(islice((line for line in f if line.strip()), limit))
+    try:
+        with open(path, encoding="utf-8") as f:
+            return list(islice((line for line in f if line.strip()), limit))
+    except UnicodeDecodeError as e:
+        raise UserError(f"task file {path} is not UTF-8 text; copy it again from ../shared/data/eval") from e
 
 
 def local_records(task: str, data_dir: Path, limit: int | None) -> list[dict]:
-    records = [json.loads(line) for line in _lines(data_dir / LOCAL_FILES[task], limit)]
+    path = data_dir / LOCAL_FILES[task]
+    records = []
+    for n, line in enumerate(_lines(path, limit), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:  # a file cut short, or not JSON lines
+            raise UserError(f"task file {path}: record {n} is not JSON ({e.msg}); the file is truncated "
+                            "or not a task file; copy it again from ../shared/data/eval") from e
     if task == "piqa":
-        for r, label in zip(records, _lines(data_dir / PIQA_LABELS, limit)):
+        labels = _lines(data_dir / PIQA_LABELS, limit)
+        if len(labels) != len(records) or not all(label.strip() in ("0", "1") for label in labels):
+            raise UserError(f"{data_dir / PIQA_LABELS} does not hold one 0/1 label per record of {path}")
+        for r, label in zip(records, labels):
             r["label"] = int(label)
     return records
 
@@ -152,7 +165,15 @@ ITEM_BUILDERS = {
 
 def load_items(task: str, data_dir: Path | None, limit: int | None) -> list[Item]:
     records = local_records(task, data_dir, limit) if data_dir else hub_records(task, limit)
-    return [ITEM_BUILDERS[task](r) for r in records]
+    items = []
+    for n, r in enumerate(records, 1):
+        try:
+            items.append(ITEM_BUILDERS[task](r))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a record of another format
+            where = data_dir / LOCAL_FILES[task] if data_dir else f"the Hub's {task}"
+            raise UserError(f"task file {where}: record {n} lacks the fields of a {task} item ({type(e).__name__}: "
+                            f"{e}); use the files of ../shared/data/eval") from e
+    return items
 
 
 # ---------------------------------------------------------------------------------------------

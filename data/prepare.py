@@ -14,6 +14,7 @@ names and renamed (none is left behind by a failed run); meta.json comes last an
 finished run: re-running with the same inputs does nothing.
 """
 import argparse
+import codecs
 import fcntl
 import hashlib
 import itertools
@@ -28,8 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from data import check_split, read_meta  # noqa: E402
 from tokenizer import TOKENIZER_NAMES, get_tokenizer  # noqa: E402
-from util import ArgumentParser, UserError, run_cli, write_json  # noqa: E402
+from util import ArgumentParser, UserError, file_sha256, run_cli, write_error, write_json  # noqa: E402
 
 TEXT_SUFFIXES = (".jsonl", ".txt", ".parquet")
 FINEWEB = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
@@ -57,21 +59,55 @@ def local_files(path: Path) -> list[Path]:
     return files
 
 
-def read_file(path: Path):
+def read_file(path: Path, encoding: str = "utf-8"):
+    """The documents of one file, decoded strictly: bytes that are not `encoding` text, a record
+    without a string 'text', or a lone surrogate stop with the file and line (or row)."""
     if path.suffix == ".txt":
-        yield path.read_text(encoding="utf-8", errors="replace")
+        raw = path.read_bytes()
+        try:
+            yield document(raw.decode(encoding), path)
+        except UnicodeDecodeError as e:
+            raise not_text(path, raw[:e.start].count(b"\n") + 1, e, encoding) from e
     elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)["text"]
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
-                        raise UserError(f"{path}:{n} is not a JSON object with a 'text' field") from e
+        with open(path, encoding=encoding) as f:
+            n = 0
+            try:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        yield document(json_text(line, f"{path}:{n}"), f"{path}:{n}")
+            except UnicodeDecodeError as e:
+                raise not_text(path, n + 1, e, encoding) from e
     else:
         import pyarrow.parquet as pq
+        row = 0
         for batch in pq.ParquetFile(path).iter_batches(columns=["text"], batch_size=1024):
-            yield from batch.column("text").to_pylist()
+            for text in batch.column("text").to_pylist():
+                row += 1
+                yield document(text, f"{path} row {row}")
+
+
+def json_text(line: str, where: str):
+    try:
+        return json.loads(line)["text"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{where} is not a JSON object with a 'text' field") from e
+
+
+def document(text, where) -> str:
+    """text, if it is a string the tokenizers can encode; else one line saying where and what it is."""
+    if not isinstance(text, str):
+        raise UserError(f"{where}: 'text' is {type(text).__name__}, not a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where}: the text holds a lone surrogate (U+{ord(text[e.start]):04X}) at character "
+                        f"{e.start}, which is not a Unicode character; fix the record") from e
+    return text
+
+
+def not_text(path: Path, line: int, e: UnicodeDecodeError, encoding: str) -> UserError:
+    return UserError(f"{path}:{line} is not {encoding} text (byte 0x{e.object[e.start]:02x}); give its "
+                     f"--encoding (e.g. latin-1) or convert it to UTF-8")
 
 
 def split_document(text: str, val_fraction: float) -> tuple[str, str]:
@@ -96,11 +132,11 @@ def split_inside(docs, val_fraction: float):
             yield "val", val
 
 
-def local_documents(files: list[Path]):
+def local_documents(files: list[Path], encoding: str = "utf-8"):
     # validation files first, so that a --tokens cap on training text never starves them
     for f in sorted(files, key=lambda f: not f.name.startswith("val")):
         split = "val" if f.name.startswith("val") else None
-        for text in read_file(f):
+        for text in read_file(f, encoding):
             yield split, text
 
 
@@ -143,25 +179,18 @@ def fingerprint(args, files) -> dict:
     """What the output depends on: re-running with the same fingerprint is skipped."""
     inputs = [[str(f), f.stat().st_size, int(f.stat().st_mtime)] for f in files] if files else args.dataset
     return {"dataset": args.dataset, "inputs": inputs, "tokenizer": args.tokenizer,
-            "tokens": args.tokens, "val_fraction": args.val_fraction, "val_tokens": args.val_tokens}
+            "tokens": args.tokens, "val_fraction": args.val_fraction, "val_tokens": args.val_tokens,
+            # only when given: folders prepared before --encoding existed stay up to date
+            **({"encoding": args.encoding} if args.encoding != "utf-8" else {})}
 
 
 def up_to_date(out: Path, fp: dict) -> bool:
+    """Same inputs and settings, and token files that still match meta.json (as train.py checks them)."""
     try:
-        meta = json.loads((out / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = read_meta(out)
+        return meta.get("fingerprint") == fp and all(check_split(out, s, meta) for s in ("train", "val"))
+    except (UserError, OSError):
         return False
-    sizes_ok = all((out / f"{s}.bin").is_file() and (out / f"{s}.bin").stat().st_size ==
-                   meta[f"{s}_tokens"] * np.dtype(meta["dtype"]).itemsize for s in ("train", "val"))
-    return meta.get("fingerprint") == fp and sizes_ok
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prepare(args):
@@ -221,7 +250,7 @@ def prepare_unlocked(args, out: Path):
         (out / "meta.json").unlink(missing_ok=True)  # the old meta no longer describes the bins
     except OSError as e:
         raise UserError(f"cannot write to {out}: {e.strerror}") from e
-    documents = (lambda: local_documents(files)) if files else (lambda: fineweb_documents(args.tokenizer))
+    documents = (lambda: local_documents(files, args.encoding)) if files else (lambda: fineweb_documents(args.tokenizer))
     by_hash = args.val_fraction > 0 and not any(f.name.startswith("val") for f in files or [])
     t0 = time.time()
     try:
@@ -237,6 +266,8 @@ def prepare_unlocked(args, out: Path):
                             f"{args.dataset}; give more documents or raise --val_fraction")
         for s in counts:
             os.replace(out / f".{s}.bin.tmp", out / f"{s}.bin")
+    except OSError as e:  # a full disk, most likely: one line, and the temp files go
+        raise write_error(out / "train.bin", e, str(out / ".train.bin.tmp")) from e
     finally:  # a failed run leaves no temp files behind
         for s in ("train", "val"):
             (out / f".{s}.bin.tmp").unlink(missing_ok=True)
@@ -244,7 +275,7 @@ def prepare_unlocked(args, out: Path):
             "train_tokens": counts["train"], "val_tokens": counts["val"],
             "source": args.dataset if files is None else [str(f) for f in files],
             "split": "inside documents" if inside else "by document",
-            "sha256": {s: sha256(out / f"{s}.bin") for s in counts}, "fingerprint": fp}
+            "sha256": {s: file_sha256(out / f"{s}.bin") for s in counts}, "fingerprint": fp}
     write_json(out / "meta.json", meta)
     print(f"wrote {counts['train']:,} train and {counts['val']:,} val tokens ({dtype.name}) to {out} "
           f"in {time.time() - t0:.1f}s")
@@ -266,7 +297,14 @@ def main(argv=None):
                    help="share of documents held out for validation when the source has no val* files")
     p.add_argument("--val_tokens", type=int, default=10_000_000, help="cap on validation tokens")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="encoding processes")
+    p.add_argument("--encoding", default="utf-8",
+                   help="text encoding of local .txt and .jsonl files (default utf-8; e.g. latin-1); bytes "
+                        "that are not text in it stop with the file and line")
     args = p.parse_args(argv)
+    try:
+        codecs.lookup(args.encoding)
+    except LookupError:
+        raise UserError(f"--encoding {args.encoding} is not a text encoding Python knows (e.g. utf-8, latin-1)") from None
     if args.tokens < 0 or args.val_tokens <= 0 or not 0 <= args.val_fraction < 1 or args.workers < 1:
         raise UserError("--tokens must be >= 0, --val_tokens > 0, --val_fraction in [0, 1), --workers >= 1")
     prepare(args)

@@ -313,10 +313,10 @@ def member_savings(prog: dict, ind: dict) -> dict:
             "b": (how_b, 1 - p1["flops_total"] / c_b), "compute_b": c_b}
 
 
-def by_seed(results: dict) -> dict:
-    """{seed: {family: {size: {multiple: run}}}} from collect's curves."""
+def by_seed(results: dict, settings: str) -> dict:
+    """{seed: {family: {size: {multiple: run}}}} from collect's curves with these settings."""
     out = {}
-    for r in results["curves"]:
+    for r in (r for r in results["curves"] if r.get("settings", "sweep") == settings):
         out.setdefault(r["seed"], {}).setdefault(r["family"], {}).setdefault(r["size"], {})[r["multiple"]] = r
     return out
 
@@ -370,51 +370,79 @@ def _mean_spread(xs: list[float], scale=100.0, fmt="{:.1f}") -> str:
     return fmt.format(mean) + ("" if len(xs) == 1 else " ± " + fmt.format((max(xs) - min(xs)) / 2))
 
 
+def tuned_baseline(results: dict, seeds: dict, sizes: list[str]) -> list[list[str]]:
+    """(a) against the best independent member of the sweep (seed 1, its planned budget): rows of
+    member, best setting, its loss, the curves' independent loss, the progressive loss, (a)."""
+    rows = []
+    for sw in results["sweep"]:
+        z = sw["size"]
+        if sw["family"] != "independent" or z == sizes[0] or len(seeds.get(1, {}).get("progressive", {}).get(z, {})) \
+                != len(MULTIPLES) or 1.0 not in seeds[1].get("independent", {}).get(z, {}):
+            continue
+        best = min(sw["runs"], key=lambda r: r["val_loss"])
+        prog, ind = seeds[1]["progressive"][z], seeds[1]["independent"][z][1.0]
+        how, c = crossing([(r["flops_total"], r["val_loss"]) for r in prog.values()], best["val_loss"])
+        rows.append([z, f"{best['lr']:.3g}" + ("/0" if best["min_lr_ratio"] == 0 else ""), f"{best['val_loss']:.3f}",
+                     f"{ind['val_loss']:.3f}", f"{prog[1.0]['val_loss']:.3f}",
+                     _fmt((FLIP[how], 1 - c / ind["flops_total"]))])
+    return rows
+
+
 def tables(results: dict) -> str:
     """The measured section: savings per member and for the family, seed by seed, the token-matched
-    control, and the LR sweep."""
+    control, the tuned baseline and the LR sweep."""
     from util import md_table
-    seeds = by_seed(results)
+    settings = next((k for k in ("sweep", "plan") if any(r.get("settings") == k for r in results["curves"])), "sweep")
+    seeds = by_seed(results, settings)
     sizes = [st["size"] for st in results["recipe"]["progressive"]]
-    complete = sorted(s for s, fam in seeds.items()
-                      if all(len(fam.get(f, {}).get(z, {})) == len(MULTIPLES) for f in ("progressive", "independent")
-                             for z in sizes))
-    if not complete:
-        raise UserError("no seed has every curve complete; run `experiments/equal_loss.py curves` first")
-    per = {s: {z: member_savings(seeds[s]["progressive"][z], seeds[s]["independent"][z]) for z in sizes[1:]}
-           for s in complete}
-    fam = {s: family_savings(seeds[s], sizes) for s in complete}
+
+    def done(seed, z):  # both families' curves of member z in this seed, every budget
+        return all(len(seeds[seed].get(f, {}).get(z, {})) == len(MULTIPLES) for f in ("progressive", "independent"))
+    by_member = {z: sorted(s for s in seeds if done(s, z)) for z in sizes}
+    complete = sorted(s for s in seeds if all(done(s, z) for z in sizes))
+    if not any(by_member[z] for z in sizes[1:]):
+        raise UserError("no grown member has both curves complete; run `experiments/equal_loss.py curves` first")
     rows = []
-    for z in sizes[1:]:
-        ms = [per[s][z] for s in complete]
+    for z in (z for z in sizes[1:] if by_member[z]):
+        ms = [member_savings(seeds[s]["progressive"][z], seeds[s]["independent"][z]) for s in by_member[z]]
         exact = lambda key: all(m[key][0] == "=" for m in ms)  # noqa: E731
         rows.append([z, _mean_spread([m["loss_progressive"] for m in ms], 1, "{:.3f}"),
                      _mean_spread([m["loss_independent"] for m in ms], 1, "{:.3f}"),
                      _mean_spread([m["a"][1] for m in ms]) if exact("a") else "see seeds",
                      _mean_spread([m["b"][1] for m in ms]) if exact("b") else "see seeds",
-                     ", ".join(_fmt(m["a"]) for m in ms), ", ".join(_fmt(m["b"]) for m in ms)])
-    fs = [fam[s] for s in complete]
-    rows.append(["family", "", "", _mean_spread([f["a"][1] for f in fs]) if all(f["a"][0] == "=" for f in fs)
-                 else "see seeds", _mean_spread([f["b"][1] for f in fs]) if all(f["b"][0] == "=" for f in fs)
-                 else "see seeds", ", ".join(_fmt(f["a"]) + ("" if f["holds"] else " (†)") for f in fs),
-                 ", ".join(_fmt(f["b"]) for f in fs)])
-    seeds_txt = ", ".join(map(str, complete))
-    out = [f"Seeds {seeds_txt}; mean ± half the range over seeds; the per-seed columns list the seeds in that "
-           f"order. A bound (≥, ≤, >, <) means the crossing lies outside the budgets run "
-           f"({MULTIPLES[0]:g}× to {MULTIPLES[-1]:g}× of each member's planned budget).", "",
+                     ", ".join(_fmt(m["a"]) for m in ms), ", ".join(_fmt(m["b"]) for m in ms),
+                     ", ".join(map(str, by_member[z]))])
+    fs = [family_savings(seeds[s], sizes) for s in complete]
+    if fs:
+        rows.append(["family", "", "", _mean_spread([f["a"][1] for f in fs]) if all(f["a"][0] == "=" for f in fs)
+                     else "see seeds", _mean_spread([f["b"][1] for f in fs]) if all(f["b"][0] == "=" for f in fs)
+                     else "see seeds", ", ".join(_fmt(f["a"]) + ("" if f["holds"] else " (†)") for f in fs),
+                     ", ".join(_fmt(f["b"]) for f in fs), ", ".join(map(str, complete))])
+    out = [f"Max LR and final LR: {'the LR sweep' + chr(39) + 's best' if settings == 'sweep' else 'the family plan (flops.py, adjusted LR, final LR lr/10)'}. "
+           f"Mean ± half the range over the seeds in the last column; the per-seed columns list those seeds "
+           f"in that order. A bound (≥, ≤, >, <) means the crossing lies outside the budgets run "
+           f"({MULTIPLES[0]:g}× to {MULTIPLES[-1]:g}× of each member's planned budget)."
+           + ("" if fs else " The family row needs every member's curves in a seed: none is complete yet."), "",
            md_table(["member", "final loss, progressive", "final loss, independent",
                      "(a) saving to reach the independent loss", "(b) saving against the independent compute "
-                     "for the progressive loss", "(a) per seed", "(b) per seed"], rows), ""]
+                     "for the progressive loss", "(a) per seed", "(b) per seed", "seeds"], rows), ""]
     if not all(f["holds"] for f in fs):
         out += ["(†) in that seed a smaller progressive member ended above its independent counterpart at its "
                 "planned budget, so (a) for the family is only the largest member's.", ""]
     largest = sizes[-1]
-    tm = [token_matched(seeds[s], results["recipe"], largest) for s in complete]
-    out += [f"Token-matched control: the progressive {largest}'s lineage saw {tm[0]['multiple']:.2f}× the tokens "
+    tm = [token_matched(seeds[s], results["recipe"], largest) for s in by_member[largest]]
+    seeds_txt = ", ".join(map(str, by_member[largest]))
+    out += [] if not tm else [f"Token-matched control: the progressive {largest}'s lineage saw {tm[0]['multiple']:.2f}× the tokens "
             f"of its independent counterpart's budget. The independent {largest} at that many tokens (its curve, "
             f"interpolated): " + ", ".join(f"{t['loss_independent']:.3f}" for t in tm)
             + f" against the progressive {largest}'s " + ", ".join(f"{t['loss_progressive']:.3f}" for t in tm)
             + f" (seeds {seeds_txt}).", ""]
+    tuned = tuned_baseline(results, seeds, sizes) if settings == "plan" else []
+    if tuned:
+        out += ["Against the tuned baseline (seed 1): (a) with the target the best independent member of the LR "
+                "sweep below reaches at its planned budget, the same cost as the curves' 1× point.", "",
+                md_table(["member", "best max LR", "tuned independent loss", "independent loss, plan's LR",
+                          "progressive loss", "(a) against the tuned loss"], tuned), ""]
     out += ["LR sweep (seed 1, each member at its planned budget, WSD, final LR lr/10 unless marked /0; the "
             "chosen setting in bold):", ""]
     rows = []

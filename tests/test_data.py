@@ -153,6 +153,25 @@ def test_three_line_jsonl_is_a_corpus(tmp_path):
     assert [a + b for a, b in zip(train, val)] == texts and all(v.startswith(" ") for v in val)
 
 
+def test_text_in_another_encoding_needs_it_named(tmp_path):
+    """Latin-1 bytes are not UTF-8: refused with the file and line, read as text with --encoding
+    latin-1 (no U+FFFD replaces them); an edited token file is prepared again, not taken as up to date."""
+    book = "\n".join(["caf\u00e9 au lait, cr\u00e8me br\u00fbl\u00e9e"] * 400)
+    (tmp_path / "book.txt").write_bytes(book.encode("latin-1"))
+    refused = run_script("data/prepare.py", "--dataset", tmp_path / "book.txt", "--tokenizer", "bytes",
+                         "--out", tmp_path / "o", "--workers", "1")
+    assert_user_error(refused, f"{tmp_path / 'book.txt'}:1 is not utf-8 text (byte 0xe9)", "--encoding")
+    proc, out = prepare_small(tmp_path, tmp_path / "book.txt", "--encoding", "latin-1")
+    train, val = parts_of(out)
+    assert train[0] + val[0] == book
+    with open(out / "train.bin", "r+b") as f:
+        f.write(b"X")
+    again = run_script("data/prepare.py", "--dataset", tmp_path / "book.txt", "--tokenizer", "bytes",
+                       "--out", out, "--workers", "1", "--encoding", "latin-1")
+    assert again.returncode == 0 and "up to date" not in again.stdout, again.stderr
+    assert parts_of(out)[0] == train
+
+
 def test_failed_prepare_leaves_no_temp_files(tmp_path):
     (tmp_path / "c.jsonl").write_text(json.dumps({"text": "one document"}) + "\n")
     proc = run_script("data/prepare.py", "--dataset", tmp_path / "c.jsonl", "--tokenizer", "bytes",

@@ -114,3 +114,27 @@ def test_bad_input_is_one_line(tmp_path):
     (data / "meta.json").write_text("{}")
     assert_user_error(run_script("experiments/equal_loss.py", "curves", "--data", data, "--out", tmp_path / "o"),
                       "sweep")
+
+
+def test_tables_show_the_savings_and_the_tuned_baseline():
+    """A two-member family on exact curves (see the family test above): the member row carries (a)
+    36% and (b) 16.7%; the tuned-baseline row sets the progressive curve against the sweep's best."""
+    def curve(fam, size, c, k, base=0.0):
+        return [{"family": fam, "size": size, "seed": 1, "settings": "plan", "multiple": m,
+                 "flops_total": base + m * c, "val_loss": 5 - math.log((base + m * c) * k)}
+                for m in equal_loss.MULTIPLES]
+    results = {"recipe": {"progressive": [{"size": "s", "steps": 10}, {"size": "l", "steps": 30}],
+                          "independent": [{"size": "s", "steps": 10}, {"size": "l", "steps": 40}]},
+               "curves": curve("progressive", "s", 100.0, 1.0) + curve("independent", "s", 100.0, 1.0)
+               + curve("progressive", "l", 300.0, 1.25, base=100.0) + curve("independent", "l", 400.0, 1.0),
+               "sweep": [{"family": "independent", "size": "l",
+                          "runs": [{"lr": 1e-3, "min_lr_ratio": 0.1, "val_loss": 5 - math.log(400)},
+                                   {"lr": 2e-3, "min_lr_ratio": 0.1, "val_loss": 5 - math.log(440)}]}]}
+    lines = equal_loss.tables(results).splitlines()
+    row = lambda first: next(line for line in lines if line.startswith(first))  # noqa: E731
+    # the member: (a) 1 - 320/400, (b) 1 - 400/500; the family: (a) 1 - 320/500, (b) 1 - 400/600
+    assert row("| l |") == "| l | -1.215 | -0.991 | 20.0 | 20.0 | 20.0% | 20.0% | 1 |"
+    assert row("| family |") == "| family |  |  | 36.0 | 33.3 | 36.0% | 33.3% | 1 |"
+    # the sweep's best (loss 5 - log 440) is reached at lineage 352: 1 - 352/400
+    assert row("| l | 0.002 |") == "| l | 0.002 | -1.087 | -0.991 | -1.215 | 12.0% |"
+    assert "0.001: -0.991, **0.002: -1.087**" in row("| independent | l |")

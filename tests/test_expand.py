@@ -593,7 +593,12 @@ def test_cli_inspect_reports_twins(checkpoints):
         r = run_cli("--inspect", out)
         assert r.returncode == 0, r.stderr
         lines = r.stdout.strip().splitlines()
-        assert lines[0].split() == ["dimension", "block", "copies", "twins"] and lines[-1].startswith(verdict), r.stdout
+        assert lines[0].split() == ["dimension", "block", "copies", "twins", "producers", "equal"], r.stdout
+        assert lines[-1].startswith(verdict), r.stdout
+        # the embedding (wte, wpe, ln_f) only produces the residual: FPI copies it exactly, and the noisy
+        # split tells those copies apart by their consumers only, until training
+        assert ("producers still equal in residual 16 of 48 (expected before training" in lines[-1]) == \
+            (noise == "0.1"), lines[-1]
         assert len(lines) == 2 + 3 + 2 + 2  # residual: embed and 2 blocks; heads and FFN: 2 blocks each
     # a checkpoint that was never grown, and a bare call, are one-line errors
     for args in (["--inspect", checkpoints / "20k.pt"], ["--size", "50k"], ["--src", checkpoints / "20k.pt",

@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,6 +185,51 @@ def test_family_killed_between_and_within_stages_ends_as_if_uninterrupted(quick,
             b = checkpoint.load(tmp_path / "seed_7" / kind / a.name)
             a = checkpoint.load(a)
             assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), a
+
+
+def train_child(bash: int) -> int:
+    """The train.py process that run_family.sh (PID bash) runs now: its child, found in /proc."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # a process that ended meanwhile
+            continue
+        if int(rest.rsplit(") ", 1)[1].split()[1]) == bash and b"train.py" in cmdline:
+            return int(pid)
+    raise AssertionError(f"no train.py under PID {bash}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_stage_stops_the_family_and_a_rerun_ends_as_if_uninterrupted(quick, byte_data, tmp_path):
+    """SIGTERM to train.py mid-stage: it checkpoints and exits 143, run_family.sh stops with it (no
+    growth from the unfinished stage, no "done"); the re-run finishes the stage, grows from the
+    finished member, and every progressive checkpoint equals the uninterrupted run's bit for bit."""
+    ref, _ = quick
+    env = {**os.environ, "QUICK": "1", "OUT": str(tmp_path), "DATA": str(byte_data), "PGF_SHARED": str(SHARED),
+           "SKIP_INDEPENDENT": "1"}
+    proc = subprocess.Popen(["bash", "run_family.sh", "--seed", "7"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stage = ""
+    for line in proc.stdout:  # the first step of the 120k stage (46 steps): SIGTERM its train.py
+        stage = line.split(":", 1)[0] if line.startswith("stage ") else stage
+        if stage == "stage 120k" and "| loss" in line:
+            os.kill(train_child(proc.pid), signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by signal SIGTERM" in err and "done:" not in out
+    prog = tmp_path / "seed_7" / "progressive"
+    stopped = checkpoint.load(prog / "ckpt_120k.pt")
+    assert not stopped["train"]["done"] and 0 < stopped["train"]["step"] < stopped["train"]["max_iters"]
+    assert not (prog / "ckpt_120k_expanded.pt").exists()
+    run_family(tmp_path, byte_data, "--seed", "7", SKIP_INDEPENDENT="1")
+    for a in sorted((ref / "seed_7" / "progressive").glob("ckpt_*.pt")):
+        b, a = checkpoint.load(prog / a.name), checkpoint.load(a)
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), a
+        if a["optimizer"]:
+            assert all(torch.equal(v[m], b["optimizer"]["state"][k][m])
+                       for k, v in a["optimizer"]["state"].items() for m in v)
 
 
 def test_grow_from_the_stable_phase(byte_data, tmp_path):

@@ -2,6 +2,7 @@
 half-written nor code-carrying, and every user mistake gets one clear line (exit 2)."""
 import argparse
 import errno
+import fcntl
 import io
 import json
 import os
@@ -10,8 +11,10 @@ import resource
 import shutil
 import signal
 import subprocess
+import struct
 import sys
 import time
+import zipfile
 
 import pytest
 import torch
@@ -71,25 +74,59 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(byte_data, tmp_path,
     assert rows == json.loads(json.dumps(b["train"]["history"]))
 
 
-def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(byte_data, tmp_path):
-    """SIGINT (Ctrl-C) ends the step, writes a checkpoint (none was due), exits 130 (a launcher such
-    as run_family.sh stops too) and names that checkpoint; --resume continues from it."""
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_stop_signal_writes_a_checkpoint_and_says_how_to_resume(byte_data, tmp_path, sig, status):
+    """SIGINT (Ctrl-C), SIGTERM or SIGHUP ends the step, writes a checkpoint (none was due), exits
+    128 + the signal as shells report it (a launcher such as run_family.sh stops too: the stage is
+    not finished, and the checkpoint says so) and names that checkpoint; --resume continues from it."""
     run = ["--max_iters", 100_000, "--ckpt_interval", 100_000, "--log_interval", 1]
     proc = subprocess.Popen(train_cmd(byte_data, tmp_path, *run), cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for line in proc.stdout:
         if "| loss" in line:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
-    step = checkpoint.load(tmp_path / "ckpt.pt")["train"]["step"]
-    assert 0 < step < 100_000
+    assert proc.returncode == status, err
+    saved = checkpoint.load(tmp_path / "ckpt.pt")["train"]
+    step = saved["step"]
+    assert 0 < step < 100_000 and not saved["done"]
     assert f"the last checkpoint is {tmp_path / 'ckpt.pt'} (step {step}/100000); the same command with " \
            "--resume continues from it" in err, err
     resumed = subprocess.run(train_cmd(byte_data, tmp_path, *run, "--resume", "--stop_at", step + 1), cwd=ROOT,
                              capture_output=True, text=True)
-    assert resumed.returncode == 0 and f"resumed {tmp_path / 'ckpt.pt'} at step {step}/" in resumed.stdout
+    assert resumed.returncode == 3 and f"resumed {tmp_path / 'ckpt.pt'} at step {step}/" in resumed.stdout
+
+
+def test_a_grown_checkpoint_follows_its_source(byte_data, tmp_path, capsys):
+    """expand.py refuses a stage that was stopped before its end (unless --allow_unfinished), records
+    its source's identity, and with --reuse (run_family.sh) keeps a grown checkpoint only while its
+    source and settings are unchanged: a source trained on is grown again."""
+    import expand
+    from train import Trainer, parse_args
+    run = ["--size", "20k", "--data", str(byte_data), "--batch_size", "4", "--seq_len", "64", "--eval_tokens",
+           "1024", "--max_iters", "4", "--out", str(tmp_path / "a")]
+    Trainer(parse_args([*run, "--stop_at", "2"])).run()
+    src, grown = tmp_path / "a" / "ckpt.pt", tmp_path / "grown.pt"
+    grow = ["--src", str(src), "--size", "50k", "--out", str(grown), "--reuse"]
+    with pytest.raises(UserError, match=r"unfinished stage \(step 2/4, stopped early\).*--allow_unfinished"):
+        expand.main(grow)
+    expand.main([*grow, "--allow_unfinished"])
+    early = checkpoint.load(grown)
+    Trainer(parse_args([*run, "--resume"])).run()  # the stage finishes: its checkpoint changes
+    capsys.readouterr()
+    expand.main(grow)
+    assert f"wrote {grown}" in capsys.readouterr().out
+    regrown = checkpoint.load(grown)
+    assert regrown["meta"]["expansion"]["source_id"] == checkpoint.identity(src) != \
+        early["meta"]["expansion"]["source_id"]
+    assert not torch.equal(regrown["model"]["wte.weight"], early["model"]["wte.weight"])
+    written = grown.stat().st_mtime_ns
+    expand.main(grow)
+    assert capsys.readouterr().out.startswith(f"kept {grown}") and grown.stat().st_mtime_ns == written
+    expand.main([*grow, "--seed", "1"])  # other settings: grown again
+    assert f"wrote {grown}" in capsys.readouterr().out and checkpoint.load(grown)["meta"]["expansion"]["seed"] == 1
 
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
@@ -129,6 +166,25 @@ def test_overwritten_tensor_bytes_are_caught_by_their_checksum(tmp_path):
         checkpoint.load(tmp_path / "ckpt.pt", mmap=True)  # mapped tensors are checked too
     meta_only = checkpoint.load(tmp_path / "ckpt.pt", mmap=True, verify=False)  # config/meta reads skip it
     assert meta_only["config"] == PRESETS["20k"] and "checksums" not in meta_only
+
+
+@pytest.mark.fast
+def test_a_changed_byte_in_the_pickled_part_is_caught(tmp_path):
+    """The config, progress and history are pickled, not checksummed per tensor: their zip record's
+    CRC is checked instead (torch.load checks none). A file of another kind is one line too."""
+    small_checkpoint(tmp_path)
+    path = tmp_path / "ckpt.pt"
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        pkl = next(i for i in z.infolist() if i.filename.endswith("/data.pkl"))
+    name_len, extra_len = struct.unpack("<HH", raw[pkl.header_offset + 26:pkl.header_offset + 30])
+    raw[pkl.header_offset + 30 + name_len + extra_len + pkl.compress_size // 2] ^= 0x5A
+    path.write_bytes(raw)
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated .Bad CRC-32"):
+        checkpoint.load(path, verify=False)
+    path.write_text("not a checkpoint\n")
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(path)
 
 
 def test_nan_weights_are_refused_at_load(tmp_path):
@@ -207,7 +263,7 @@ def test_torch_write_error_without_an_oserror_checks_the_free_space(tmp_path, mo
 
 def test_write_error_mid_save_keeps_the_previous_checkpoint(byte_data, tmp_path):
     good = subprocess.run(train_cmd(byte_data, tmp_path, "--max_iters", 4, "--stop_at", 2), cwd=ROOT)
-    assert good.returncode == 0
+    assert good.returncode == 3  # stopped before the end of the stage
     size = (tmp_path / "ckpt.pt").stat().st_size
 
     def small_files():  # the next checkpoint cannot be written whole: EFBIG, as on a full disk
@@ -218,6 +274,43 @@ def test_write_error_mid_save_keeps_the_previous_checkpoint(byte_data, tmp_path)
     assert_user_error(proc, "writing", "intact")
     assert checkpoint.load(tmp_path / "ckpt.pt")["train"]["step"] == 2
     assert not list(tmp_path.glob(".ckpt.pt.*"))  # no temp file left behind
+
+
+def test_prepare_on_a_full_disk_says_so_and_leaves_no_temp_file(tmp_path):
+    """A token file that cannot be written whole (EFBIG here, ENOSPC on a full disk): one line, and
+    neither temp file nor token file is left behind."""
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    proc = run_script("data/prepare.py", "--dataset", SHARED / "data/corpus/fineweb_edu_sample150.jsonl",
+                      "--tokenizer", "bytes", "--out", tmp_path / "o", "--workers", 1, preexec_fn=small_files)
+    assert_user_error(proc, f"writing {tmp_path / 'o' / 'train.bin'} failed")
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock"]
+
+
+def test_overwrite_starts_the_run_over_and_its_metrics_with_it(byte_data, tmp_path):
+    from train import Trainer, parse_args
+    run = ["--size", "20k", "--data", str(byte_data), "--batch_size", "4", "--seq_len", "64", "--eval_tokens",
+           "1024", "--out", str(tmp_path)]
+    Trainer(parse_args([*run, "--max_iters", "6"])).run()
+    with pytest.raises(UserError, match="holds the checkpoint of an earlier run"):
+        Trainer(parse_args([*run, "--max_iters", "2"]))
+    Trainer(parse_args([*run, "--max_iters", "2", "--overwrite"])).run()
+    ck = checkpoint.load(tmp_path / "ckpt.pt")
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert ck["train"]["max_iters"] == 2 and rows == json.loads(json.dumps(ck["train"]["history"]))
+
+
+def test_evaluate_a_member_with_no_training_curve(fx, tmp_path):
+    """A grown member not trained yet has no evaluation in its history (nor has a stage stopped
+    before its first): the report is written, its plot without a curve."""
+    from expand import expand
+    grown = tmp_path / "grown.pt"
+    checkpoint.save(grown, expand(checkpoint.load(fx["good"]), PRESETS["50k"]))
+    proc = run_script("evaluate.py", "--ckpt", grown, "--tasks", "ppl", "--val_data", fx["data"], "--val_tokens",
+                      2048, "--out", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "r" / "report.md").is_file()
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(byte_data, tmp_path):
@@ -262,14 +355,61 @@ def fx(byte_data, tmp_path_factory):
     (d / "afile").write_text("x")
     (d / "empty_dir").mkdir()
     (d / "bad.jsonl").write_text("not json\n")
-    return {"d": d, "good": good, "data": byte_data}
+    (d / "not_a_plan.json").write_text('{"progressive": [1, 2]}')
+    (d / "text.pt").write_text("not a checkpoint\n")
+    torch.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": PRESETS["20k"].to_dict()},
+               d / "no_model.pt")
+    (d / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    for name, record in {"int": '{"text": 123}', "null": '{"text": null}', "surrogate": '{"text": "a\\ud800b"}'}.items():
+        (d / f"text_{name}.jsonl").write_text('{"text": "fine"}\n' + record + "\n")
+    arc = (SHARED / "data/eval/arc_easy_test.jsonl").read_text().splitlines()[:3]
+    for name, lines in {"truncated": arc[:2] + [arc[2][:40]], "keyless": ['{"question": "?"}'] * 3}.items():
+        (d / f"eval_{name}").mkdir()
+        (d / f"eval_{name}" / "arc_easy_test.jsonl").write_text("\n".join(lines) + "\n")
+    shutil.copytree(byte_data, d / "data_edited")  # a token changed in place under the same meta.json
+    with open(d / "data_edited" / "train.bin", "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)[0]
+        f.seek(1000)
+        f.write(bytes([byte ^ 1]))
+    (d / "data_keyless").mkdir()
+    (d / "data_keyless" / "meta.json").write_text('{"tokenizer": "bytes"}')
+    shutil.copytree(byte_data, d / "data_short16")  # GPT-2 tokens (uint16), train.bin one byte short
+    meta = json.loads((byte_data / "meta.json").read_text())
+    n = meta["train_tokens"] // 2
+    (d / "data_short16" / "meta.json").write_text(json.dumps({**meta, "tokenizer": "gpt2", "vocab_size": 50257,
+                                                              "dtype": "uint16", "train_tokens": n}))
+    with open(d / "data_short16" / "train.bin", "r+b") as f:
+        f.truncate(2 * n - 1)
+    hf_folders(d)
+    stopped = subprocess.run(train_cmd(byte_data, d / "stopped", "--max_iters", 4, "--stop_at", 2), cwd=ROOT)
+    assert stopped.returncode == 3
+    (d / "locked").mkdir()
+    lock = open(d / "locked" / "ckpt.pt.lock", "w")  # as a running train.py holds it, for the module
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return {"d": d, "good": good, "data": byte_data, "stopped": d / "stopped" / "ckpt.pt", "lock": lock}
+
+
+def hf_folders(d):
+    """A small transformers GPT-2 folder, one with its safetensors cut in half, one with a broken config."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=256, n_positions=64,
+                                  bos_token_id=255, eos_token_id=255)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(d / "hf_ok")
+    shutil.copytree(d / "hf_ok", d / "hf_truncated")
+    weights = (d / "hf_ok" / "model.safetensors").read_bytes()
+    (d / "hf_truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    shutil.copytree(d / "hf_ok", d / "hf_bad_config")
+    (d / "hf_bad_config" / "config.json").write_text('{"model_type": "gpt2", "n_layer": ')
 
 
 def t(*a):
     return ["train.py", "--size", "20k", "--max_iters", "2", "--eval_tokens", "1024", *a]
 
 
-# (id, argv as a function of the fixtures, words the error line must contain, extra env)
+# (id, argv as a function of the fixtures, words the error line must contain..., [extra env])
 BAD_INPUTS = [
     ("prepare-missing", lambda f: ["data/prepare.py", "--dataset", f["d"] / "nope", "--out", f["d"] / "o"], "does not exist"),
     ("prepare-empty-folder", lambda f: ["data/prepare.py", "--dataset", f["d"] / "empty_dir", "--out", f["d"] / "o"], "no "),
@@ -312,17 +452,73 @@ BAD_INPUTS = [
     ("export-bytes-with-gpt2-tokenizer", lambda f: ["export_hf.py", "--ckpt", f["good"], "--out", f["d"] / "hf", "--tokenizer_dir", SHARED / "tokenizer/gpt2"], "byte-level"),
     ("flops-zero-chinchilla", lambda f: ["flops.py", "--family", "tiny", "--chinchilla", "0"], "chinchilla"),
     ("flops-unknown-family", lambda f: ["flops.py", "--family", "huge"], "unknown family"),
+    # a stopped stage, and runs that would overwrite one another
+    ("expand-unfinished-stage", lambda f: ["expand.py", "--src", f["stopped"], "--size", "50k", "--out", f["d"] / "e.pt"], "unfinished stage (step 2/4"),
+    ("train-rerun-without-resume", lambda f: t("--data", f["data"], "--out", f["d"] / "run"), "--resume", "--overwrite"),
+    ("train-init-is-ckpt", lambda f: t("--data", f["data"], "--init", f["good"], "--ckpt", f["good"], "--out", f["d"] / "x"), "same file"),
+    ("train-ckpt-locked", lambda f: t("--data", f["data"], "--out", f["d"] / "locked"), f"another train.py (PID {os.getpid()})"),
+    ("export-import-over-ckpt", lambda f: ["export_hf.py", "--import", "gpt2", "--out", f["good"]], "--overwrite"),
+    # numeric flags: finite, in range, consistent
+    ("train-grad-clip-negative", lambda f: t("--data", f["data"], "--grad_clip", "-1"), "--grad_clip -1.0", "[0, inf)"),
+    ("train-min-lr-above-lr", lambda f: t("--data", f["data"], "--min_lr", "1", "--lr", "1e-3"), "--min_lr 1.0", "[0, 0.001]"),
+    ("train-decay-frac-2", lambda f: t("--data", f["data"], "--schedule", "wsd", "--decay_frac", "2"), "--decay_frac", "[0, 1]"),
+    ("train-weight-decay-negative", lambda f: t("--data", f["data"], "--weight_decay", "-1"), "--weight_decay"),
+    ("train-lr-nan", lambda f: t("--data", f["data"], "--lr", "nan"), "--lr nan"),
+    ("train-beta1-1.5", lambda f: t("--data", f["data"], "--beta1", "1.5"), "--beta1", "[0, 1)"),
+    ("train-beta2-nan", lambda f: t("--data", f["data"], "--beta2", "nan"), "--beta2 nan"),
+    ("train-tokens-inf", lambda f: ["train.py", "--size", "20k", "--data", f["data"], "--tokens", "inf"], "--tokens inf"),
+    ("train-warmup-negative", lambda f: t("--data", f["data"], "--warmup", "-5"), "--warmup -5"),
+    ("train-device-tpu", lambda f: t("--data", f["data"], "--device", "tpu"), "--device 'tpu'"),
+    ("sample-device-tpu", lambda f: ["sample.py", "--ckpt", f["good"], "--device", "tpu"], "--device 'tpu'"),
+    ("evaluate-device-tpu", lambda f: ["evaluate.py", "--ckpt", f["good"], "--tasks", "ppl", "--val-data", f["data"], "--out", f["d"] / "r", "--device", "tpu"], "--device 'tpu'"),
+    ("sample-temperature-nan", lambda f: ["sample.py", "--ckpt", f["good"], "--temperature", "nan"], "--temperature nan"),
+    ("flops-budget-scale-inf", lambda f: ["flops.py", "--family", "tiny", "--budget_scale", "inf"], "--budget_scale inf"),
+    ("flops-budget-scale-1e9", lambda f: ["flops.py", "--family", "tiny", "--budget_scale", "1e9"], "more FLOPs than training every member alone"),
+    # every file read through a loader that names it and what is wrong
+    ("sample-text-file-as-ckpt", lambda f: ["sample.py", "--ckpt", f["d"] / "text.pt"], "text.pt is corrupt"),
+    ("sample-ckpt-without-model", lambda f: ["sample.py", "--ckpt", f["d"] / "no_model.pt"], "no weights ('model')"),
+    ("prepare-latin1-text", lambda f: ["data/prepare.py", "--dataset", f["d"] / "latin1.txt", "--tokenizer", "bytes", "--out", f["d"] / "o"], "latin1.txt:1 is not utf-8 text", "--encoding"),
+    ("prepare-unknown-encoding", lambda f: ["data/prepare.py", "--dataset", f["d"] / "latin1.txt", "--encoding", "klingon", "--out", f["d"] / "o"], "--encoding klingon"),
+    ("prepare-jsonl-text-int", lambda f: ["data/prepare.py", "--dataset", f["d"] / "text_int.jsonl", "--tokenizer", "bytes", "--out", f["d"] / "o"], "text_int.jsonl:2: 'text' is int"),
+    ("prepare-jsonl-text-null", lambda f: ["data/prepare.py", "--dataset", f["d"] / "text_null.jsonl", "--tokenizer", "bytes", "--out", f["d"] / "o"], "text_null.jsonl:2: 'text' is NoneType"),
+    ("prepare-jsonl-lone-surrogate", lambda f: ["data/prepare.py", "--dataset", f["d"] / "text_surrogate.jsonl", "--tokenizer", "bytes", "--out", f["d"] / "o"], "text_surrogate.jsonl:2", "lone surrogate"),
+    ("train-data-edited-in-place", lambda f: t("--data", f["d"] / "data_edited"), "does not match its SHA-256"),
+    ("train-meta-without-keys", lambda f: t("--data", f["d"] / "data_keyless"), "lacks vocab_size"),
+    ("train-gpt2-bin-one-byte-short", lambda f: t("--data", f["d"] / "data_short16"), "truncated or changed"),
+    ("evaluate-truncated-task-file", lambda f: ["evaluate.py", "--ckpt", f["good"], "--tasks", "arc_easy", "--data_dir", f["d"] / "eval_truncated", "--out", f["d"] / "r"], "record 3 is not JSON"),
+    ("evaluate-keyless-task-file", lambda f: ["evaluate.py", "--ckpt", f["good"], "--tasks", "arc_easy", "--data_dir", f["d"] / "eval_keyless", "--out", f["d"] / "r"], "record 1 lacks the fields"),
+    ("export-import-truncated-safetensors", lambda f: ["export_hf.py", "--import", f["d"] / "hf_truncated", "--out", f["d"] / "i.pt"], "cannot load a transformers GPT-2"),
+    ("export-import-bad-config", lambda f: ["export_hf.py", "--import", f["d"] / "hf_bad_config", "--out", f["d"] / "i.pt"], "not a valid JSON"),
+    ("evaluate-plan-of-another-kind", lambda f: ["evaluate.py", "--ckpt", f["good"], "--tasks", "ppl", "--val-data", f["data"], "--plan", f["d"] / "not_a_plan.json", "--out", f["d"] / "r"], "not_a_plan.json is not a plan of flops.py"),
+    ("run-family-duplicate-seeds", lambda f: ["run_family.sh", "--out", f["d"] / "fam"], "SEEDS lists seed 1 twice", {"SEEDS": "1 01"}),
 ]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
 def test_bad_input_gives_one_clear_line(fx, case):
-    name, argv, words, *env = case
-    before = fx["good"].read_bytes()
-    proc = run_script(*argv(fx), env={**os.environ, **(env[0] if env else {})}, timeout=300)
-    assert_user_error(proc, words)
-    assert fx["good"].read_bytes() == before  # good output is never overwritten
+    """One `error:` line, exit 2, and no file that existed before is changed (lock files aside: they
+    record who holds them)."""
+    name, argv, *words = case
+    env = words.pop() if isinstance(words[-1], dict) else {}
+    before = files(fx["d"])
+    good = fx["good"].read_bytes()
+    argv = argv(fx)
+    if str(argv[0]).endswith(".sh"):
+        proc = subprocess.run(["bash", *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, **env})
+    else:
+        proc = run_script(*argv, env={**os.environ, **env}, timeout=300)
+    assert_user_error(proc, *words)
+    assert fx["good"].read_bytes() == good  # good output is never overwritten
+    after = files(fx["d"])
+    assert {p: after.get(p) for p in before} == before
+
+
+def files(folder) -> dict:
+    """(size, modification time) of every file under folder but lock files."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file() and not p.name.endswith("lock")}
 
 
 def test_table_is_large_enough():
-    assert len(BAD_INPUTS) >= 25
+    assert len(BAD_INPUTS) >= 60

@@ -77,9 +77,10 @@ def test_bad_inputs_give_one_clear_line(byte_data, tmp_path):
                       "no prepared data")
     ok = run_script(*base, "--size", "20k", "--batch_size", 2, "--seq_len", 32)
     assert ok.returncode == 0, ok.stderr
-    assert_user_error(run_script(*base, "--size", "50k", "--init", tmp_path / "x" / "ckpt.pt"),
+    assert_user_error(run_script(*base, "--size", "50k", "--init", tmp_path / "x" / "ckpt.pt", "--out", tmp_path / "y"),
                       "expand.py")
-    assert_user_error(run_script(*base, "--size", "20k", "--init", tmp_path / "missing.pt"), "does not exist")
+    assert_user_error(run_script(*base, "--size", "20k", "--init", tmp_path / "missing.pt", "--out", tmp_path / "y"),
+                      "does not exist")
     assert_user_error(run_script("train.py", "--size", "20k", "--data", byte_data), "budget")
 
 
@@ -290,3 +291,17 @@ def test_llama_member_trains_grows_and_continues(byte_data, tmp_path):
     ck = checkpoint.load(tmp_path / "b" / "ckpt.pt")
     assert ck["meta"]["lineage"] == ["llama-20k"] and ck["config"] == PRESETS["llama-50k"]
     assert "growth check: all" in (tmp_path / "b" / "train.log").read_text()
+
+
+def test_a_grown_adamw_state_is_loaded_on_a_fresh_start(byte_data, tmp_path):
+    """expand.py --optimizer_state: the grown stage starts from the grown moments, not an empty AdamW."""
+    from expand import expand
+    Trainer(args(byte_data, tmp_path / "a", "--max_iters", 2)).run()
+    grown = tmp_path / "grown.pt"
+    checkpoint.save(grown, expand(checkpoint.load(tmp_path / "a" / "ckpt.pt"), PRESETS["50k"], optimizer_state=True))
+    t = Trainer(parse_args(["--size", "50k", "--data", str(byte_data), "--out", str(tmp_path / "b"), "--max_iters", "2",
+                            "--init", str(grown)]))
+    moments = checkpoint.load(grown)["optimizer"]["state"]
+    assert len(t.optimizer.state) == len(moments) == len(list(t.model.parameters()))
+    first = next(iter(t.model.parameters()))
+    assert torch.equal(t.optimizer.state[first]["exp_avg"], moments[0]["exp_avg"])
