@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from util import ArgumentParser, UserError, check_args, check_device, pick_device, run_cli  # first: see util.py
+from util import ArgumentParser, UserError, check_args, check_device, pick_device, read_jsonl, run_cli  # first: see util.py
 from zeroshot import DEFAULT_EVAL_DIR, ZERO_SHOT  # light: zeroshot.py loads torch only to score
 
 TASKS = ["ppl", *ZERO_SHOT, "kl", "spec"]
@@ -102,7 +102,7 @@ import sample  # noqa: E402
 from data import open_split, val_windows  # noqa: E402
 from expand import twins  # noqa: E402
 from model import GPTConfig, count_params  # noqa: E402
-from report import FAMILIES, combine, write_report  # noqa: E402
+from report import KINDS, combine, write_report  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 from zeroshot import chance_level, encode_pair, evaluate_task, load_items  # noqa: E402
 
@@ -174,16 +174,6 @@ def check_tokenizers(members: list[Member], data_meta: dict | None):
                         f"but the checkpoints use {first.cfg.tokenizer}; prepare it with their tokenizer")
 
 
-def _json_lines(path: Path) -> list:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a last line cut short by a crash
-            pass
-    return rows
-
-
 def read_history(member: Member) -> tuple[str | None, list[dict]]:
     """(source, eval lines {step, tokens, flops_total, val_loss, ...}) of the member's training:
     the trainer's metrics.jsonl (meta["metrics"], or beside the checkpoint), else the log kept in
@@ -191,7 +181,7 @@ def read_history(member: Member) -> tuple[str | None, list[dict]]:
     files = [Path(c) for c in (member.meta.get("metrics"), member.path.parent / "metrics.jsonl")
              if c and Path(c).is_file()]
     if files:
-        source, rows = str(files[0].resolve()), _json_lines(files[0])
+        source, rows = str(files[0].resolve()), read_jsonl(files[0])
     elif member.train_history:
         source, rows = f"{member.path} (history in the checkpoint)", member.train_history
     else:
@@ -379,7 +369,7 @@ def planned_flops(plan: dict, family: str, size: str) -> float | None:
 def flops_summary(rows: list[dict], plan: dict | None) -> dict:
     """The progressive family costs its largest member's flops_total (which counts every ancestor
     stage); the independent family costs the sum of its members'."""
-    spent = {f: [r["flops_total"] for r in rows if r["family"] == f] for f in FAMILIES}
+    spent = {f: [r["flops_total"] for r in rows if r["family"] == f] for f in KINDS}
     known = {f: v for f, v in spent.items() if v and None not in v}
     prog = max(known["progressive"]) if "progressive" in known else None
     indep = sum(known["independent"]) if "independent" in known else None

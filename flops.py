@@ -1,6 +1,6 @@
 """
-FLOPs of training a GPT of this project and the family's FLOPs budget; --memory, --check and
---layout print parallel.py's per-GPU memory plan.
+FLOPs of training a GPT of this project, the family's training recipe and its FLOPs budget;
+--memory and --check print parallel.py's per-GPU memory plan.
 
 Per token, one forward+backward pass costs (backward = 2 x forward):
 
@@ -30,7 +30,7 @@ For exact 2x steps (F = 1 : 4 : 16 : 64) that is f = 0.75, stage tokens D, 1.5D,
 saving of 1 - 64/85 = 24.7% against training the four members independently.
 
     python flops.py --family paper --chinchilla 2 --lr_schedule adjusted   # both plans, GPU-hours
-    python flops.py --family tiny --json plan.json                          # the plan run_family.sh reads
+    python flops.py --family tiny --json plan.json                          # the plan family.py reads
     python flops.py --memory --nproc 8 --family paper                       # DDP vs FSDP per GPU
     python flops.py --check --nproc 8 --family paper --gpu_mem 80           # each stage's layout
 """
@@ -40,6 +40,7 @@ import math
 from util import ArgumentParser, UserError, check_args, check_ranges, run_cli, write_json  # first: see util.py
 
 TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): compute-optimal tokens ~ 20 x params
+LR_SCHEDULES = ("fixed", "adjusted")  # max LR per member: see member_lr
 
 
 def _csv(kind):
@@ -53,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="comma-separated sub-chain of the family, e.g. 50k,250k (default: all)")
     ap.add_argument("--chinchilla", type=float, default=1.0,
                     help=f"multiple of Chinchilla's {TOKENS_PER_PARAM} tokens/param (default 1)")
-    ap.add_argument("--lr_schedule", choices=["fixed", "adjusted"], default="fixed",
+    ap.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="fixed",
                     help="fixed: every member uses the smallest's max LR; adjusted: max LR "
                          "decreases linearly from the smallest's to the largest's (default fixed)")
     ap.add_argument("--budget_scale", type=float, default=1.0,
@@ -73,15 +74,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--check", action="store_true",
                     help="print each member's micro-batch, accumulation, strategy, activation checkpointing "
                          "and planned memory per GPU at the family's batch; exit 2 if one does not fit")
-    ap.add_argument("--layout", metavar="SIZE",
-                    help="print one line for run_family.sh: micro-batch, accumulation, strategy, activation "
-                         "checkpointing (on/off), planned GB and usable GB per GPU, fits (1/0)")
     ap.add_argument("--global_batch", type=int, default=0,
-                    help="sequences per optimizer step for --check and --layout (default: the family's)")
-    ap.add_argument("--nproc", type=int, default=8, help="GPUs for --memory, --check, --layout (default 8)")
+                    help="sequences per optimizer step for --check (default: the family's)")
+    ap.add_argument("--nproc", type=int, default=8, help="GPUs for --memory, --check (default 8)")
     ap.add_argument("--micro_batch", type=int, default=8, help="sequences per GPU for --memory (default 8)")
     ap.add_argument("--gpu_mem", type=float, default=80.0,
-                    help="GB (1e9 bytes) of memory per GPU for --memory, --check, --layout (default 80)")
+                    help="GB (1e9 bytes) of memory per GPU for --memory, --check (default 80)")
     return ap.parse_args(argv)
 
 
@@ -104,6 +102,7 @@ FAMILY_LR = {"paper": (1.5e-3, 3e-4), "tiny": (1.6e-2, 8e-3), "gpt2": (6e-4, 2e-
 FAMILY_BATCH = {"paper": 1024, "tiny": 16, "gpt2": 512, "tiny-llama": 16, "llama": 1024, "smollm2": 256}
 MIN_LR_RATIO = 0.1  # cosine decay ends at lr / 10
 WARMUP_FRACTION = 0.05  # of each stage's tokens; a grown stage warms up again (fresh optimizer)
+SCHEDULE = "cosine"  # the paper's; train.py --schedule wsd is the alternative
 
 # Dense bf16 peak FLOP/s by device name (datasheets; the SXM parts unless named), for MFU in train.py
 # and bench/gpu.py: the first key that the device's name contains wins, so the variants come first.
@@ -153,6 +152,21 @@ def member_lr(family: list[str], family_name: str, size: str, lr_schedule: str) 
     return (1 - t) * lr_first + t * lr_last  # exact at both ends
 
 
+def warmup_steps(tokens: float, step_tokens: int) -> int:
+    """The recipe's linear warmup of a stage of `tokens`, in whole optimizer steps of step_tokens."""
+    return round(WARMUP_FRACTION * tokens) // step_tokens
+
+
+def recipe(size: str, lr_schedule: str = "adjusted") -> dict:
+    """How the family trains one of its members: max and final LR, sequences per optimizer step and
+    sequence length; SCHEDULE and WARMUP_FRACTION hold for all (the plan's stages and train.py's
+    defaults both come from here)."""
+    family_name, _ = _resolve_family([size])
+    lr = member_lr(FAMILIES[family_name], family_name, size, lr_schedule)
+    return {"lr": lr, "min_lr": lr * MIN_LR_RATIO, "batch_size": FAMILY_BATCH[family_name],
+            "seq_len": get_config(size).block_size}
+
+
 def _resolve_family(family: str | list[str]) -> tuple[str, list[str]]:
     """A family name or list of sizes -> (name of the family the recipe comes from, sizes)."""
     if isinstance(family, str):
@@ -167,22 +181,22 @@ def _resolve_family(family: str | list[str]) -> tuple[str, list[str]]:
 
 
 def _stage(size: str, tokens: float, flops_per_token: float, cumulative: float,
-           independent_flops: float, lr: float, batch_size: int) -> dict:
-    """One row of a plan: what train.py needs to train `size` for `tokens`, plus its cost."""
-    cfg = get_config(size)
+           independent_flops: float, lr_schedule: str) -> dict:
+    """One row of a plan: the member's recipe for a stage of `tokens`, plus its cost."""
     tokens = round(tokens)
     flops = flops_per_token * tokens
-    return {"size": size, "params": count_params(cfg)["total"], "tokens": tokens, "flops": flops,
+    r = recipe(size, lr_schedule)
+    return {"size": size, "params": count_params(get_config(size))["total"], "tokens": tokens, "flops": flops,
             "cumulative_flops": cumulative + flops, "fraction": flops / independent_flops,
-            "flops_per_token": flops_per_token, "lr": lr, "min_lr": lr * MIN_LR_RATIO,
-            "warmup_tokens": round(WARMUP_FRACTION * tokens), "batch_size": batch_size,
-            "seq_len": cfg.block_size}
+            "flops_per_token": flops_per_token, "lr": r["lr"], "min_lr": r["min_lr"],
+            "warmup_tokens": round(WARMUP_FRACTION * tokens), "batch_size": r["batch_size"],
+            "seq_len": r["seq_len"]}
 
 
-def _rows(sizes, tokens, flops_per_token, independent_flops, lrs, batch_size) -> list[dict]:
+def _rows(sizes, tokens, flops_per_token, independent_flops, lr_schedule) -> list[dict]:
     rows, cumulative = [], 0.0
-    for size, d, c, f_ind, lr in zip(sizes, tokens, flops_per_token, independent_flops, lrs):
-        rows.append(_stage(size, d, c, cumulative, f_ind, lr, batch_size))
+    for size, d, c, f_ind in zip(sizes, tokens, flops_per_token, independent_flops):
+        rows.append(_stage(size, d, c, cumulative, f_ind, lr_schedule))
         cumulative = rows[-1]["cumulative_flops"]
     return rows
 
@@ -205,7 +219,7 @@ def plan(family: str | list[str], chinchilla: float = 1, lr_schedule: str = "fix
         raise UserError(f"{', '.join(unknown)} not in the {family_name} family ({', '.join(sizes)})")
     if not 0 < chinchilla < math.inf:
         raise UserError(f"chinchilla must be > 0, got {chinchilla}")
-    if lr_schedule not in ("fixed", "adjusted"):
+    if lr_schedule not in LR_SCHEDULES:
         raise UserError(f"lr_schedule must be fixed or adjusted, got {lr_schedule!r}")
     params = [count_params(get_config(m))["total"] for m in members]
     if len(members) < 2 or any(a >= b for a, b in zip(params, params[1:])):
@@ -224,10 +238,8 @@ def plan(family: str | list[str], chinchilla: float = 1, lr_schedule: str = "fix
         raise UserError(f"budget_scale {budget_scale} gives the progressive family more FLOPs than training "
                         f"every member alone; use at most {sum(indep_flops) / indep_flops[-1]:.4g}")
     prog_tokens = [f / ci for f, ci in zip(progressive_flops(indep_flops, stage_fractions, budget_scale), c)]
-    lrs = [member_lr(sizes, family_name, m, lr_schedule) for m in members]
-    batch = FAMILY_BATCH[family_name]
-    progressive = _rows(members, prog_tokens, c, indep_flops, lrs, batch)
-    independent = _rows(members, indep_tokens, c, indep_flops, lrs, batch)
+    progressive = _rows(members, prog_tokens, c, indep_flops, lr_schedule)
+    independent = _rows(members, indep_tokens, c, indep_flops, lr_schedule)
     total_prog, total_indep = progressive[-1]["cumulative_flops"], independent[-1]["cumulative_flops"]
     return {"family": family_name, "members": members, "chinchilla": chinchilla,
             "lr_schedule": lr_schedule, "stage_fractions": stage_fractions, "budget_scale": budget_scale,
@@ -293,15 +305,21 @@ def print_memory(sizes: list[str], nproc: int, micro_batch: int, gpu_mem_gb: flo
 
 def check_family(sizes: list[str], global_batch: int, nproc: int, gpu_mem_gb: float) -> list[dict]:
     """choose_layout for every member; prints one line each, returns the layouts."""
-    from parallel import GB, choose_layout
+    from parallel import choose_layout
     layouts = [{"size": s, **choose_layout(get_config(s), nproc, global_batch, gpu_mem_gb=gpu_mem_gb)}
                for s in sizes]
     for r in layouts:
-        print(f"{r['size']:>5s}: micro-batch {r['micro_batch']} x accumulation {r['grad_accum']} x {nproc} "
-              f"processes = {global_batch}; {r['strategy']}, activation checkpointing "
-              f"{'on' if r['checkpointing'] else 'off'}; planned {r['bytes'] / GB:.1f} GB of "
-              f"{r['usable_bytes'] / GB:.1f} GB usable per GPU" + ("" if r["fits"] else " -- DOES NOT FIT"))
+        print(f"{r['size']:>5s}: {describe_layout(r, nproc, global_batch)}")
     return layouts
+
+
+def describe_layout(r: dict, nproc: int, global_batch: int) -> str:
+    """One line for a choose_layout result: how the batch is made, strategy, memory, whether it fits."""
+    from parallel import GB
+    return (f"micro-batch {r['micro_batch']} x accumulation {r['grad_accum']} x {nproc} processes = "
+            f"{global_batch}; {r['strategy']}, activation checkpointing {'on' if r['checkpointing'] else 'off'}; "
+            f"planned {r['bytes'] / GB:.1f} GB of {r['usable_bytes'] / GB:.1f} GB usable per GPU"
+            + ("" if r["fits"] else " -- DOES NOT FIT"))
 
 
 def print_presets():
@@ -320,21 +338,13 @@ def print_presets():
                   f"{n['non_embedding']:14,d} {train_flops_per_token(c):16.4g}")
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     check_ranges(args, {"chinchilla": "(0, inf)", "budget_scale": "(0, inf)", "mfu": "(0, 1]", "peak": "(0, inf)",
                         "gpus": "[1, inf)", "global_batch": "[0, inf)", "nproc": "[1, inf)",
                         "micro_batch": "[1, inf)", "gpu_mem": "(0, inf)"})
     if args.presets:
         return print_presets()
-    if args.layout:
-        from parallel import GB, choose_layout
-        family, _ = _resolve_family([args.layout])
-        r = choose_layout(get_config(args.layout), args.nproc, args.global_batch or FAMILY_BATCH[family],
-                          gpu_mem_gb=args.gpu_mem)
-        print(r["micro_batch"], r["grad_accum"], r["strategy"], "on" if r["checkpointing"] else "off",
-              f"{r['bytes'] / GB:.1f}", f"{r['usable_bytes'] / GB:.1f}", int(r["fits"]))
-        return
     p = plan(args.family, args.chinchilla, args.lr_schedule, args.members, args.stage_fractions,
              args.budget_scale)
     if args.check:

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 from util import UserError, atomic_write, md_table, write_json  # noqa: E402
 
-FAMILIES = ("progressive", "independent")
+KINDS = ("progressive", "independent")  # the two ways a family is trained (model.FAMILIES: its sizes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -29,7 +29,7 @@ def family_flops(rows: list[dict]) -> dict:
     including it). A progressive member's flops_total already counts its ancestors' stages; an
     independent member's counts itself only. Rows are smallest to largest within a family."""
     out = {}
-    for family in FAMILIES:
+    for family in KINDS:
         previous = total = 0.0
         for r in (r for r in rows if r["family"] == family):
             f = r["flops_total"]
@@ -128,23 +128,23 @@ def summarize(reports: list[dict]) -> dict:
     members = []
     for name, fams in sorted(rows.items(), key=lambda kv: next(iter(kv[1].values()))[0]["params"]):
         m = {"name": name, **{f: member_summary(fams[f], chance, flops[(f, name)]) if f in fams else None
-                              for f in FAMILIES}}
+                              for f in KINDS}}
         m["params"] = next(iter(fams.values()))[0]["params"]
-        if all(f in fams and "ppl" in fams[f][0] for f in FAMILIES):
+        if all(f in fams and "ppl" in fams[f][0] for f in KINDS):
             m["delta_loss"] = spread(p["ppl"]["loss"] - i["ppl"]["loss"]
                                      for p, i in zip(fams["progressive"], fams["independent"]))
         members.append(m)
     return {"seeds": len(reports), "train_seeds": [r["settings"].get("train_seed") for r in reports],
             "chance": chance, "members": members,
             "pairs": [{"small": s, "large": lg, **{f: pair_summary(fams[f]) if f in fams else None
-                                                  for f in FAMILIES}} for (s, lg), fams in pairs.items()],
+                                                  for f in KINDS}} for (s, lg), fams in pairs.items()],
             "flops": {**{k: spread(r["flops"][k] for r in reports) for k in ("progressive", "independent", "saving")},
                       "planned": reports[0]["flops"]["planned"]}}
 
 
 def each_member(summary: dict):
     """(family, member summary entry, that family's summary) of every evaluated member."""
-    return [(f, m, m[f]) for f in FAMILIES for m in summary["members"] if m[f] is not None]
+    return [(f, m, m[f]) for f in KINDS for m in summary["members"] if m[f] is not None]
 
 
 def seeds_text(summary: dict) -> str:
@@ -160,7 +160,7 @@ def seeds_text(summary: dict) -> str:
 
 def flops_verdict(summary: dict) -> str:
     f = summary["flops"]
-    sizes = {fam: [m["name"] for m in summary["members"] if m[fam]] for fam in FAMILIES}
+    sizes = {fam: [m["name"] for m in summary["members"] if m[fam]] for fam in KINDS}
     if sizes["independent"] and sizes["progressive"] != sizes["independent"]:
         return (f"FLOPs: no saving computed: the families have different members (progressive "
                 f"{', '.join(sizes['progressive'])}; independent {', '.join(sizes['independent'])}).")
@@ -200,7 +200,7 @@ def zero_shot_verdict(summary: dict) -> str | None:
     if not members or not chance:
         return None
     listed = "; ".join(f"{f} " + ", ".join(f"{m['name']} {pct(s['average']['mean'])}" for g, m, s in members
-                                           if g == f) for f in FAMILIES if any(g == f for g, _, _ in members))
+                                           if g == f) for f in KINDS if any(g == f for g, _, _ in members))
     text = (f"Zero-shot accuracy, mean over {len(chance)} tasks, in % (chance {pct(mean_chance(chance))}): "
             f"{listed}. ")
     where = {k: [f"{f} {m['name']}" for f, m, s in members if s["average_vs_chance"] == k]
@@ -263,7 +263,7 @@ def starred(text: str, vs_chance: str) -> str:
 def members_table(summary: dict) -> str:
     """One row per size, the two families side by side: what a reader compares."""
     def both(label, get):  # the column of each family: "label P", "label I"
-        return [(f"{label} {f[0].upper()}", lambda m, f=f: get(m[f]) if m[f] is not None else "–") for f in FAMILIES]
+        return [(f"{label} {f[0].upper()}", lambda m, f=f: get(m[f]) if m[f] is not None else "–") for f in KINDS]
 
     def acc(s):
         return starred(fmt_spread(s["average"], ".1f", 100), s["average_vs_chance"])
@@ -315,8 +315,8 @@ def details_table(summary: dict) -> str:
 
 def pairs_table(summary: dict, columns: list[tuple[str, Callable]]) -> str:
     """One row per adjacent pair, each column once per family."""
-    header = ["pair"] + [f"{f} {name}" for name, _ in columns for f in FAMILIES]
-    rows = [[f"{p['small']} → {p['large']}"] + [get(p[f]) if p[f] else "–" for _, get in columns for f in FAMILIES]
+    header = ["pair"] + [f"{f} {name}" for name, _ in columns for f in KINDS]
+    rows = [[f"{p['small']} → {p['large']}"] + [get(p[f]) if p[f] else "–" for _, get in columns for f in KINDS]
             for p in summary["pairs"]]
     return md_table(header, rows)
 
@@ -353,12 +353,12 @@ def render_markdown(reports: list[dict], summary: dict, plots: list[str], notes:
              f"Validation: {s['val_windows']} windows of {s['block_size']} tokens. "
              "Accuracies in %, scored as lm-evaluation-harness scores them.",
              "## Members", members_table(summary)]
-    if summary["chance"] or any(m[f] and m[f]["ppl"] for m in summary["members"] for f in FAMILIES):
+    if summary["chance"] or any(m[f] and m[f]["ppl"] for m in summary["members"] for f in KINDS):
         parts += ["## Perplexity and zero-shot tasks",
                   "Means over the seeds (spreads in report.json). " * (summary["seeds"] > 1)
                   + "Chance: 1 / number of choices (LAMBADA: ~0). "
                   "* acc not above chance by more than 2 standard errors of guessing.", details_table(summary)]
-    if any(p[f] and "kl_large_small" in p[f] for p in summary["pairs"] for f in FAMILIES):
+    if any(p[f] and "kl_large_small" in p[f] for p in summary["pairs"] for f in KINDS):
         parts += ["## KL divergence between adjacent members (lower = more consistent)",
                   "KL(L‖S) = KL(p_larger ‖ p_smaller) = "
                   "E_{x~p_larger}[log p_larger(x) − log p_smaller(x)], "
@@ -366,7 +366,7 @@ def render_markdown(reports: list[dict], summary: dict, plots: list[str], notes:
                   "Lower: the two members predict more alike.",
                   pairs_table(summary, [("KL(L‖S)", lambda p: fmt_spread(p["kl_large_small"], ".4f")),
                                         ("KL(S‖L)", lambda p: fmt_spread(p["kl_small_large"], ".4f"))])]
-    if any(p[f] and "greedy" in p[f] for p in summary["pairs"] for f in FAMILIES):
+    if any(p[f] and "greedy" in p[f] for p in summary["pairs"] for f in KINDS):
         parts += ["## Speculative decoding acceptance (higher = more consistent)",
                   f"The smaller member drafts k = {s['spec_k']} tokens, the larger verifies them. "
                   f"Acceptance = accepted / drafted tokens (%) over {s['spec_prompts']} prompts × "
@@ -452,9 +452,9 @@ def plot_loss_vs_flops(reports: list[dict], summary: dict, ax) -> bool:
 
 
 def plot_kl(reports: list[dict], summary: dict, ax) -> bool:
-    pairs = [p for p in summary["pairs"] if any(p[f] and "kl_large_small" in p[f] for f in FAMILIES)]
+    pairs = [p for p in summary["pairs"] if any(p[f] and "kl_large_small" in p[f] for f in KINDS)]
     width = 0.2
-    for j, (family, key) in enumerate((f, k) for f in FAMILIES for k in ("kl_large_small", "kl_small_large")):
+    for j, (family, key) in enumerate((f, k) for f in KINDS for k in ("kl_large_small", "kl_small_large")):
         sel = [(i, p[family][key]) for i, p in enumerate(pairs) if p[family] and key in p[family]]
         if sel:
             ax.bar([i + (j - 1.5) * width for i, _ in sel], [s["mean"] for _, s in sel], width,

@@ -47,14 +47,15 @@ class TrainConfig:
                            "(continue with --resume); the exit status is 3: the stage is not finished")
     tokens: float = _opt(0, "stage budget in training tokens (or give --max_iters)")
     max_iters: int = _opt(0, "number of optimizer steps (overrides --tokens)")
-    batch_size: int = _opt(16, "sequences per micro-step per process")
+    batch_size: int = _opt(0, "sequences per micro-step per process (default: the family's batch, flops.py, "
+                              "over grad_accum x processes)")
     grad_accum: int = _opt(1, "micro-steps per optimizer step")
     seq_len: int = _opt(0, "tokens per sequence (default: the model's context)")
-    lr: float = _opt(3e-3, "max learning rate")
-    min_lr: float = _opt(-1, "final learning rate (default: lr / 10)")
-    warmup: int = _opt(-1, "linear warmup steps (default: 2%% of the steps)")
-    schedule: str = _opt("cosine", "cosine: warmup, cosine decay to min_lr; wsd: warmup, constant, "
-                                   "linear decay over the last --decay_frac", choices=["cosine", "wsd"])
+    lr: float = _opt(0, "max learning rate (default: the family's for --size, flops.py --lr_schedule adjusted)")
+    min_lr: float = _opt(-1, "final learning rate (default: lr / 10, the family's)")
+    warmup: int = _opt(-1, "linear warmup steps (default: the family's, 5%% of the stage's tokens)")
+    schedule: str = _opt("", "cosine (default, the family's): warmup, cosine decay to min_lr; wsd: warmup, "
+                             "constant, linear decay over the last --decay_frac", choices=["cosine", "wsd"])
     decay_frac: float = _opt(0.2, "wsd: share of the steps spent decaying")
     branches: str = _opt("", "wsd: comma-separated fractions F of this run's steps; at the step where a run "
                              "of F x the steps would start its decay, also write CKPT_branchN.pt (N = that "
@@ -148,17 +149,18 @@ def parse_args(argv=None) -> TrainConfig:
 
 
 def check_numbers(cfg: TrainConfig):
-    """Every numeric flag: finite, in its range, and consistent with the others. -1 is the default of
-    --min_lr (lr / 10) and --warmup (2% of the steps); 0 turns --grad_clip and --stop_at off and picks
-    the default of --seq_len and the intervals."""
-    check_ranges(cfg, {"tokens": "[0, inf)", "max_iters": "[0, inf)", "batch_size": "[1, inf)",
-                       "grad_accum": "[1, inf)", "seq_len": "[0, inf)", "lr": "(0, inf)",
+    """Every numeric flag: finite, in its range, and consistent with the others. 0 picks the family's
+    --lr and --batch_size (with_recipe); -1 is the default of --min_lr (lr / 10) and --warmup (the
+    family's share of the tokens); 0 turns --grad_clip and --stop_at off and picks the default of
+    --seq_len and the intervals."""
+    check_ranges(cfg, {"tokens": "[0, inf)", "max_iters": "[0, inf)", "batch_size": "[0, inf)",
+                       "grad_accum": "[1, inf)", "seq_len": "[0, inf)", "lr": "[0, inf)",
                        "decay_frac": "[0, 1]", "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)",
                        "grad_clip": "[0, inf)", "stop_at": "[0, inf)", "eval_interval": "[0, inf)",
                        "eval_tokens": "[1, inf)", "log_interval": "[0, inf)", "ckpt_interval": "[0, inf)",
                        "peak_flops": "[0, inf)"})
-    if cfg.min_lr != -1:
-        check_ranges(cfg, {"min_lr": f"[0, {cfg.lr!r}]"})  # a schedule that decays, never climbs
+    if cfg.min_lr != -1:  # a schedule that decays, never climbs (with the family's LR: with_recipe)
+        check_ranges(cfg, {"min_lr": f"[0, {cfg.lr!r}]" if cfg.lr else "[0, inf)"})
     if cfg.warmup != -1:
         check_ranges(cfg, {"warmup": "[0, inf)"})
 
@@ -170,7 +172,7 @@ import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
 from data import open_split, val_windows  # noqa: E402
-from flops import device_peak, train_flops_per_token  # noqa: E402
+from flops import MIN_LR_RATIO, SCHEDULE, device_peak, recipe, train_flops_per_token, warmup_steps  # noqa: E402
 from expand import block_label, twins  # noqa: E402
 from model import get_config, param_groups  # noqa: E402
 import parallel  # noqa: E402
@@ -223,8 +225,27 @@ def decay_start(cfg: TrainConfig, max_iters: int) -> int:
     return int(max_iters * (1 - cfg.decay_frac))
 
 
-def resolve_warmup(cfg: TrainConfig, max_iters: int) -> int:
-    return cfg.warmup if cfg.warmup >= 0 else max(1, round(0.02 * max_iters))
+def with_recipe(cfg: TrainConfig, world: int) -> TrainConfig:
+    """cfg with the family's recipe (flops.recipe) where a setting was left out: the max LR, the final
+    LR, the schedule and the micro-batch that makes the family's batch with --grad_accum on `world`
+    processes (the warmup, a share of the steps, is resolved with them: resolve_warmup)."""
+    r = {} if cfg.lr and cfg.batch_size else recipe(cfg.size)  # a size in no family has none: give both
+    lr = cfg.lr or r["lr"]
+    batch = cfg.batch_size or r["batch_size"] // (cfg.grad_accum * world)
+    if not cfg.batch_size and batch * cfg.grad_accum * world != r["batch_size"]:
+        raise UserError(f"--grad_accum {cfg.grad_accum} x {world} processes do not divide the {cfg.size} family's "
+                        f"batch of {r['batch_size']} sequences; give --batch_size")
+    cfg = dataclasses.replace(cfg, lr=lr, min_lr=cfg.min_lr if cfg.min_lr >= 0 else lr * MIN_LR_RATIO,
+                              batch_size=batch, schedule=cfg.schedule or SCHEDULE)
+    check_ranges(cfg, {"min_lr": f"[0, {lr!r}]"})
+    return cfg
+
+
+def resolve_warmup(cfg: TrainConfig, max_iters: int, step_tokens: int) -> int:
+    """--warmup, or the family's: its fraction of the stage's tokens (all of max_iters' steps if given)."""
+    if cfg.warmup >= 0:
+        return cfg.warmup
+    return warmup_steps(max_iters * step_tokens if cfg.max_iters else cfg.tokens, step_tokens)
 
 
 def branch_points(cfg: TrainConfig, max_iters: int) -> dict[int, list[int]]:
@@ -243,7 +264,7 @@ def branch_path(ckpt: Path, n: int) -> Path:
 
 
 def lr_at(step: int, cfg: TrainConfig, max_iters: int, warmup: int) -> float:
-    min_lr = cfg.lr / 10 if cfg.min_lr < 0 else cfg.min_lr
+    min_lr = cfg.lr * MIN_LR_RATIO if cfg.min_lr < 0 else cfg.min_lr
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     if cfg.schedule == "wsd":
@@ -355,6 +376,7 @@ class Trainer:
         self.cfg = cfg
         self.dist, self.device = parallel.init_distributed(cfg.device)
         self.model_cfg = get_config(cfg.size)
+        self.cfg = cfg = with_recipe(cfg, self.dist.world)
         self.seq_len = cfg.seq_len or self.model_cfg.block_size
         if self.seq_len > self.model_cfg.block_size:
             raise UserError(f"--seq_len {self.seq_len} exceeds the {cfg.size} context "
@@ -381,7 +403,7 @@ class Trainer:
         self.step_tokens = cfg.batch_size * cfg.grad_accum * self.dist.world * self.seq_len
         # nearest whole number of steps: the FLOPs spent stay within half a step of the budget
         self.max_iters = cfg.max_iters or max(1, round(cfg.tokens / self.step_tokens))
-        self.warmup = resolve_warmup(cfg, self.max_iters)
+        self.warmup = resolve_warmup(cfg, self.max_iters, self.step_tokens)
         self.stable_step = decay_start(cfg, self.max_iters)  # wsd: --stable_ckpt is written here
         self.branch_points = branch_points(cfg, self.max_iters)
         self.flops_per_token = train_flops_per_token(self.model_cfg, self.seq_len)
@@ -480,7 +502,7 @@ class Trainer:
         step = saved["step"]
         if not changed:  # the LR of every step trained so far, under both plans
             theirs = TrainConfig(**{f.name: old.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)})
-            their_warmup = resolve_warmup(theirs, saved["max_iters"])
+            their_warmup = resolve_warmup(theirs, saved["max_iters"], self.step_tokens)
             if any(lr_at(t, theirs, saved["max_iters"], their_warmup) != lr_at(t, self.cfg, self.max_iters, self.warmup)
                    for t in range(step)):
                 changed.append("the LR schedule (--lr, --warmup in steps, or a decay already begun)")
@@ -696,6 +718,7 @@ def dry_run(cfg: TrainConfig) -> tuple[str, bool]:
     d = parallel.env_dist()
     device = torch.device(cfg.device) if cfg.device != "auto" else pick_device("auto")
     model_cfg = get_config(cfg.size)
+    cfg = with_recipe(cfg, d.world)
     dtype, _ = compute_choices(cfg, device)
     seq_len = cfg.seq_len or model_cfg.block_size
     c = parallel.memory_layout(dataclasses.replace(cfg, memory_check=False), model_cfg, d, device, seq_len, dtype)

@@ -136,6 +136,22 @@ def write_error(path: Path, e: Exception, tmp: str) -> UserError:
     return UserError(f"writing {path} failed ({reason}); the previous file, if any, is intact")
 
 
+def read_jsonl(path) -> list:
+    """The records of a JSON-lines file (metrics.jsonl), [] if there is none; a last line cut short by
+    a killed run is left out."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
 def file_sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

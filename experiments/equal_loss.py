@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from util import ArgumentParser, UserError, run_cli, write_json  # noqa: E402
+from util import ArgumentParser, UserError, read_jsonl, run_cli, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MULTIPLES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # budgets of a curve, x the member's planned budget
@@ -82,8 +82,7 @@ def train(args, d: Path, size: str, steps: int, warmup: int, lr: float, min_lr_r
 def read_run(d: Path, steps: int, returncode: int = 0) -> dict:
     """A run's result from its metrics.jsonl: complete (its last validation at `steps`), the final
     validation loss (infinite for a diverged run, so a sweep moves away from it), FLOPs, the curve."""
-    path = d / "metrics.jsonl"  # a killed run may leave half a last line
-    rows = [json.loads(line) for line in open(path) if line.endswith("}\n")] if path.exists() else []
+    rows = read_jsonl(d / "metrics.jsonl")
     vals = [r for r in rows if "val_loss" in r]
     ok = returncode == 0 and bool(vals) and vals[-1]["step"] == steps
     return {"ok": ok, "val_loss": vals[-1]["val_loss"] if ok and math.isfinite(vals[-1]["val_loss"]) else math.inf,

@@ -9,8 +9,10 @@ OUT=${OUT:-runs/lr_sweep}; DATA=${DATA:-data/openstax_bytes}; CHINCHILLA=${CHINC
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 for size in 20k 250k; do
   tokens=$(python3 -c "from model import PRESETS, count_params; print(int(20 * $CHINCHILLA * count_params(PRESETS['$size'])['total']))")
+  warmup=$(( (tokens / 4096 * 2 + 50) / 100 ))  # 2% of the steps (16 x 256 tokens), as when it was measured
   for lr in ${LRS:-1e-3 2e-3 4e-3 8e-3 1.6e-2 3.2e-2}; do
     python3 train.py --size "$size" --data "$DATA" --tokens "$tokens" --lr "$lr" --eval_tokens 65536 \
+      --schedule cosine --warmup "$((warmup > 0 ? warmup : 1))" --batch_size 16 \
       --out "$OUT/${size}_lr$lr" --resume > /dev/null
   done
 done

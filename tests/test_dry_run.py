@@ -1,6 +1,7 @@
 """run_family.sh DRY_RUN=1: each stage's train.py command and memory layout, for the paper family on
 8, 16 and 64 GPUs (80 GB each by default); nothing is prepared, grown, trained or evaluated. train.py
 --dry_run, given each command, reports the layout run_family.sh printed for it."""
+import json
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ import torch
 import parallel
 import train
 from conftest import ROOT, run_script
+from family_guard import GUARD, dry_run_commands
 from model import get_config
 
 
@@ -58,6 +60,15 @@ def train_dry_run(command: str, nproc: int, monkeypatch) -> str:
 def test_two_paper_stages_on_8_gpus(tmp_path):
     # --dry-run alone means on, as a flag; DRY_RUN is not set
     check_paper(dry_run(tmp_path, "--dry-run", "--members", "4b,8b", NPROC="8"), tmp_path, 8, ("4b", "8b"))
+
+
+def test_paper_dry_run_prints_the_recorded_commands(tmp_path):
+    """Every step of the paper family on 8 GPUs, independent members included, as the code printed it
+    before run_family.sh was rewritten (tests/family_guard.json): layouts, train.py, expand.py, evaluate.py."""
+    r = dry_run(tmp_path, NPROC="8", SKIP_INDEPENDENT="0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert dry_run_commands(r.stdout, str(tmp_path), str(tmp_path / "no_data")) == \
+        json.loads(GUARD.read_text())["paper_dry_run_nproc_8"]
 
 
 @pytest.mark.parametrize("nproc", [8, 16, 64])  # what the issue asks CI to check; ~8 s each when idle

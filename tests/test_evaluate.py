@@ -725,7 +725,7 @@ def test_loss_plot_data_has_only_positive_flops_and_a_range_from_the_data(family
     xs = [x for c in data["curves"] for x in c["x"]] + [p["x"] for p in data["points"]]
     assert len(xs) == 4 * 10 + 1 + 4 and min(xs) > 0  # step 0 at FLOPs 0 left out: a log axis cannot place it
     assert [(c["family"], c["label"]) for c in data["curves"]] == \
-        [(f, n) for f in rp.FAMILIES for n in ("custom(L1,d8)", "custom(L1,d16)")]  # named curves
+        [(f, n) for f in rp.KINDS for n in ("custom(L1,d8)", "custom(L1,d16)")]  # named curves
     low, high = data["ylim"]
     assert all(low < p["y"] < high for p in data["points"])
     assert high < 5.55  # the first steps' loss does not stretch the axis
@@ -753,7 +753,7 @@ def test_combine_seeds_mean_and_std(family, tmp_path):
     by_name = {m["name"]: m for m in combined["summary"]["members"]}
     for name in ("custom(L1,d8)", "custom(L1,d16)"):
         values = {f: [next(m["ppl"]["loss"] for m in r["members"] if (m["family"], m["name"]) == (f, name))
-                      for r in reports] for f in rp.FAMILIES}
+                      for r in reports] for f in rp.KINDS}
         got = by_name[name]
         assert got["progressive"]["loss"]["mean"] == pytest.approx(statistics.mean(values["progressive"]))
         assert got["independent"]["loss"]["std"] == pytest.approx(statistics.stdev(values["independent"]))

@@ -14,6 +14,7 @@ import torch
 
 import checkpoint
 from conftest import ROOT, SHARED, assert_user_error
+from family_guard import GUARD, model_hashes
 
 
 def run_family(out, data, *args, **env):
@@ -50,6 +51,16 @@ def test_quick_family_spends_the_planned_flops(quick):
     assert report["flops"]["planned"]["saving"] == pytest.approx(plan["saving"])
     assert (run / "report" / "report.md").read_text().startswith("# Family evaluation\n\n## Verdict\n\nFLOPs: ")
     assert (run / "report" / "loss_vs_flops.png").stat().st_size > 10_000
+
+
+def test_quick_family_is_bit_identical_to_the_recorded_one(quick):
+    """Nothing trained changes when the code around it is restructured: every checkpoint of the QUICK
+    family (seed 7) holds the model tensors the code gave before run_family.sh was rewritten."""
+    guard = json.loads(GUARD.read_text())
+    if torch.__version__ != guard["torch"]:
+        pytest.skip(f"{GUARD.name} was recorded with torch {guard['torch']}, not {torch.__version__}")
+    out, _ = quick
+    assert model_hashes(out / "seed_7") == guard["quick_family_seed_7"]
 
 
 @pytest.mark.slow

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import checkpoint
+import flops
 from conftest import mean_loss_gradient
 from expand import expand
 from model import PRESETS
 from train import Trainer, TrainConfig, lr_at, parse_args
+from util import UserError
 
 LR, MIN_LR = 1e-2, 1e-3
 
@@ -58,6 +60,29 @@ def test_wsd_holds_the_max_lr_then_decays_linearly_to_min_lr():
     assert lr_at(90, cfg, 100, 10) == pytest.approx((LR + MIN_LR) / 2)
     assert lr_at(95, cfg, 100, 10) == pytest.approx(LR + (MIN_LR - LR) * 15 / 20)
     assert lr_at(100, cfg, 100, 10) == pytest.approx(MIN_LR)
+
+
+# ---------------------------------------------------------------------------------------------
+# train.py's defaults: the family's recipe (flops.recipe)
+
+@pytest.mark.fast
+def test_defaults_train_a_member_as_the_family_does(random_bytes, tmp_path):
+    """train.py --size 250k --tokens N alone: the tiny family's 250k stage (run_family.sh's default,
+    LR_SCHEDULE=adjusted): its max and final LR, batch and schedule, and a warmup of 5% of the tokens."""
+    base = ["--size", "250k", "--data", str(random_bytes), "--out", str(tmp_path), "--tokens", "409600"]
+    t = Trainer(parse_args(base))
+    assert (t.cfg.lr, t.cfg.min_lr, t.cfg.batch_size, t.cfg.grad_accum, t.cfg.schedule) == \
+        (8e-3, 8e-3 * 0.1, 16, 1, "cosine")
+    assert (t.max_iters, t.warmup) == (100, 5)  # 409,600 tokens / (16 x 256); 5% = 20,480 tokens = 5 steps
+    stage = flops.plan("tiny", lr_schedule="adjusted")["independent"][-1]
+    assert (stage["size"], stage["lr"], stage["min_lr"], stage["batch_size"]) == ("250k", t.cfg.lr, t.cfg.min_lr, 16)
+    # the micro-batch keeps the family's batch under accumulation; an accumulation that does not divide it is refused
+    assert Trainer(parse_args(base + ["--grad_accum", "4"])).cfg.batch_size == 4
+    with pytest.raises(UserError, match="do not divide the 250k family's batch of 16"):
+        Trainer(parse_args(base + ["--grad_accum", "3"]))
+    # what is given wins
+    t = Trainer(parse_args(base + ["--lr", "1e-3", "--warmup", "7", "--batch_size", "8", "--schedule", "wsd"]))
+    assert (t.cfg.lr, t.cfg.min_lr, t.cfg.batch_size, t.warmup, t.cfg.schedule) == (1e-3, 1e-3 * 0.1, 8, 7, "wsd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,3 +138,24 @@ def test_resume_restores_the_rng_state_it_saved(random_bytes, tmp_path):
     torch.manual_seed(12345)  # another state, as a fresh process would have
     resumed = Trainer(args(random_bytes, tmp_path, "--max_iters", 6, "--resume"))
     assert resumed.step == 3 and torch.equal(torch.get_rng_state(), saved)
+
+
+def test_each_family_stage_trains_with_train_py_s_own_defaults(random_bytes, tmp_path):
+    """One recipe: every stage family.py gives run_family.sh (tiny family, adjusted LR, QUICK's budget)
+    sets exactly what train.py alone chooses for that size and token budget: max and final LR, schedule,
+    batch, accumulation, warmup steps and steps."""
+    import family
+    o = {**{k: default for k, (default, _) in family.OPTIONS.items()}, "OUT": str(tmp_path), "DATA": str(random_bytes),
+         "SCHEDULE": "cosine", "MEMBERS": "20k,50k,120k,250k"}
+    plan = flops.plan("tiny", chinchilla=0.05, lr_schedule="adjusted")
+    keys = ("lr", "min_lr", "schedule", "batch_size", "grad_accum")
+    for kind, stages in (("progressive", plan["progressive"]), ("independent", plan["independent"][1:])):
+        for s in stages:  # (the smallest independent member is the first progressive stage, reused)
+            cmd = family.stage(o, plan, "7", kind, s["size"])["cmd"]
+            if "--init" in cmd:  # the grown checkpoint is not needed to see the settings
+                del cmd[cmd.index("--init"):cmd.index("--init") + 2]
+            given = Trainer(parse_args(cmd[cmd.index("train.py") + 1:]))
+            alone = Trainer(parse_args(["--size", s["size"], "--data", str(random_bytes), "--tokens", str(s["tokens"]),
+                                        "--out", str(tmp_path / "alone")]))
+            assert [getattr(given.cfg, k) for k in keys] + [given.warmup, given.max_iters] == \
+                [getattr(alone.cfg, k) for k in keys] + [alone.warmup, alone.max_iters], (kind, s["size"])
