@@ -251,7 +251,7 @@ def curves(args) -> list[dict]:
     with Lanes(args.jobs) as lanes, cf.ThreadPoolExecutor(32) as outer:
         per_seed = [outer.submit(curves_of_seed, args, lanes, outer, s, best) for s in args.seeds]
         out = [r for f in per_seed for r in f.result()]
-    write_json(Path(args.out) / f"curves_{args.settings}_{'_'.join(map(str, args.seeds))}.json", out)
+    print(f"{len(out)} curve runs done in {args.out}; `collect` gathers them from their folders")
     return out
 
 
