@@ -5,7 +5,9 @@ Turn measured runs into RESULTS.md's measured sections (the prose around them is
     python experiments/summarize.py --runs runs/exp       # the reports of experiments/reproduce.sh
 
 A folder holding equal_loss.json (experiments/equal_loss.py collect) rewrites the section between
-`<!-- equal-loss:begin -->` and `<!-- equal-loss:end -->` and results/equal_loss.png; one holding
+`<!-- equal-loss:begin -->` and `<!-- equal-loss:end -->` and results/equal_loss.png (and, with
+consistency.json from experiments/consistency.py, the section between `<!-- consistency:begin -->`
+and `<!-- consistency:end -->`); one holding
 */seed_*/report/report.json rewrites the section between `<!-- results:begin -->` and
 `<!-- results:end -->`, results/loss_vs_flops.png and results/recipes.png.
 """
@@ -27,6 +29,7 @@ from util import ArgumentParser, UserError, atomic_write, md_table, run_cli  # n
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 EQ_BEGIN, EQ_END = "<!-- equal-loss:begin -->", "<!-- equal-loss:end -->"
+KL_BEGIN, KL_END = "<!-- consistency:begin -->", "<!-- consistency:end -->"
 
 
 def load_reports(runs: Path) -> dict:
@@ -395,6 +398,10 @@ def equal_loss_section(runs: Path, results: str, figures: Path):
     equal_loss.plot(data, figures / "equal_loss.png")
     replace_section(results, EQ_BEGIN, EQ_END, equal_loss.tables(data))
     print(f"updated {results} (equal-loss section) and {figures / 'equal_loss.png'}")
+    if (runs / "consistency.json").is_file():
+        import consistency  # experiments/consistency.py: KL and acceptance at matched quality
+        replace_section(results, KL_BEGIN, KL_END, consistency.tables(json.loads((runs / "consistency.json").read_text())))
+        print(f"updated {results} (consistency section)")
 
 
 def main():
