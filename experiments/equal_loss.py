@@ -7,6 +7,7 @@ short decay from there (--branch_from) is that shorter run, bit for bit (tests/t
 
     python experiments/equal_loss.py sweep            # seed 1: max LR (and decay to 0 or 10%) per member
     python experiments/equal_loss.py curves --seeds 1 2 3   # loss at 0.5 .. 2x each member's budget
+    python experiments/equal_loss.py frontier --seeds 1 2 3  # the progressive family on smaller budgets
     python experiments/equal_loss.py collect          # the compact results -> results/runs/equal_loss.json
 
 sweep: each independent member at its planned budget for max LRs a factor of 2 apart around the
@@ -14,7 +15,11 @@ family's adjusted LR, widened until the best is bracketed, then the best LR deca
 of lr/10; the progressive chain likewise, stage by stage, each grown from the best previous member.
 curves: with the chosen settings, every independent member and every progressive stage trained to
 2x its budget with branches at 0.5, 0.75, 1, 1.25 and 1.5x; the 1x branch is the member the next
-stage grows from. Runs are resumable and skipped when done; two run side by side (--jobs).
+stage grows from. frontier: the progressive family with every grown stage's budget scaled by
+--budget_scales (flops.plan's budget_scale: the family costs that fraction of its largest member
+alone), grown from each stage's final weights or (--grow_from stable) its weights before the decay;
+each member's final loss against its independent counterpart's gives the saving a recipe can reach.
+Runs are resumable and skipped when done; two run side by side (--jobs).
 """
 import argparse
 import concurrent.futures as cf
@@ -22,6 +27,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +43,7 @@ MIN_LR_RATIOS = (0.1, 0.0)  # the decay ends at lr/10 (the recipe) or at 0
 
 def parse_args(argv=None):
     ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["sweep", "curves", "collect"], help="what to run (see above)")
+    ap.add_argument("phase", choices=["sweep", "curves", "frontier", "collect"], help="what to run (see above)")
     ap.add_argument("--family", default="tiny", help="family of model.py (default tiny)")
     ap.add_argument("--chinchilla", type=float, default=1.0, help="x 20 tokens/param per member (default 1)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1], help="curves: seeds (default 1)")
@@ -46,6 +52,10 @@ def parse_args(argv=None):
     ap.add_argument("--settings", choices=["plan", "sweep"], default="sweep",
                     help="curves: max LR and final LR from the family plan (flops.py, adjusted) or from "
                          "the sweep (default)")
+    ap.add_argument("--budget_scales", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8],
+                    help="frontier: the progressive family's budgets, x its largest member's (default 0.5 0.6 0.7 0.8)")
+    ap.add_argument("--grow_from", choices=["final", "stable"], default="final",
+                    help="frontier: grow each stage from its final weights or from those before its decay")
     ap.add_argument("--data", default="data/openstax_bytes", help="folder from data/prepare.py")
     ap.add_argument("--out", default="runs/equal_loss", help="run folder (default runs/equal_loss)")
     ap.add_argument("--results", default="results/runs/equal_loss.json", help="collect: output JSON")
@@ -90,10 +100,10 @@ def read_run(d: Path, steps: int, returncode: int = 0) -> dict:
             "curve": [[r["step"], r["flops_total"], r["val_loss"]] for r in vals]}
 
 
-def recipe(args) -> dict:
+def recipe(args, budget_scale: float = 1.0) -> dict:
     """The family plan (flops.py, adjusted LR) as steps: {family: [stage]}, with warmup in steps."""
     from flops import plan
-    p = plan(args.family, args.chinchilla, "adjusted")
+    p = plan(args.family, args.chinchilla, "adjusted", budget_scale=budget_scale)
     out = {}
     for fam in ("progressive", "independent"):
         out[fam] = [{"size": s["size"], "lr": s["lr"], "batch": s["batch_size"],
@@ -255,12 +265,52 @@ def curves(args) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# frontier: the progressive family on smaller budgets, at the plan's settings
+
+def variant_name(budget_scale: float, grow_from: str) -> str:
+    return f"scale{budget_scale:g}" + ("_stable" if grow_from == "stable" else "")
+
+
+def lineage(args, pool, seed: int, budget_scale: float, grow_from: str) -> list[dict]:
+    """The progressive chain of one seed with its grown stages scaled; its smallest member is the
+    curves' run (a 2x run with a branch at 1x, so its weights before the decay are there too)."""
+    rec = recipe(args, budget_scale)
+    first = rec["progressive"][0]
+    base = run_dir(Path(args.out) / "curves", "independent", first["size"], seed, first["lr"], MIN_LR_RATIOS[0], "")
+    src = base / "1x" / "ckpt.pt" if grow_from == "final" else base / "2x" / f"ckpt_branch{first['steps']}.pt"
+    if not src.exists():
+        raise UserError(f"{src} is missing: run `experiments/equal_loss.py curves --settings plan --seeds {seed}` first")
+    out, name = [], variant_name(budget_scale, grow_from)
+    for i, stage in enumerate(rec["progressive"][1:], 1):
+        d = run_dir(Path(args.out) / "frontier" / name, "progressive", stage["size"], seed, stage["lr"],
+                    MIN_LR_RATIOS[0], "1x")
+        stable = grow_from == "stable" and i < len(rec["progressive"]) - 1
+        r = pool.submit(train, args, d, stage["size"], stage["steps"], stage["warmup"], stage["lr"], MIN_LR_RATIOS[0],
+                        seed, stage["batch"], grow(args, str(src), stage["size"], seed),
+                        branches=[1.0] if stable else ()).result()
+        out.append({**r, "variant": name})
+        src = d / (f"ckpt_branch{stage['steps']}.pt" if stable else "ckpt.pt")
+    return out
+
+
+def frontier(args) -> list[dict]:
+    pool, outer = pools(args)
+    with pool, outer:
+        runs = [outer.submit(lineage, args, pool, seed, s, args.grow_from)
+                for s in args.budget_scales for seed in args.seeds]
+        out = [r for f in runs for r in f.result()]
+    print(f"{len(out)} frontier runs done in {args.out}; `collect` gathers them from their folders")
+    return out
+
+
 RUN_NAME = re.compile(r"(?P<size>.+)_lr(?P<lr>[^_]+)_min(?P<ratio>[^_]+)$")  # run_dir's folder name
+VARIANT = re.compile(r"scale(?P<scale>[^_]+)(?P<stable>_stable)?$")  # variant_name's
 
 
 def finished_runs(out: Path, rec: dict, kind: str) -> list[dict]:
-    """Every complete run under out/kind (curves or sweep), read from its folder: the runs of a
-    sweep or curves still going are there before its JSON summary is."""
+    """Every complete run under out/kind (curves, sweep or frontier/VARIANT), read from its folder,
+    while the phase that makes them may still be going."""
     runs = []
     for d in sorted((out / kind).glob("seed_*/*/*/*x")):  # seed_N/family/SIZE_lrLR_minRATIO/Mx
         name, family = RUN_NAME.match(d.parent.name), d.parent.parent.name
@@ -288,6 +338,12 @@ def collect(args):
             "flops", "flops_total", "curve")
     slim = lambda r: {k: r[k] for k in keep if k in r}  # noqa: E731
     sweep_runs, curves = {}, finished_runs(out, rec, "curves")
+    frontier_runs = []
+    for d in sorted((out / "frontier").glob("scale*")):
+        v = VARIANT.match(d.name)
+        scale, grow_from = float(v["scale"]), "stable" if v["stable"] else "final"
+        frontier_runs += [{**slim(r), "budget_scale": scale, "grow_from": grow_from}
+                          for r in finished_runs(out, recipe(args, scale), f"frontier/{d.name}")]
     # a curve's 1x point at the plan's settings is the sweep's run at that LR, bit for bit (a branch
     # equals the run planned to end there): seed 1's counts as that sweep point
     planned = [r for r in curves if r["seed"] == 1 and r["multiple"] == 1.0 and r["settings"] == "plan"
@@ -300,7 +356,7 @@ def collect(args):
               "eval_tokens": args.eval_tokens, "data": os.path.basename(args.data.rstrip("/")),
               "sweep": [{"family": f, "size": z, "runs": sorted(runs, key=lambda r: (r["min_lr_ratio"], r["lr"]))}
                         for (f, z), runs in sweep_runs.items()],
-              "curves": [slim(r) for r in curves]}
+              "curves": [slim(r) for r in curves], "frontier": frontier_runs}
     write_json(args.results, result)
     print(f"wrote {args.results}: {len(result['sweep'])} sweeps, {len(result['curves'])} curve runs")
 
@@ -434,6 +490,43 @@ def tuned_baseline(results: dict, seeds: dict, sizes: list[str]) -> list[list[st
     return rows
 
 
+def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
+    """Item by item of the frontier: per variant (budget scale, grow from), the family's saving and
+    each grown member's final loss minus its independent counterpart's (same seed, planned budget),
+    with the plan's own family (the curves' 1x points) as the first row; and the verdict: the
+    smallest budget at which every member is at or below its counterpart in every seed."""
+    plan_seeds = by_seed(results, "plan")
+    sizes = [st["size"] for st in results["recipe"]["progressive"]]
+    variants = {(1.0, "final"): {s: {z: runs[z][1.0] for z in sizes[1:] if 1.0 in runs.get(z, {})}
+                                 for s, runs in ((s, r.get("progressive", {})) for s, r in plan_seeds.items())}}
+    for r in results.get("frontier", []):
+        variants.setdefault((r["budget_scale"], r["grow_from"]), {}).setdefault(r["seed"], {})[r["size"]] = r
+    rows, ok = [], []
+    for (scale, grow_from), by_seed_ in sorted(variants.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        seeds = sorted(s for s, m in by_seed_.items() if len(m) == len(sizes) - 1
+                       and all(1.0 in plan_seeds.get(s, {}).get("independent", {}).get(z, {}) for z in sizes))
+        if not seeds:
+            continue
+        ind = {s: {z: plan_seeds[s]["independent"][z][1.0] for z in sizes} for s in seeds}
+        saving = f"{100 * statistics.mean(1 - by_seed_[s][sizes[-1]]['flops_total'] / sum(r['flops_total'] for r in ind[s].values()) for s in seeds):.1f}"
+        cells, every = [], True
+        for z in sizes[1:]:
+            gaps = [by_seed_[s][z]["val_loss"] - ind[s][z]["val_loss"] for s in seeds]
+            below = sum(g <= 0 for g in gaps)
+            every &= below == len(gaps)
+            cells.append(f"{_mean_spread(gaps, 1, '{:.3f}')} ({below}/{len(gaps)} ≤ 0)")
+        if every and len(seeds) >= 3:
+            ok.append((saving, scale, grow_from))
+        rows.append([f"{scale:g}", grow_from, saving] + cells + ["yes" if every else "no",
+                                                                             ", ".join(map(str, seeds))])
+    best = min(ok, key=lambda x: x[1]) if ok else None
+    verdict = (f"The smallest family budget at which every member ends at or below its independent counterpart "
+               f"in each of 3 or more seeds: {best[1]:g}× the largest member alone, growing from the {best[2]} "
+               f"weights, a {best[0]}% saving of FLOPs." if best else
+               "No budget run has every member at or below its independent counterpart in each of 3 or more seeds.")
+    return rows, verdict
+
+
 def tables(results: dict) -> str:
     """The measured section: savings per member and for the family, seed by seed, the token-matched
     control, the tuned baseline and the LR sweep."""
@@ -489,6 +582,15 @@ def tables(results: dict) -> str:
                 "sweep below reaches at its planned budget, the same cost as the curves' 1× point.", "",
                 md_table(["member", "max LRs tried", "best max LR", "tuned independent loss", "independent loss, plan's LR",
                           "progressive loss", "(a) against the tuned loss"], tuned), ""]
+    frontier_, verdict = frontier_rows(results)
+    if len(frontier_) > 1:
+        out += ["The frontier: the progressive family on smaller budgets (every grown stage's tokens scaled so "
+                "that the family costs the given multiple of its largest member trained alone; plan settings, "
+                "WSD). Each member's final loss minus its independent counterpart's at its planned budget, same "
+                "seed; the first row is the plan's own family.", "",
+                md_table(["family budget (× largest alone)", "grow from", "saving of FLOPs (%)"]
+                         + [f"{z}: progressive − independent" for z in sizes[1:]]
+                         + ["every member ≤ independent in every seed", "seeds"], frontier_), "", verdict, ""]
     out += ["LR sweep (seed 1, each member at its planned budget, WSD, final LR lr/10 unless marked /0; the "
             "chosen setting in bold):", ""]
     rows = []
@@ -538,7 +640,7 @@ def main(argv=None):
         raise UserError(f"{args.data} is not a prepared data folder; run data/prepare.py (as run_family.sh does)")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # --jobs runs side by side, one core each
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    {"sweep": sweep, "curves": curves, "collect": collect}[args.phase](args)
+    {"sweep": sweep, "curves": curves, "frontier": frontier, "collect": collect}[args.phase](args)
 
 
 if __name__ == "__main__":

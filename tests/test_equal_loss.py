@@ -167,3 +167,63 @@ def test_collect_reads_finished_runs_from_their_folders(tmp_path):
     sweep = next(s for s in out["sweep"] if s["size"] == big["size"])
     assert [(r["lr"], r["val_loss"]) for r in sweep["runs"]] == [
         (float(f"{big['lr'] / 2:.3g}"), 1.7), (float(f"{big['lr']:.3g}"), 1.5)]
+
+
+def test_frontier_lineage_scales_every_grown_stage_and_grows_from_the_chosen_weights(monkeypatch, tmp_path):
+    """frontier: each grown stage at budget_scale x its planned steps, grown from the previous
+    stage's final checkpoint, or (stable) from the state before its decay, which only the stages
+    that something grows from keep (--branches 1)."""
+    import concurrent.futures as cf
+    calls = []
+
+    def fake_train(args, d, size, steps, warmup, lr, ratio, seed, batch, init="", branches=(), **kw):
+        calls.append({"size": size, "steps": steps, "init": init, "branches": list(branches), "d": d})
+        return {"size": size, "val_loss": 1.0}
+
+    monkeypatch.setattr(equal_loss, "train", fake_train)
+    monkeypatch.setattr(equal_loss, "grow", lambda args, src, size, seed: f"{src}->{size}")
+    args = equal_loss.parse_args(["frontier", "--out", str(tmp_path)])
+    plan, small = equal_loss.recipe(args), equal_loss.recipe(args, 0.6)
+    base = equal_loss.run_dir(tmp_path / "curves", "independent", plan["independent"][0]["size"], 2,
+                              plan["independent"][0]["lr"], 0.1, "")
+    with pytest.raises(equal_loss.UserError, match="curves --settings plan --seeds 2"):
+        equal_loss.lineage(args, None, 2, 0.6, "final")  # the smallest member's curve is missing
+    for f in ("1x/ckpt.pt", f"2x/ckpt_branch{plan['independent'][0]['steps']}.pt"):
+        (base / f).parent.mkdir(parents=True, exist_ok=True)
+        (base / f).write_text("")
+    with cf.ThreadPoolExecutor(1) as pool:
+        for grow_from in ("final", "stable"):
+            calls.clear()
+            runs = equal_loss.lineage(args, pool, 2, 0.6, grow_from)
+            assert [c["steps"] for c in calls] == [st["steps"] for st in small["progressive"][1:]]
+            assert all(c < p for c, p in zip([c["steps"] for c in calls],
+                                              [st["steps"] for st in plan["progressive"][1:]]))
+            assert {r["variant"] for r in runs} == {"scale0.6" if grow_from == "final" else "scale0.6_stable"}
+            first = base / ("1x/ckpt.pt" if grow_from == "final" else f"2x/ckpt_branch{plan['independent'][0]['steps']}.pt")
+            assert calls[0]["init"] == f"{first}->{calls[0]['size']}"
+            for prev, c in zip(calls, calls[1:]):
+                kept = f"ckpt_branch{prev['steps']}.pt" if grow_from == "stable" else "ckpt.pt"
+                assert c["init"] == f"{prev['d'] / kept}->{c['size']}"
+            assert [bool(c["branches"]) for c in calls] == [grow_from == "stable"] * (len(calls) - 1) + [False]
+
+
+def test_frontier_finds_the_smallest_budget_at_which_every_member_holds():
+    """Three seeds; at 0.8x every grown member ends at or below its counterpart, at 0.6x the middle
+    one ends above in one seed: the verdict is 0.8x, with the saving 1 - lineage / independent."""
+    def run(fam, size, seed, loss, flops, **kw):
+        return {"family": fam, "size": size, "seed": seed, "settings": "plan", "multiple": 1.0,
+                "val_loss": loss, "flops_total": flops, **kw}
+    curves, frontier = [], []
+    for seed in (1, 2, 3):
+        curves += [run("independent", z, seed, loss, c) for z, loss, c in (("s", 3.0, 10.0), ("m", 2.5, 30.0), ("l", 2.0, 60.0))]
+        curves += [run("progressive", "s", seed, 3.0, 10.0), run("progressive", "m", seed, 2.4, 25.0),
+                   run("progressive", "l", seed, 1.9, 60.0)]
+        for scale, loss_m in ((0.8, 2.45), (0.6, 2.6 if seed == 2 else 2.5)):
+            frontier += [run("progressive", "m", seed, loss_m, 20.0, budget_scale=scale, grow_from="final"),
+                         run("progressive", "l", seed, 1.95, 60.0 * scale, budget_scale=scale, grow_from="final")]
+    results = {"recipe": {"progressive": [{"size": z} for z in "sml"]}, "curves": curves, "frontier": frontier}
+    rows, verdict = equal_loss.frontier_rows(results)
+    assert [r[:3] for r in rows] == [["1", "final", "40.0"], ["0.8", "final", "52.0"], ["0.6", "final", "64.0"]]
+    assert rows[1][3:] == ["-0.050 ± 0.000 (3/3 ≤ 0)", "-0.050 ± 0.000 (3/3 ≤ 0)", "yes", "1, 2, 3"]
+    assert rows[2][3] == "0.033 ± 0.050 (2/3 ≤ 0)" and rows[2][5] == "no"
+    assert "0.8× the largest member alone, growing from the final weights, a 52.0% saving" in verdict
