@@ -84,9 +84,22 @@ def train(args, d: Path, size: str, steps: int, warmup: int, lr: float, min_lr_r
     cmd += ["--branches", ",".join(f"{b:g}" for b in branches)] if branches else []
     cmd += ["--branch_from", branch_from] if branch_from else []
     with open(d / "stdout.log", "a") as log:
+        start = log.tell()
         proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 and not diverged(d / "stdout.log", start):
+        # stopped (a signal, --stop_at) or refused: counting it as a bad LR would steer the sweep
+        raise UserError(f"train.py stopped in {d} with exit status {proc.returncode} before its last step "
+                        f"(see its stdout.log); fix what it says and re-run this phase: it resumes")
     return {"size": size, "seed": seed, "lr": lr, "min_lr_ratio": min_lr_ratio, "steps": steps, "init": init,
             "ckpt": str(d / "ckpt.pt"), **read_run(d, steps, proc.returncode)}
+
+
+def diverged(log: Path, start: int = 0) -> bool:
+    """Whether train.py's output from byte `start` of its log ends with a non-finite loss (train.py
+    stops there, exit 2): the one failure a sweep counts as a result, an infinitely bad one."""
+    with open(log, "rb") as f:
+        f.seek(start)
+        return b"non-finite loss" in f.read()
 
 
 def read_run(d: Path, steps: int, returncode: int = 0) -> dict:

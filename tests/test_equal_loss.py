@@ -227,3 +227,29 @@ def test_frontier_finds_the_smallest_budget_at_which_every_member_holds():
     assert rows[1][3:] == ["-0.050 ± 0.000 (3/3 ≤ 0)", "-0.050 ± 0.000 (3/3 ≤ 0)", "yes", "1, 2, 3"]
     assert rows[2][3] == "0.033 ± 0.050 (2/3 ≤ 0)" and rows[2][5] == "no"
     assert "0.8× the largest member alone, growing from the final weights, a 52.0% saving" in verdict
+
+
+@pytest.mark.parametrize("status, output", [(-9, ""), (143, "stopped by signal 15"), (2, "error: --lr must be > 0")])
+def test_a_stopped_run_stops_the_phase_but_a_diverged_one_is_a_result(monkeypatch, tmp_path, status, output):
+    """A run killed or refused must not count as a bad LR (the sweep would move away from it); a
+    run that diverged (train.py's non-finite loss error) is one, infinitely bad."""
+    import subprocess
+
+    def fake_run(message, code):
+        def run(cmd, cwd, stdout, stderr):
+            stdout.write(message)
+            return subprocess.CompletedProcess(cmd, code)
+        return run
+    args = equal_loss.parse_args(["sweep", "--out", str(tmp_path)])
+    d = tmp_path / "run"
+    monkeypatch.setattr(equal_loss.subprocess, "run", fake_run(output, status))
+    with pytest.raises(equal_loss.UserError, match=f"exit status {status} before its last step"):
+        equal_loss.train(args, d, "20k", 10, 1, 1e-3, 0.1, 1, 16)
+    monkeypatch.setattr(equal_loss.subprocess, "run", fake_run(
+        "error: non-finite loss/gradient at step 3 (loss nan, grad norm nan)\n", 2))
+    r = equal_loss.train(args, d, "20k", 10, 1, 1e-3, 0.1, 1, 16)
+    assert not r["ok"] and r["val_loss"] == math.inf
+    # the earlier divergence in the same log does not excuse a later stop
+    monkeypatch.setattr(equal_loss.subprocess, "run", fake_run(output, status))
+    with pytest.raises(equal_loss.UserError):
+        equal_loss.train(args, d, "20k", 10, 1, 1e-3, 0.1, 1, 16)
