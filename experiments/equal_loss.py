@@ -18,7 +18,9 @@ curves: with the chosen settings, every independent member and every progressive
 stage grows from. frontier: the progressive family with every grown stage's budget scaled by
 --budget_scales (flops.plan's budget_scale: the family costs that fraction of its largest member
 alone), grown from each stage's final weights or (--grow_from stable) its weights before the decay;
-each member's final loss against its independent counterpart's gives the saving a recipe can reach.
+or (--shrink last) with the earlier stages as planned (the curves' runs) and only the largest
+member's stage shortened. Each member's final loss against its independent counterpart's gives the
+saving a recipe can reach.
 Runs are resumable and skipped when done; two run side by side (--jobs).
 """
 import argparse
@@ -56,6 +58,8 @@ def parse_args(argv=None):
                     help="frontier: the progressive family's budgets, x its largest member's (default 0.5 0.6 0.7 0.8)")
     ap.add_argument("--grow_from", choices=["final", "stable"], default="final",
                     help="frontier: grow each stage from its final weights or from those before its decay")
+    ap.add_argument("--shrink", choices=["all", "last"], default="all",
+                    help="frontier: scale every grown stage, or only the last (the others keep their planned FLOPs)")
     ap.add_argument("--data", default="data/openstax_bytes", help="folder from data/prepare.py")
     ap.add_argument("--out", default="runs/equal_loss", help="run folder (default runs/equal_loss)")
     ap.add_argument("--results", default="results/runs/equal_loss.json", help="collect: output JSON")
@@ -113,10 +117,18 @@ def read_run(d: Path, steps: int, returncode: int = 0) -> dict:
             "curve": [[r["step"], r["flops_total"], r["val_loss"]] for r in vals]}
 
 
-def recipe(args, budget_scale: float = 1.0) -> dict:
-    """The family plan (flops.py, adjusted LR) as steps: {family: [stage]}, with warmup in steps."""
+def recipe(args, budget_scale: float = 1.0, shrink: str = "all") -> dict:
+    """The family plan (flops.py, adjusted LR) as steps: {family: [stage]}, with warmup in steps; with
+    budget_scale < 1 every grown stage is shortened alike, or (shrink="last") only the last one."""
     from flops import plan
-    p = plan(args.family, args.chinchilla, "adjusted", budget_scale=budget_scale)
+    weights = None
+    if shrink == "last":  # stage_fractions that keep the middle stages' planned FLOPs
+        full = [st["flops"] for st in plan(args.family, args.chinchilla, "adjusted")["progressive"]]
+        weights = full[1:-1] + [budget_scale * full[-1] + budget_scale * sum(full[:-1]) - sum(full[:-1])]
+        if weights[-1] <= 0:
+            raise UserError(f"budget_scale {budget_scale:g} leaves nothing for the last stage when the others keep "
+                            f"their planned FLOPs; use at least {sum(full[:-1]) / sum(full):.3g}")
+    p = plan(args.family, args.chinchilla, "adjusted", stage_fractions=weights, budget_scale=budget_scale)
     out = {}
     for fam in ("progressive", "independent"):
         out[fam] = [{"size": s["size"], "lr": s["lr"], "batch": s["batch_size"],
@@ -281,21 +293,26 @@ def curves(args) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # frontier: the progressive family on smaller budgets, at the plan's settings
 
-def variant_name(budget_scale: float, grow_from: str) -> str:
-    return f"scale{budget_scale:g}" + ("_stable" if grow_from == "stable" else "")
+def variant_name(budget_scale: float, grow_from: str, shrink: str = "all") -> str:
+    return f"scale{budget_scale:g}" + ("_last" if shrink == "last" else "") + ("_stable" if grow_from == "stable" else "")
 
 
-def lineage(args, pool, seed: int, budget_scale: float, grow_from: str) -> list[dict]:
-    """The progressive chain of one seed with its grown stages scaled; its smallest member is the
-    curves' run (a 2x run with a branch at 1x, so its weights before the decay are there too)."""
-    rec = recipe(args, budget_scale)
-    first = rec["progressive"][0]
-    base = run_dir(Path(args.out) / "curves", "independent", first["size"], seed, first["lr"], MIN_LR_RATIOS[0], "")
-    src = base / "1x" / "ckpt.pt" if grow_from == "final" else base / "2x" / f"ckpt_branch{first['steps']}.pt"
+def lineage(args, pool, seed: int, budget_scale: float, grow_from: str, shrink: str = "all") -> list[dict]:
+    """The progressive chain of one seed with its grown stages scaled. The stages it shares with the
+    plan are the curves' runs (2x runs with a branch at 1x, so their weights before the decay are
+    there too): the smallest member, or (shrink="last") every member but the largest."""
+    if shrink == "last" and grow_from == "stable":
+        raise UserError("--shrink last reuses the curves' stages, which grew from final weights: use --grow_from final")
+    rec = recipe(args, budget_scale, shrink)
+    start = 0 if shrink == "all" else len(rec["progressive"]) - 2  # the last stage shared with the curves
+    kept = rec["progressive"][start]
+    base = run_dir(Path(args.out) / "curves", "independent" if start == 0 else "progressive", kept["size"], seed,
+                   kept["lr"], MIN_LR_RATIOS[0], "")
+    src = base / "1x" / "ckpt.pt" if grow_from == "final" else base / "2x" / f"ckpt_branch{kept['steps']}.pt"
     if not src.exists():
         raise UserError(f"{src} is missing: run `experiments/equal_loss.py curves --settings plan --seeds {seed}` first")
-    out, name = [], variant_name(budget_scale, grow_from)
-    for i, stage in enumerate(rec["progressive"][1:], 1):
+    out, name = [], variant_name(budget_scale, grow_from, shrink)
+    for i, stage in enumerate(rec["progressive"][start + 1:], start + 1):
         d = run_dir(Path(args.out) / "frontier" / name, "progressive", stage["size"], seed, stage["lr"],
                     MIN_LR_RATIOS[0], "1x")
         stable = grow_from == "stable" and i < len(rec["progressive"]) - 1
@@ -310,7 +327,7 @@ def lineage(args, pool, seed: int, budget_scale: float, grow_from: str) -> list[
 def frontier(args) -> list[dict]:
     pool, outer = pools(args)
     with pool, outer:
-        runs = [outer.submit(lineage, args, pool, seed, s, args.grow_from)
+        runs = [outer.submit(lineage, args, pool, seed, s, args.grow_from, args.shrink)
                 for s in args.budget_scales for seed in args.seeds]
         out = [r for f in runs for r in f.result()]
     print(f"{len(out)} frontier runs done in {args.out}; `collect` gathers them from their folders")
@@ -318,7 +335,7 @@ def frontier(args) -> list[dict]:
 
 
 RUN_NAME = re.compile(r"(?P<size>.+)_lr(?P<lr>[^_]+)_min(?P<ratio>[^_]+)$")  # run_dir's folder name
-VARIANT = re.compile(r"scale(?P<scale>[^_]+)(?P<stable>_stable)?$")  # variant_name's
+VARIANT = re.compile(r"scale(?P<scale>[^_]+)(?P<last>_last)?(?P<stable>_stable)?$")  # variant_name's
 
 
 def finished_runs(out: Path, rec: dict, kind: str) -> list[dict]:
@@ -354,9 +371,9 @@ def collect(args):
     frontier_runs = []
     for d in sorted((out / "frontier").glob("scale*")):
         v = VARIANT.match(d.name)
-        scale, grow_from = float(v["scale"]), "stable" if v["stable"] else "final"
-        frontier_runs += [{**slim(r), "budget_scale": scale, "grow_from": grow_from}
-                          for r in finished_runs(out, recipe(args, scale), f"frontier/{d.name}")]
+        scale, grow_from, shrink = float(v["scale"]), "stable" if v["stable"] else "final", "last" if v["last"] else "all"
+        frontier_runs += [{**slim(r), "budget_scale": scale, "grow_from": grow_from, "shrink": shrink}
+                          for r in finished_runs(out, recipe(args, scale, shrink), f"frontier/{d.name}")]
     # a curve's 1x point at the plan's settings is the sweep's run at that LR, bit for bit (a branch
     # equals the run planned to end there): seed 1's counts as that sweep point
     planned = [r for r in curves if r["seed"] == 1 and r["multiple"] == 1.0 and r["settings"] == "plan"
@@ -504,18 +521,22 @@ def tuned_baseline(results: dict, seeds: dict, sizes: list[str]) -> list[list[st
 
 
 def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
-    """Item by item of the frontier: per variant (budget scale, grow from), the family's saving and
+    """Item 4 of the frontier: per variant (budget scale, grow from, shrink), the family's saving and
     each grown member's final loss minus its independent counterpart's (same seed, planned budget),
     with the plan's own family (the curves' 1x points) as the first row; and the verdict: the
     smallest budget at which every member is at or below its counterpart in every seed."""
     plan_seeds = by_seed(results, "plan")
     sizes = [st["size"] for st in results["recipe"]["progressive"]]
-    variants = {(1.0, "final"): {s: {z: runs[z][1.0] for z in sizes[1:] if 1.0 in runs.get(z, {})}
-                                 for s, runs in ((s, r.get("progressive", {})) for s, r in plan_seeds.items())}}
+    planned = {s: {z: runs[z][1.0] for z in sizes[1:] if 1.0 in runs.get(z, {})}
+               for s, runs in ((s, r.get("progressive", {})) for s, r in plan_seeds.items())}
+    variants = {(1.0, "final", "all"): planned}
     for r in results.get("frontier", []):
-        variants.setdefault((r["budget_scale"], r["grow_from"]), {}).setdefault(r["seed"], {})[r["size"]] = r
+        v = variants.setdefault((r["budget_scale"], r["grow_from"], r.get("shrink", "all")), {})
+        if r.get("shrink") == "last":  # the members before the last are the plan's (the curves' runs)
+            v.setdefault(r["seed"], {z: x for z, x in planned.get(r["seed"], {}).items() if z != sizes[-1]})
+        v.setdefault(r["seed"], {})[r["size"]] = r
     rows, ok = [], []
-    for (scale, grow_from), by_seed_ in sorted(variants.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+    for (scale, grow_from, shrink), by_seed_ in sorted(variants.items(), key=lambda kv: (-kv[0][0], kv[0][1:])):
         seeds = sorted(s for s, m in by_seed_.items() if len(m) == len(sizes) - 1
                        and all(1.0 in plan_seeds.get(s, {}).get("independent", {}).get(z, {}) for z in sizes))
         if not seeds:
@@ -528,14 +549,17 @@ def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
             below = sum(g <= 0 for g in gaps)
             every &= below == len(gaps)
             cells.append(f"{_mean_spread(gaps, 1, '{:.3f}')} ({below}/{len(gaps)} ≤ 0)")
+        what = "none (the plan)" if (scale, shrink) == (1.0, "all") else \
+            "the last stage" if shrink == "last" else "every grown stage"
+        what += ", grown from pre-decay weights" if grow_from == "stable" else ""
         if every and len(seeds) >= 3:
-            ok.append((saving, scale, grow_from))
-        rows.append([f"{scale:g}", grow_from, saving] + cells + ["yes" if every else "no",
+            ok.append((saving, scale, what))
+        rows.append([f"{scale:g}", what, saving] + cells + ["yes" if every else "no",
                                                                              ", ".join(map(str, seeds))])
     best = min(ok, key=lambda x: x[1]) if ok else None
     verdict = (f"The smallest family budget at which every member ends at or below its independent counterpart "
-               f"in each of 3 or more seeds: {best[1]:g}× the largest member alone, growing from the {best[2]} "
-               f"weights, a {best[0]}% saving of FLOPs." if best else
+               f"in each of 3 or more seeds: {best[1]:g}× the largest member alone (shortened: {best[2]}), a "
+               f"{best[0]}% saving of FLOPs." if best else
                "No budget run has every member at or below its independent counterpart in each of 3 or more seeds.")
     return rows, verdict
 
@@ -601,7 +625,7 @@ def tables(results: dict) -> str:
                 "that the family costs the given multiple of its largest member trained alone; plan settings, "
                 "WSD). Each member's final loss minus its independent counterpart's at its planned budget, same "
                 "seed; the first row is the plan's own family.", "",
-                md_table(["family budget (× largest alone)", "grow from", "saving of FLOPs (%)"]
+                md_table(["family budget (× largest alone)", "stages shortened", "saving of FLOPs (%)"]
                          + [f"{z}: progressive − independent" for z in sizes[1:]]
                          + ["every member ≤ independent in every seed", "seeds"], frontier_), "", verdict, ""]
     out += ["LR sweep (seed 1, each member at its planned budget, WSD, final LR lr/10 unless marked /0; the "

@@ -223,10 +223,11 @@ def test_frontier_finds_the_smallest_budget_at_which_every_member_holds():
                          run("progressive", "l", seed, 1.95, 60.0 * scale, budget_scale=scale, grow_from="final")]
     results = {"recipe": {"progressive": [{"size": z} for z in "sml"]}, "curves": curves, "frontier": frontier}
     rows, verdict = equal_loss.frontier_rows(results)
-    assert [r[:3] for r in rows] == [["1", "final", "40.0"], ["0.8", "final", "52.0"], ["0.6", "final", "64.0"]]
+    assert [r[:3] for r in rows] == [["1", "none (the plan)", "40.0"], ["0.8", "every grown stage", "52.0"],
+                                     ["0.6", "every grown stage", "64.0"]]
     assert rows[1][3:] == ["-0.050 ± 0.000 (3/3 ≤ 0)", "-0.050 ± 0.000 (3/3 ≤ 0)", "yes", "1, 2, 3"]
     assert rows[2][3] == "0.033 ± 0.050 (2/3 ≤ 0)" and rows[2][5] == "no"
-    assert "0.8× the largest member alone, growing from the final weights, a 52.0% saving" in verdict
+    assert "0.8× the largest member alone (shortened: every grown stage), a 52.0% saving" in verdict
 
 
 @pytest.mark.parametrize("status, output", [(-9, ""), (143, "stopped by signal 15"), (2, "error: --lr must be > 0")])
@@ -253,3 +254,46 @@ def test_a_stopped_run_stops_the_phase_but_a_diverged_one_is_a_result(monkeypatc
     monkeypatch.setattr(equal_loss.subprocess, "run", fake_run(output, status))
     with pytest.raises(equal_loss.UserError):
         equal_loss.train(args, d, "20k", 10, 1, 1e-3, 0.1, 1, 16)
+
+
+def test_shrinking_only_the_last_stage_keeps_the_others_planned(monkeypatch, tmp_path):
+    """--shrink last: the middle stages keep their planned steps (they are the curves' runs, reused),
+    the last stage gets what is left of budget_scale x the family's budget; only it is trained."""
+    import concurrent.futures as cf
+    from flops import plan
+    args = equal_loss.parse_args(["frontier", "--out", str(tmp_path), "--shrink", "last"])
+    full, short = equal_loss.recipe(args), equal_loss.recipe(args, 0.7, "last")
+    assert [st["steps"] for st in short["progressive"][:-1]] == [st["steps"] for st in full["progressive"][:-1]]
+    flops = [st["flops"] for st in plan("tiny", 1, "adjusted")["progressive"]]
+    last = 0.7 * sum(flops) - sum(flops[:-1])  # its FLOPs, in steps of the same tokens
+    assert short["progressive"][-1]["steps"] == round(full["progressive"][-1]["steps"] * last / flops[-1])
+    with pytest.raises(equal_loss.UserError, match="leaves nothing for the last stage"):
+        equal_loss.recipe(args, 0.2, "last")
+    calls = []
+    monkeypatch.setattr(equal_loss, "train", lambda args, d, size, steps, warmup, lr, ratio, seed, batch, init="", **kw:
+                        calls.append((size, steps, init)) or {"size": size})
+    monkeypatch.setattr(equal_loss, "grow", lambda args, src, size, seed: f"{src}->{size}")
+    prev = full["progressive"][-2]
+    src = equal_loss.run_dir(tmp_path / "curves", "progressive", prev["size"], 1, prev["lr"], 0.1, "1x") / "ckpt.pt"
+    src.parent.mkdir(parents=True)
+    src.write_text("")
+    with cf.ThreadPoolExecutor(1) as pool:
+        runs = equal_loss.lineage(args, pool, 1, 0.7, "final", "last")
+        with pytest.raises(equal_loss.UserError, match="--grow_from final"):
+            equal_loss.lineage(args, pool, 1, 0.7, "stable", "last")
+    assert calls == [(short["progressive"][-1]["size"], short["progressive"][-1]["steps"],
+                      f"{src}->{short['progressive'][-1]['size']}")]
+    assert runs[0]["variant"] == "scale0.7_last"
+
+
+def test_a_last_stage_variant_is_judged_with_the_planned_members_before_it():
+    def run(fam, size, seed, loss, flops, **kw):
+        return {"family": fam, "size": size, "seed": seed, "settings": "plan", "multiple": 1.0,
+                "val_loss": loss, "flops_total": flops, **kw}
+    curves = [run(f, z, 1, loss, c) for f, z, loss, c in (
+        ("independent", "s", 3.0, 10.0), ("independent", "m", 2.5, 30.0), ("independent", "l", 2.0, 60.0),
+        ("progressive", "s", 3.0, 10.0), ("progressive", "m", 2.6, 25.0), ("progressive", "l", 1.9, 60.0))]
+    frontier = [run("progressive", "l", 1, 1.99, 45.0, budget_scale=0.75, grow_from="final", shrink="last")]
+    rows, _ = equal_loss.frontier_rows({"recipe": {"progressive": [{"size": z} for z in "sml"]},
+                                        "curves": curves, "frontier": frontier})
+    assert rows[1] == ["0.75", "the last stage", "55.0", "0.100 (0/1 ≤ 0)", "-0.010 (1/1 ≤ 0)", "no", "1"]
