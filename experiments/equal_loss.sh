@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every run behind RESULTS.md's saving at equal loss, in the order they depend on each other, then
+# the compact results to commit (results/runs/equal_loss.json, consistency.json) and the section.
+# Each phase is resumable: re-running the script skips what is done. The LR sweep runs beside the
+# plan's curves (3 seeds); the frontier grows from the curves' members. About 5 h on a 2-core CPU.
+#   bash experiments/equal_loss.sh        # DATA, OUT, SEEDS, JOBS override the defaults below
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-data/openstax_bytes}; OUT=${OUT:-runs/equal_loss}; SEEDS=${SEEDS:-1 2 3}; JOBS=${JOBS:-2}
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+[ -f "$DATA/meta.json" ] || python3 data/prepare.py --dataset ../shared/data/corpus/openstax --tokenizer bytes --out "$DATA"
+E() { nice -n "${NICE:-0}" python3 experiments/equal_loss.py "$@" --data "$DATA" --out "$OUT"; }
+mkdir -p "$OUT"
+E curves --settings plan --seeds $SEEDS --jobs "$JOBS" > "$OUT/curves.log" 2>&1 &
+curves=$!
+{ NICE=5 E sweep --families independent --jobs 1 && NICE=5 E sweep --families progressive --jobs 1; } > "$OUT/sweep.log" 2>&1
+wait $curves
+# the progressive family on smaller budgets: every grown stage shortened (seed 1), or only the last
+E frontier --budget_scales 0.5 0.6 0.7 0.8 --seeds 1 --jobs "$JOBS" > "$OUT/frontier.log" 2>&1
+E frontier --shrink last --budget_scales 0.6 0.65 0.7 --seeds $SEEDS --jobs "$JOBS" >> "$OUT/frontier.log" 2>&1
+python3 experiments/consistency.py --out "$OUT" --data "$DATA" --seeds $SEEDS
+E collect
+python3 experiments/summarize.py --runs results/runs
+echo "done: commit results/runs/equal_loss.json, results/runs/consistency.json, RESULTS.md and results/equal_loss.png"
