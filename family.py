@@ -28,7 +28,7 @@ from util import UserError, read_jsonl, run_cli
 # The options of run_family.sh, as environment variables or flags (--name value, lower case, '-' or
 # '_'): name -> (default, what it is). QUICK=1 changes the defaults of QUICK_DEFAULTS.
 OPTIONS = {
-    "FAMILY": ("tiny", "a family of model.py: tiny, paper, gpt2, tiny-llama, llama, ... (python flops.py --presets)"),
+    "FAMILY": ("tiny", "a family of model.py: tiny, tiny5, paper, gpt2, tiny-llama, llama, ... (flops.py --presets)"),
     "CHINCHILLA": ("1", "tokens per parameter, as a multiple of Chinchilla's 20"),
     "LR_SCHEDULE": ("adjusted", "adjusted: max LR from the smallest's to the largest's; fixed: the smallest's"),
     "SEED": ("1337", "the seed of a one-seed run"),
@@ -216,7 +216,7 @@ def stage(o, plan: dict, seed: str, kind: str, size: str) -> dict:
                       "--seq_len", str(s["seq_len"]), "--seed", seed, "--schedule", o["SCHEDULE"],
                       "--eval_tokens", o["EVAL_TOKENS"], "--out", f"{run}/{size}", "--ckpt", ckpt(o, seed, kind, size),
                       "--resume"]
-    if o["FAMILY"] != "tiny":  # the GPU families' stages take hours to days
+    if o["FAMILY"] not in ("tiny", "tiny5"):  # the GPU families' stages take hours to days
         cmd += ["--log_every_min", "1", "--ckpt_every_min", "30"]
     members = plan["members"]
     if kind == "progressive" and size != members[0]:

@@ -94,12 +94,15 @@ from model import FAMILIES, PRESETS, GPTConfig, count_params, get_config  # noqa
 # tiny-llama and llama: tiny's and paper's, not swept for them. smollm2: GPT-3's for its 125M and
 # 350M models, the nearest in size (SmolLM2's own schedule is not this project's).
 FAMILY_LR = {"paper": (1.5e-3, 3e-4), "tiny": (1.6e-2, 8e-3), "gpt2": (6e-4, 2e-4),
-             "tiny-llama": (1.6e-2, 8e-3), "llama": (1.5e-3, 3e-4), "smollm2": (6e-4, 3e-4)}
+             "tiny-llama": (1.6e-2, 8e-3), "llama": (1.5e-3, 3e-4), "smollm2": (6e-4, 3e-4),
+             # tiny's line one step further: 8e-3 at t = 3/4 (250k), so the shared members keep tiny's LRs
+             "tiny5": (1.6e-2, 1.6e-2 - 8e-3 / 0.75)}
 # Sequences per optimizer step; the sequence length is the preset's context (block_size).
 # paper: 1024 x 1024 tokens ~ 1M tokens per step; tiny: 16 x 256 = 4096 tokens;
 # gpt2: 512 x 1024 ~ 0.5M tokens, GPT-3's batch for its models up to 760M.
-# tiny-llama and llama as tiny and paper; smollm2: 256 x 8192 ~ 2M tokens.
-FAMILY_BATCH = {"paper": 1024, "tiny": 16, "gpt2": 512, "tiny-llama": 16, "llama": 1024, "smollm2": 256}
+# tiny5, tiny-llama and llama as tiny and paper; smollm2: 256 x 8192 ~ 2M tokens.
+FAMILY_BATCH = {"paper": 1024, "tiny": 16, "tiny5": 16, "gpt2": 512, "tiny-llama": 16, "llama": 1024,
+                "smollm2": 256}
 MIN_LR_RATIO = 0.1  # cosine decay ends at lr / 10
 WARMUP_FRACTION = 0.05  # of each stage's tokens; a grown stage warms up again (fresh optimizer)
 SCHEDULE = "cosine"  # the paper's; train.py --schedule wsd is the alternative
@@ -161,7 +164,7 @@ def recipe(size: str, lr_schedule: str = "adjusted") -> dict:
     """How the family trains one of its members: max and final LR, sequences per optimizer step and
     sequence length; SCHEDULE and WARMUP_FRACTION hold for all (the plan's stages and train.py's
     defaults both come from here)."""
-    family_name, _ = _resolve_family([size])
+    family_name, _ = _resolve_family([size])  # the first family that holds it: tiny's members are tiny's
     lr = member_lr(FAMILIES[family_name], family_name, size, lr_schedule)
     return {"lr": lr, "min_lr": lr * MIN_LR_RATIO, "batch_size": FAMILY_BATCH[family_name],
             "seq_len": get_config(size).block_size}
@@ -330,8 +333,12 @@ def print_presets():
     print("-" * len(head))
     in_family = {s for sizes in FAMILIES.values() for s in sizes}
     rows = [*FAMILIES.items(), ("-", [s for s in PRESETS if s not in in_family])]  # "-": in no family
+    printed = set()  # a size in two families (tiny5 repeats tiny) under the first only
     for fam, sizes in rows:
         for s in sizes:
+            if s in printed:
+                continue
+            printed.add(s)
             c, n = get_config(s), count_params(get_config(s))
             print(f"{fam:10s} {s:>16s} {c.n_layer:6d} {c.n_embd:6d} {c.n_head:5d} {c.kv_heads:3d} {c.head_dim:4d} "
                   f"{c.d_ff:6d} {c.vocab_size:6d} {c.block_size:6d} {n['total']:14,d} "

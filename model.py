@@ -178,6 +178,7 @@ PRESETS = {
     "50k": _tiny(2, 2),  # width 32
     "120k": _tiny(3, 3),  # width 48
     "250k": _tiny(4, 4),  # width 64
+    "500k": _tiny(6, 5),  # width 80: 1.25x width and 1.5x depth of 250k (tiny5 only, not the default)
     # gpt2: named after GPT-2's own counts (tied head, 50,257 tokens); untied and padded here
     # they are 163M, 406M, 838M and 1.64B. 124m -> 355m is 1.33x in width, not integral
     "124m": _gpt2(12, 12),  # width 768
@@ -187,6 +188,7 @@ PRESETS = {
     **LLAMA_PRESETS,
 }
 FAMILIES = {"paper": ["1b", "2b", "4b", "8b"], "tiny": ["20k", "50k", "120k", "250k"],
+            "tiny5": ["20k", "50k", "120k", "250k", "500k"],  # tiny plus a 500k, for the trend over sizes
             "gpt2": ["124m", "355m", "774m", "1.5b"], **LLAMA_FAMILIES}
 
 

@@ -224,7 +224,8 @@ def family_members(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"--family {folder} is not a folder")
-    found = [folder / f"ckpt_{s}.pt" for sizes in FAMILIES.values() for s in sizes]
+    sizes = dict.fromkeys(s for family in FAMILIES.values() for s in family)  # once each (tiny5 repeats tiny)
+    found = [folder / f"ckpt_{s}.pt" for s in sizes]
     found = [p for p in found if p.is_file()]
     if not found:
         raise UserError(f"no family checkpoints (ckpt_<size>.pt) in {folder}")

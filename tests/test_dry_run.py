@@ -113,6 +113,19 @@ def test_llama_family_on_8_gpus(tmp_path):
     check_paper(dry_run(tmp_path, FAMILY="llama", NPROC="8"), tmp_path, 8, ("llama-1b", "llama-2b", "llama-4b", "llama-8b"))
 
 
+def test_tiny5_family_plans_five_stages(tmp_path):
+    """FAMILY=tiny5 (tiny plus 500k): five CPU stages, the 500k grown from the 250k at tiny5's last LR,
+    without the GPU families' wall-clock intervals (as tiny)."""
+    from flops import FAMILY_LR
+    r = dry_run(tmp_path, FAMILY="tiny5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    commands = [ln.strip() for ln in r.stdout.splitlines() if "train.py --size" in ln]
+    assert [c.split()[3] for c in commands] == ["20k", "50k", "120k", "250k", "500k"]
+    assert f"--lr {FAMILY_LR['tiny5'][1]} " in commands[-1] and "ckpt_250k_expanded.pt" in commands[-1]
+    assert not any("--ckpt_every_min" in c for c in commands)
+    assert "(dry run) python3 expand.py --src " in r.stdout and not list(tmp_path.rglob("*.pt"))
+
+
 def test_stages_that_do_not_fit_fail(tmp_path):
     r = dry_run(tmp_path, NPROC="8", GPU_MEM="16", MEMBERS="4b,8b")
     assert r.returncode == 1

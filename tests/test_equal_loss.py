@@ -106,6 +106,16 @@ def test_the_sweep_widens_until_the_best_lr_is_bracketed(monkeypatch, tmp_path):
     assert sum(r == 0.0 for _, r in calls) == 1  # decay to 0 only at the best LR
 
 
+def test_recipe_of_the_tiny5_family_at_2x_chinchilla(tmp_path):
+    """--family tiny5 --chinchilla 2: five stages per family, the 500k last."""
+    args = equal_loss.parse_args(["collect", "--family", "tiny5", "--chinchilla", "2", "--data", str(tmp_path / "d"),
+                                  "--out", str(tmp_path / "o")])
+    r = equal_loss.recipe(args)
+    for fam in ("progressive", "independent"):
+        assert [s["size"] for s in r[fam]] == ["20k", "50k", "120k", "250k", "500k"]
+    assert r["progressive"][-1]["steps"] < r["independent"][-1]["steps"]
+
+
 def test_bad_input_is_one_line(tmp_path):
     from conftest import assert_user_error, run_script
     assert_user_error(run_script("experiments/equal_loss.py", "curves", "--data", tmp_path / "none"),

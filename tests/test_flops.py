@@ -22,6 +22,7 @@ from util import UserError
 @pytest.mark.parametrize("cfg, seq_len", [
     (get_config("20k"), 256),
     (get_config("250k"), 256),
+    (get_config("500k"), 256),
     (GPTConfig(2, 4, 16, 256, 256, 1024, "bytes"), 1024),  # long context: attention dominates
     (GPTConfig(2, 2, 32, 256, 512, 512, "bytes"), 64),  # seq_len shorter than the context
     (get_config("llama-50k"), 256),  # RMSNorm, SwiGLU, RoPE, 2 query heads per key/value head
@@ -148,6 +149,23 @@ def test_lr_schedule_and_recipe():
         assert s["warmup_tokens"] == round(flops.WARMUP_FRACTION * s["tokens"])
         assert (s["batch_size"], s["seq_len"]) == (16, 256)
     assert {s["seq_len"] * s["batch_size"] for s in adjusted["progressive"]} == {1024 * 1024}
+
+
+def test_tiny5_extends_the_tiny_family():
+    """tiny5 (tiny plus 500k): five stages that sum to the 500k alone; the shared members train with
+    tiny's recipe, and tiny5's LR line, taken over its own five members, gives them tiny's LRs too."""
+    tiny, tiny5 = plan("tiny", 1, "adjusted"), plan("tiny5", 1, "adjusted")
+    assert [s["size"] for s in tiny5["progressive"]] == FAMILIES["tiny"] + ["500k"]
+    half_token = 0.5 * sum(s["flops_per_token"] for s in tiny5["progressive"])
+    assert tiny5["progressive_flops"] == pytest.approx(tiny5["independent"][-1]["flops"], abs=half_token)
+    for a, b in zip(tiny["progressive"], tiny5["progressive"]):
+        assert (b["lr"], b["min_lr"], b["batch_size"], b["seq_len"]) == \
+            pytest.approx((a["lr"], a["min_lr"], a["batch_size"], a["seq_len"]), rel=1e-12)
+    for size in FAMILIES["tiny"]:
+        assert flops.member_lr(FAMILIES["tiny5"], "tiny5", size, "adjusted") == \
+            pytest.approx(flops.member_lr(FAMILIES["tiny"], "tiny", size, "adjusted"), rel=1e-12)
+    assert tiny5["progressive"][-1]["lr"] == pytest.approx(FAMILY_LR["tiny5"][1], rel=1e-12)
+    assert tiny5["progressive"][-1]["lr"] < tiny["progressive"][-1]["lr"]
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -292,7 +310,8 @@ def test_presets_table_lists_every_preset():
     r = run_script("flops.py", "--presets")
     assert r.returncode == 0, r.stderr
     rows = {line.split()[1]: line.split() for line in r.stdout.splitlines()[2:]}
-    in_family = [s for sizes in FAMILIES.values() for s in sizes]
+    in_family = list(dict.fromkeys(s for sizes in FAMILIES.values() for s in sizes))  # once: tiny5 repeats tiny
+    assert len(r.stdout.splitlines()[2:]) == len(PRESETS)
     assert list(rows) == in_family + [s for s in PRESETS if s not in in_family]  # then those in no family
     assert int(rows["20k"][10].replace(",", "")) == count_params(get_config("20k"))["total"]
     assert rows["llama-8b"][5] == "8" and rows["smollm2-1.7b"][0] == "-"  # key/value heads; no family

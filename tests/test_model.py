@@ -55,6 +55,14 @@ def test_tiny_family_is_byte_level():
     assert all(PRESETS[s].vocab_size == 256 and PRESETS[s].tokenizer == "bytes" for s in FAMILIES["tiny"])
 
 
+def test_tiny5_is_tiny_plus_a_500k():
+    """tiny5: the tiny family unchanged, then 500k, wider (64 -> 80) and deeper (4 -> 6 blocks) than 250k."""
+    assert FAMILIES["tiny"] == ["20k", "50k", "120k", "250k"] and FAMILIES["tiny5"] == FAMILIES["tiny"] + ["500k"]
+    cfg = PRESETS["500k"]
+    assert (cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.tokenizer) == (6, 80, 256, "bytes")
+    assert count_params(cfg)["total"] == 528_640
+
+
 @pytest.mark.fast
 def test_forward_shapes_and_initial_loss():
     torch.manual_seed(0)
