@@ -117,17 +117,23 @@ def read_run(d: Path, steps: int, returncode: int = 0) -> dict:
             "curve": [[r["step"], r["flops_total"], r["val_loss"]] for r in vals]}
 
 
+def last_stage_fractions(args, budget_scale: float) -> list[float]:
+    """flops.plan's stage_fractions (run_family.sh's STAGE_FRACTIONS) under which the grown stages but
+    the last keep their planned FLOPs and the last gets the rest of budget_scale x the budget."""
+    from flops import plan
+    full = [st["flops"] for st in plan(args.family, args.chinchilla, "adjusted")["progressive"]]
+    last = budget_scale * sum(full) - sum(full[:-1])
+    if last <= 0:
+        raise UserError(f"budget_scale {budget_scale:g} leaves nothing for the last stage when the others keep "
+                        f"their planned FLOPs; use at least {sum(full[:-1]) / sum(full):.3g}")
+    return [f / full[-1] for f in full[1:-1]] + [last / full[-1]]  # relative to the last stage's plan
+
+
 def recipe(args, budget_scale: float = 1.0, shrink: str = "all") -> dict:
     """The family plan (flops.py, adjusted LR) as steps: {family: [stage]}, with warmup in steps; with
     budget_scale < 1 every grown stage is shortened alike, or (shrink="last") only the last one."""
     from flops import plan
-    weights = None
-    if shrink == "last":  # stage_fractions that keep the middle stages' planned FLOPs
-        full = [st["flops"] for st in plan(args.family, args.chinchilla, "adjusted")["progressive"]]
-        weights = full[1:-1] + [budget_scale * full[-1] + budget_scale * sum(full[:-1]) - sum(full[:-1])]
-        if weights[-1] <= 0:
-            raise UserError(f"budget_scale {budget_scale:g} leaves nothing for the last stage when the others keep "
-                            f"their planned FLOPs; use at least {sum(full[:-1]) / sum(full):.3g}")
+    weights = last_stage_fractions(args, budget_scale) if shrink == "last" else None
     p = plan(args.family, args.chinchilla, "adjusted", stage_fractions=weights, budget_scale=budget_scale)
     out = {}
     for fam in ("progressive", "independent"):
@@ -330,6 +336,9 @@ def frontier(args) -> list[dict]:
         runs = [outer.submit(lineage, args, pool, seed, s, args.grow_from, args.shrink)
                 for s in args.budget_scales for seed in args.seeds]
         out = [r for f in runs for r in f.result()]
+    for s in args.budget_scales if args.shrink == "last" else []:
+        print(f"budget scale {s:g}, last stage only, as run_family.sh: BUDGET_SCALE={s:g} STAGE_FRACTIONS="
+              + ",".join(f"{w:.4g}" for w in last_stage_fractions(args, s)))
     print(f"{len(out)} frontier runs done in {args.out}; `collect` gathers them from their folders")
     return out
 
