@@ -338,7 +338,7 @@ def frontier(args) -> list[dict]:
         out = [r for f in runs for r in f.result()]
     for s in args.budget_scales if args.shrink == "last" else []:
         print(f"budget scale {s:g}, last stage only, as run_family.sh: BUDGET_SCALE={s:g} STAGE_FRACTIONS="
-              + ",".join(f"{w:.4g}" for w in last_stage_fractions(args, s)))
+              + ",".join(f"{w:.6g}" for w in last_stage_fractions(args, s)))
     print(f"{len(out)} frontier runs done in {args.out}; `collect` gathers them from their folders")
     return out
 
