@@ -496,6 +496,18 @@ def token_matched(seed_runs: dict, recipe_: dict, size: str) -> dict:
             "loss_progressive": seed_runs["progressive"][size][1.0]["val_loss"]}
 
 
+def saving_by_budget(prog: dict, ind: dict) -> dict:
+    """{multiple: (a)} for one member and seed: the saving at equal loss when the independent member
+    trains m x its budget (10 x m tokens per parameter at 0.5 Chinchilla, ...): the compute at which
+    the progressive curve reaches that loss, against the independent member's compute."""
+    curve = [(r["flops_total"], r["val_loss"]) for r in prog.values()]
+    out = {}
+    for m, r in sorted(ind.items()):
+        how, c = crossing(curve, r["val_loss"])
+        out[m] = (FLIP[how], 1 - c / r["flops_total"])
+    return out
+
+
 def _fmt(bound: tuple[str, float]) -> str:
     how, x = bound
     return ("" if how == "=" else {"<=": "≤ ", ">=": "≥ ", "<": "< ", ">": "> ", "?": "~"}[how]) + f"{100 * x:.1f}%"
@@ -622,6 +634,17 @@ def tables(results: dict) -> str:
             f"interpolated): " + ", ".join(f"{t['loss_independent']:.3f}" for t in tm)
             + f" against the progressive {largest}'s " + ", ".join(f"{t['loss_progressive']:.3f}" for t in tm)
             + f" (seeds {seeds_txt}).", ""]
+    rows = []
+    for z in (z for z in sizes[1:] if by_member[z]):
+        per_seed = [saving_by_budget(seeds[s]["progressive"][z], seeds[s]["independent"][z]) for s in by_member[z]]
+        rows.append([z] + [_mean_spread([p[m][1] for p in per_seed]) if all(p[m][0] == "=" for p in per_seed)
+                           else ", ".join(_fmt(p[m]) for p in per_seed) for m in MULTIPLES]
+                    + [", ".join(map(str, by_member[z]))])
+    out += ["Does the saving shrink as the independent member trains longer? (a) against the independent member at "
+            "each budget of its curve (20 tokens per parameter × the multiple), the progressive curve as above "
+            "(its last stage longer, the stages before it as planned). Percent; mean ± half the range, or "
+            "each seed where a crossing lies outside the budgets run.", "",
+            md_table(["member"] + [f"{m:g}× ({20 * m:g} tok/param)" for m in MULTIPLES] + ["seeds"], rows), ""]
     tuned = tuned_baseline(results, seeds, sizes) if settings == "plan" else []
     if tuned:
         out += ["Against the tuned baseline (seed 1): (a) with the target the best independent member of the LR "

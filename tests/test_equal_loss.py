@@ -307,3 +307,12 @@ def test_a_last_stage_variant_is_judged_with_the_planned_members_before_it():
     rows, _ = equal_loss.frontier_rows({"recipe": {"progressive": [{"size": z} for z in "sml"]},
                                         "curves": curves, "frontier": frontier})
     assert rows[1] == ["0.75", "the last stage", "55.0", "0.100 (0/1 ≤ 0)", "-0.010 (1/1 ≤ 0)", "no", "1"]
+
+
+def test_saving_by_budget_is_constant_for_a_constant_efficiency():
+    """A progressive curve 1.6x as efficient saves 37.5% against the independent member at every
+    budget whose loss it reaches within its own budgets; below them it is a bound."""
+    s = equal_loss.saving_by_budget(runs(100.0, 1.6), runs(100.0))
+    for m in (1.0, 1.25, 1.5, 2.0):
+        assert s[m][0] == "=" and s[m][1] == pytest.approx(0.375)
+    assert s[0.5] == (">=", pytest.approx(0.0)) and s[0.75] == (">=", pytest.approx(1 / 3))
