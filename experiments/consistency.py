@@ -139,6 +139,10 @@ def tables(data: dict) -> str:
         xs = [get(r) for r in data["rows"] if (r["small"], r["large"]) == pair and r["choice"] == choice]
         return mean_spread(xs, 1, fmt)
 
+    def differences(pair, get):  # per seed: progressive - independent, matched
+        rows = {(r["seed"], r["choice"]): r for r in data["rows"] if (r["small"], r["large"]) == pair}
+        return [get(rows[seed, CHOICES[0]]) - get(rows[seed, CHOICES[2]]) for seed in data["seeds"]]
+
     def table(title, get):
         return md_table(["pair"] + [f"{title}, {c}" for c in CHOICES],
                         [[f"{s} → {l}"] + [cell((s, l), c, get) for c in CHOICES] for s, l in order])
@@ -158,7 +162,13 @@ def tables(data: dict) -> str:
         f"{data['spec']['prompts']} prompts × {data['spec']['tokens']} tokens: acceptance, greedy.", "",
         table("acceptance", lambda r: r["acceptance"]["greedy"]), "",
         "The same at temperature 1 (rejection sampling).", "",
-        table("acceptance", lambda r: r["acceptance"]["sampling"])])
+        table("acceptance", lambda r: r["acceptance"]["sampling"]), "",
+        "Progressive minus independent at matched quality, seed by seed (seeds " + ", ".join(map(str, data["seeds"]))
+        + "): below 0 for KL − gap, above 0 for acceptance, the progressive pair is the more consistent.", "",
+        md_table(["pair", "KL − gap", "acceptance, greedy", "acceptance, temperature 1"],
+                 [[f"{s} → {l}"] + [", ".join(f"{d:+.3f}" for d in differences((s, l), get)) for get in (
+                     lambda r: r["kl_minus_gap"], lambda r: r["acceptance"]["greedy"],
+                     lambda r: r["acceptance"]["sampling"])] for s, l in order])])
 
 
 def main(argv=None):

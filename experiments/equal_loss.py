@@ -570,7 +570,7 @@ def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
             below = sum(g <= 0 for g in gaps)
             every &= below == len(gaps)
             cells.append(f"{_mean_spread(gaps, 1, '{:.3f}')} ({below}/{len(gaps)} ≤ 0)")
-        what = "none (the plan)" if (scale, shrink) == (1.0, "all") else \
+        what = "none, the plan" if (scale, shrink) == (1.0, "all") else \
             "the last stage" if shrink == "last" else "every grown stage"
         what += ", grown from pre-decay weights" if grow_from == "stable" else ""
         if every and len(seeds) >= 3:
@@ -579,8 +579,9 @@ def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
                                                                              ", ".join(map(str, seeds))])
     best = min(ok, key=lambda x: x[1]) if ok else None
     verdict = (f"The smallest family budget at which every member ends at or below its independent counterpart "
-               f"in each of 3 or more seeds: {best[1]:g}× the largest member alone (shortened: {best[2]}), a "
-               f"{best[0]}% saving of FLOPs." if best else
+               f"in each of 3 or more seeds: {best[1]:g}× the largest member alone (stages shortened: {best[2]}), a "
+               f"{best[0]}% saving of FLOPs" + ("; no smaller budget run holds in every seed." if best[1] == 1.0 else ".")
+               if best else
                "No budget run has every member at or below its independent counterpart in each of 3 or more seeds.")
     return rows, verdict
 

@@ -63,3 +63,4 @@ def test_tables_show_each_choice_per_pair_over_seeds():
     assert "| a → b | 0.700 ± 0.100 | 0.800 ± 0.100 | 0.900 ± 0.100 |" in text  # KL(L||S): mean ± half range
     assert "| a → b | 0.200 ± 0.100 | 0.300 ± 0.100 | 0.400 ± 0.100 |" in text  # KL - gap
     assert "1×/1.5×" in text
+    assert "| a → b | -0.200, -0.200 | +0.000, +0.000 | +0.000, +0.000 |" in text  # progressive - matched, per seed

@@ -233,11 +233,11 @@ def test_frontier_finds_the_smallest_budget_at_which_every_member_holds():
                          run("progressive", "l", seed, 1.95, 60.0 * scale, budget_scale=scale, grow_from="final")]
     results = {"recipe": {"progressive": [{"size": z} for z in "sml"]}, "curves": curves, "frontier": frontier}
     rows, verdict = equal_loss.frontier_rows(results)
-    assert [r[:3] for r in rows] == [["1", "none (the plan)", "40.0"], ["0.8", "every grown stage", "52.0"],
+    assert [r[:3] for r in rows] == [["1", "none, the plan", "40.0"], ["0.8", "every grown stage", "52.0"],
                                      ["0.6", "every grown stage", "64.0"]]
     assert rows[1][3:] == ["-0.050 ± 0.000 (3/3 ≤ 0)", "-0.050 ± 0.000 (3/3 ≤ 0)", "yes", "1, 2, 3"]
     assert rows[2][3] == "0.033 ± 0.050 (2/3 ≤ 0)" and rows[2][5] == "no"
-    assert "0.8× the largest member alone (shortened: every grown stage), a 52.0% saving" in verdict
+    assert "0.8× the largest member alone (stages shortened: every grown stage), a 52.0% saving of FLOPs." in verdict
 
 
 @pytest.mark.parametrize("status, output", [(-9, ""), (143, "stopped by signal 15"), (2, "error: --lr must be > 0")])

@@ -92,14 +92,17 @@ def test_results_md_has_one_section_to_replace():
 
 
 def test_results_md_regenerates_from_the_committed_results(tmp_path):
-    """RESULTS.md's equal-loss section is what summarize.py makes of results/runs, byte for byte."""
+    """RESULTS.md's equal-loss and consistency sections are what summarize.py makes of results/runs,
+    byte for byte."""
     import shutil
     from conftest import run_script
     copy = tmp_path / "RESULTS.md"
     shutil.copy(ROOT / "RESULTS.md", copy)
     text = copy.read_text()
-    start, end = text.index("<!-- equal-loss:begin -->"), text.index("<!-- equal-loss:end -->")
-    copy.write_text(text[:start] + "<!-- equal-loss:begin -->\nstale\n" + text[end:])
+    for name in ("equal-loss", "consistency"):  # both sections made from results/runs
+        start, end = text.index(f"<!-- {name}:begin -->"), text.index(f"<!-- {name}:end -->")
+        text = text[:start] + f"<!-- {name}:begin -->\nstale\n" + text[end:]
+    copy.write_text(text)
     proc = run_script("experiments/summarize.py", "--runs", ROOT / "results" / "runs", "--results", copy,
                       "--figures", tmp_path)
     assert proc.returncode == 0, proc.stderr
