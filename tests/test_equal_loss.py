@@ -140,14 +140,19 @@ def test_tables_show_the_savings_and_the_tuned_baseline():
                + curve("progressive", "l", 300.0, 1.25, base=100.0) + curve("independent", "l", 400.0, 1.0),
                "sweep": [{"family": "independent", "size": "l",
                           "runs": [{"lr": 1e-3, "min_lr_ratio": 0.1, "val_loss": 5 - math.log(400)},
-                                   {"lr": 2e-3, "min_lr_ratio": 0.1, "val_loss": 5 - math.log(440)}]}]}
+                                   {"lr": 2e-3, "min_lr_ratio": 0.1, "val_loss": 5 - math.log(440)}]},
+                         {"family": "progressive", "size": "l",
+                          "runs": [{"lr": 1e-3, "min_lr_ratio": 0.0, "val_loss": -1.3},
+                                   {"lr": 2e-3, "min_lr_ratio": 0.1, "val_loss": -1.25}]}]}
     lines = equal_loss.tables(results).splitlines()
     row = lambda first: next(line for line in lines if line.startswith(first))  # noqa: E731
     # the member: (a) 1 - 320/400, (b) 1 - 400/500; the family: (a) 1 - 320/500, (b) 1 - 400/600
     assert row("| l |") == "| l | -1.215 | -0.991 | 20.0 | 20.0 | 20.0% | 20.0% | 1 |"
     assert row("| family |") == "| family |  |  | 36.0 | 33.3 | 36.0% | 33.3% | 1 |"
     # the sweep's best (loss 5 - log 440) is reached at lineage 352: 1 - 352/400
-    assert row("| l | 2, ") == "| l | 2, **not bracketed** | 0.002 | -1.087 | -0.991 | -1.215 | 12.0% |"
+    # best against best: the progressive sweep's best, 0.001 decaying to 0, against the independent best
+    assert row("| l | 2, ") == ("| l | 2, **not bracketed** | 0.002 | -1.087 | -0.991 | -1.215 | 12.0% | 0.001/0 | "
+                                "-1.300 | -0.213 |")
     assert "0.001: -0.991, **0.002: -1.087**" in row("| independent | l |")
 
 
