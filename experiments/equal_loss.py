@@ -77,7 +77,7 @@ def run_dir(out: Path, family: str, size: str, seed: int, lr: float, min_lr_rati
 
 
 def train(args, d: Path, size: str, steps: int, warmup: int, lr: float, min_lr_ratio: float, seed: int,
-          batch: int, init: str = "", branches=(), branch_from: str = "") -> dict:
+          batch: int, init: str = "", branches=(), branch_from: str = "", stable_ckpt: str = "") -> dict:
     """train.py for `steps` optimizer steps (WSD), resumable; its final validation loss and FLOPs."""
     d.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "train.py", "--size", size, "--data", args.data, "--max_iters", str(steps),
@@ -87,6 +87,7 @@ def train(args, d: Path, size: str, steps: int, warmup: int, lr: float, min_lr_r
     cmd += ["--init", init] if init else []
     cmd += ["--branches", ",".join(f"{b:g}" for b in branches)] if branches else []
     cmd += ["--branch_from", branch_from] if branch_from else []
+    cmd += ["--stable_ckpt", stable_ckpt] if stable_ckpt else []
     with open(d / "stdout.log", "a") as log:
         start = log.tell()
         proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -304,29 +305,33 @@ def variant_name(budget_scale: float, grow_from: str, shrink: str = "all") -> st
 
 
 def lineage(args, pool, seed: int, budget_scale: float, grow_from: str, shrink: str = "all") -> list[dict]:
-    """The progressive chain of one seed with its grown stages scaled. The stages it shares with the
-    plan are the curves' runs (2x runs with a branch at 1x, so their weights before the decay are
-    there too): the smallest member, or (shrink="last") every member but the largest."""
+    """The progressive chain of one seed with its grown stages scaled. Growing from final weights,
+    the stages it shares with the plan are the curves' runs: the smallest member, or
+    (shrink="last") every member but the largest. Growing from the weights before the decay, every
+    stage is its own, the smallest too: train.py --stable_ckpt writes them, counting the whole
+    stage's FLOPs in the lineage (the member still finishes its decay, and the family pays for it)."""
     if shrink == "last" and grow_from == "stable":
         raise UserError("--shrink last reuses the curves' stages, which grew from final weights: use --grow_from final")
-    rec = recipe(args, budget_scale, shrink)
-    start = 0 if shrink == "all" else len(rec["progressive"]) - 2  # the last stage shared with the curves
-    kept = rec["progressive"][start]
-    base = run_dir(Path(args.out) / "curves", "independent" if start == 0 else "progressive", kept["size"], seed,
-                   kept["lr"], MIN_LR_RATIOS[0], "")
-    src = base / "1x" / "ckpt.pt" if grow_from == "final" else base / "2x" / f"ckpt_branch{kept['steps']}.pt"
-    if not src.exists():
-        raise UserError(f"{src} is missing: run `experiments/equal_loss.py curves --settings plan --seeds {seed}` first")
+    stages = recipe(args, budget_scale, shrink)["progressive"]
+    start, src = -1, None  # stable: from scratch
+    if grow_from == "final":
+        start = 0 if shrink == "all" else len(stages) - 2  # the last stage shared with the curves
+        src = run_dir(Path(args.out) / "curves", "independent" if start == 0 else "progressive", stages[start]["size"],
+                      seed, stages[start]["lr"], MIN_LR_RATIOS[0], "1x") / "ckpt.pt"
+        if not src.exists():
+            raise UserError(f"{src} is missing: run `experiments/equal_loss.py curves --settings plan --seeds {seed}` "
+                            f"first")
     out, name = [], variant_name(budget_scale, grow_from, shrink)
-    for i, stage in enumerate(rec["progressive"][start + 1:], start + 1):
+    for i, stage in enumerate(stages[start + 1:], start + 1):
         d = run_dir(Path(args.out) / "frontier" / name, "progressive", stage["size"], seed, stage["lr"],
                     MIN_LR_RATIOS[0], "1x")
-        stable = grow_from == "stable" and i < len(rec["progressive"]) - 1
+        stable = d / "ckpt_stable.pt" if grow_from == "stable" and i < len(stages) - 1 else None
         r = pool.submit(train, args, d, stage["size"], stage["steps"], stage["warmup"], stage["lr"], MIN_LR_RATIOS[0],
-                        seed, stage["batch"], grow(args, str(src), stage["size"], seed),
-                        branches=[1.0] if stable else ()).result()
-        out.append({**r, "variant": name})
-        src = d / (f"ckpt_branch{stage['steps']}.pt" if stable else "ckpt.pt")
+                        seed, stage["batch"], grow(args, str(src), stage["size"], seed) if src else "",
+                        stable_ckpt=str(stable or "")).result()
+        if i > 0:  # the grown members
+            out.append({**r, "variant": name})
+        src = stable or d / "ckpt.pt"
     return out
 
 
@@ -557,7 +562,7 @@ def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
     planned = {s: {z: runs[z][1.0] for z in sizes[1:] if 1.0 in runs.get(z, {})}
                for s, runs in ((s, r.get("progressive", {})) for s, r in plan_seeds.items())}
     variants = {(1.0, "final", "all"): planned}
-    for r in results.get("frontier", []):
+    for r in (r for r in results.get("frontier", []) if r["size"] in sizes[1:]):  # the grown members
         v = variants.setdefault((r["budget_scale"], r["grow_from"], r.get("shrink", "all")), {})
         if r.get("shrink") == "last":  # the members before the last are the plan's (the curves' runs)
             v.setdefault(r["seed"], {z: x for z, x in planned.get(r["seed"], {}).items() if z != sizes[-1]})
@@ -576,7 +581,7 @@ def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
             below = sum(g <= 0 for g in gaps)
             every &= below == len(gaps)
             cells.append(f"{_mean_spread(gaps, 1, '{:.3f}')} ({below}/{len(gaps)} ≤ 0)")
-        what = "none, the plan" if (scale, shrink) == (1.0, "all") else \
+        what = ("none, the plan" if grow_from == "final" else "none") if (scale, shrink) == (1.0, "all") else \
             "the last stage" if shrink == "last" else "every grown stage"
         what += ", grown from pre-decay weights" if grow_from == "stable" else ""
         if every and len(seeds) >= 3:

@@ -186,40 +186,41 @@ def test_collect_reads_finished_runs_from_their_folders(tmp_path):
 
 def test_frontier_lineage_scales_every_grown_stage_and_grows_from_the_chosen_weights(monkeypatch, tmp_path):
     """frontier: each grown stage at budget_scale x its planned steps, grown from the previous
-    stage's final checkpoint, or (stable) from the state before its decay, which only the stages
-    that something grows from keep (--branches 1)."""
+    stage's final checkpoint (the smallest member: the curves' run), or (stable) from the state
+    train.py --stable_ckpt writes before the decay, which every stage but the last keeps; then the
+    smallest member is trained too, so that its stable checkpoint counts its whole stage."""
     import concurrent.futures as cf
     calls = []
 
-    def fake_train(args, d, size, steps, warmup, lr, ratio, seed, batch, init="", branches=(), **kw):
-        calls.append({"size": size, "steps": steps, "init": init, "branches": list(branches), "d": d})
+    def fake_train(args, d, size, steps, warmup, lr, ratio, seed, batch, init="", stable_ckpt="", **kw):
+        calls.append({"size": size, "steps": steps, "init": init, "stable": stable_ckpt, "d": d})
         return {"size": size, "val_loss": 1.0}
 
     monkeypatch.setattr(equal_loss, "train", fake_train)
     monkeypatch.setattr(equal_loss, "grow", lambda args, src, size, seed: f"{src}->{size}")
     args = equal_loss.parse_args(["frontier", "--out", str(tmp_path)])
     plan, small = equal_loss.recipe(args), equal_loss.recipe(args, 0.6)
-    base = equal_loss.run_dir(tmp_path / "curves", "independent", plan["independent"][0]["size"], 2,
-                              plan["independent"][0]["lr"], 0.1, "")
+    first = equal_loss.run_dir(tmp_path / "curves", "independent", plan["independent"][0]["size"], 2,
+                               plan["independent"][0]["lr"], 0.1, "1x") / "ckpt.pt"
     with pytest.raises(equal_loss.UserError, match="curves --settings plan --seeds 2"):
         equal_loss.lineage(args, None, 2, 0.6, "final")  # the smallest member's curve is missing
-    for f in ("1x/ckpt.pt", f"2x/ckpt_branch{plan['independent'][0]['steps']}.pt"):
-        (base / f).parent.mkdir(parents=True, exist_ok=True)
-        (base / f).write_text("")
+    first.parent.mkdir(parents=True)
+    first.write_text("")
     with cf.ThreadPoolExecutor(1) as pool:
         for grow_from in ("final", "stable"):
             calls.clear()
             runs = equal_loss.lineage(args, pool, 2, 0.6, grow_from)
-            assert [c["steps"] for c in calls] == [st["steps"] for st in small["progressive"][1:]]
-            assert all(c < p for c, p in zip([c["steps"] for c in calls],
-                                              [st["steps"] for st in plan["progressive"][1:]]))
+            stages = small["progressive"] if grow_from == "stable" else small["progressive"][1:]
+            assert [(c["size"], c["steps"]) for c in calls] == [(st["size"], st["steps"]) for st in stages]
+            assert all(c["steps"] < p["steps"] for c, p in zip(calls[-3:], plan["progressive"][1:]))
+            assert [r["size"] for r in runs] == [st["size"] for st in small["progressive"][1:]]  # the grown ones
             assert {r["variant"] for r in runs} == {"scale0.6" if grow_from == "final" else "scale0.6_stable"}
-            first = base / ("1x/ckpt.pt" if grow_from == "final" else f"2x/ckpt_branch{plan['independent'][0]['steps']}.pt")
-            assert calls[0]["init"] == f"{first}->{calls[0]['size']}"
+            assert calls[0]["init"] == ("" if grow_from == "stable" else f"{first}->{calls[0]['size']}")
             for prev, c in zip(calls, calls[1:]):
-                kept = f"ckpt_branch{prev['steps']}.pt" if grow_from == "stable" else "ckpt.pt"
-                assert c["init"] == f"{prev['d'] / kept}->{c['size']}"
-            assert [bool(c["branches"]) for c in calls] == [grow_from == "stable"] * (len(calls) - 1) + [False]
+                kept = prev["d"] / ("ckpt_stable.pt" if grow_from == "stable" else "ckpt.pt")
+                assert c["init"] == f"{kept}->{c['size']}"
+            assert [c["stable"] for c in calls] == [str(c["d"] / "ckpt_stable.pt") if grow_from == "stable" else ""
+                                                    for c in calls[:-1]] + [""]
 
 
 def test_frontier_finds_the_smallest_budget_at_which_every_member_holds():
