@@ -221,17 +221,21 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def pair_kl(small, large, windows: torch.Tensor, batch_size: int) -> dict:
-    """Mean per-token KL between the next-token distributions of two members on the same tokens."""
+    """Mean per-token KL between the next-token distributions of two members on the same tokens,
+    and each member's loss there (KL(L||S) minus the loss gap is what is left beyond quality)."""
     device = next(large.parameters()).device
-    forward = reverse = 0.0
+    forward = reverse = nll_small = nll_large = 0.0
     n = 0
-    for x, _ in window_batches(windows, batch_size, device, "kl"):
+    for x, y in window_batches(windows, batch_size, device, "kl"):
         logq = F.log_softmax(small(x)[0].float(), dim=-1)
         logp = F.log_softmax(large(x)[0].float(), dim=-1)
         forward += kl_divergence(logp, logq).sum().item()
         reverse += kl_divergence(logq, logp).sum().item()
+        nll_small -= logq.gather(-1, y[..., None]).sum().item()
+        nll_large -= logp.gather(-1, y[..., None]).sum().item()
         n += x.numel()
-    return {"kl_large_small": forward / n, "kl_small_large": reverse / n, "tokens": n}
+    return {"kl_large_small": forward / n, "kl_small_large": reverse / n, "loss_small": nll_small / n,
+            "loss_large": nll_large / n, "tokens": n}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import equal_loss  # noqa: E402  experiments/equal_loss.py: the recipe and the finished curve runs
 from checkpoint import load_model  # noqa: E402
 from data import open_split, val_windows  # noqa: E402
-from evaluate import pair_kl, perplexity  # noqa: E402
+from evaluate import pair_kl  # noqa: E402
 from sample import speculative_acceptance  # noqa: E402
 from speculative import pairs  # noqa: E402  each adjacent pair, and the smallest for the largest
 from util import ArgumentParser, UserError, md_table, run_cli, write_json  # noqa: E402
@@ -64,23 +63,15 @@ def chosen_members(seed_runs: dict, sizes: list[str]) -> dict:
             "independent, matched": {z: closest(seed_runs["independent"][z], prog[z]["val_loss"]) for z in sizes}}
 
 
-def checkpoint_path(out: Path, run: dict) -> Path:
-    family = "independent" if run["family"] == "progressive" and run.get("first") else run["family"]
-    return equal_loss.run_dir(out / "curves", family, run["size"], run["seed"], run["lr"], run["min_lr_ratio"],
-                              f"{run['multiple']:g}x") / "ckpt.pt"
-
-
 @torch.inference_mode()
 def measure_pair(small, large, windows: torch.Tensor, args) -> dict:
     kl = pair_kl(small, large, windows, 32)
-    ones = np.ones(large.cfg.vocab_size, dtype=np.int64)  # per token: bits per byte are not reported here
-    loss_s, loss_l = (perplexity(m, windows, ones, 32)["loss"] for m in (small, large))
     prompts = windows[:args.spec_prompts, :small.cfg.block_size // 2]
     spec = {mode: speculative_acceptance(small, large, prompts, args.spec_tokens, args.spec_k, t, seed=0)["acceptance"]
             for mode, t in (("greedy", 0.0), ("sampling", 1.0))}
     return {"kl_large_small": kl["kl_large_small"], "kl_small_large": kl["kl_small_large"],
-            "loss_small": loss_s, "loss_large": loss_l,
-            "kl_minus_gap": kl["kl_large_small"] - (loss_s - loss_l), "acceptance": spec}
+            "loss_small": kl["loss_small"], "loss_large": kl["loss_large"],
+            "kl_minus_gap": kl["kl_large_small"] - (kl["loss_small"] - kl["loss_large"]), "acceptance": spec}
 
 
 def measure(args) -> dict:
@@ -88,9 +79,6 @@ def measure(args) -> dict:
     results = {"recipe": equal_loss.recipe(args), "curves": []}
     rec = results["recipe"]
     results["curves"] = [r for r in equal_loss.finished_runs(out, rec, "curves") if r["settings"] == "plan"]
-    first = rec["independent"][0]["size"]
-    for r in results["curves"]:
-        r["first"] = r["size"] == first  # the smallest member: one run, kept under independent/
     seeds = equal_loss.by_seed(results, "plan")
     sizes = [st["size"] for st in rec["progressive"]]
     complete = [s for s in args.seeds if s in seeds and all(
@@ -100,10 +88,10 @@ def measure(args) -> dict:
         raise UserError(f"no seed of {args.seeds} has every member's curves in {out}; run "
                         f"`experiments/equal_loss.py curves --settings plan` first")
     val, _ = open_split(args.data, "val")
-    models, rows = {}, []
+    models, windows, rows = {}, {}, []
 
     def model(run):
-        path = checkpoint_path(out, run)
+        path = Path(run["dir"]) / "ckpt.pt"
         if path not in models:
             models[path] = load_model(path, "cpu", use_kernels=False)[0]
         return models[path]
@@ -113,10 +101,12 @@ def measure(args) -> dict:
         for choice in CHOICES:
             for small_z, large_z in pairs(sizes):
                 small, large = members[choice][small_z], members[choice][large_z]
-                windows = val_windows(val, model(large).cfg.block_size, args.val_tokens)
+                block = model(large).cfg.block_size
+                if block not in windows:
+                    windows[block] = val_windows(val, block, args.val_tokens)
                 row = {"seed": seed, "choice": choice, "small": small_z, "large": large_z,
                        "multiple_small": small["multiple"], "multiple_large": large["multiple"],
-                       **measure_pair(model(small), model(large), windows, args)}
+                       **measure_pair(model(small), model(large), windows[block], args)}
                 print(f"seed {seed} {choice:21s} {small_z:>4s} -> {large_z:4s}: KL(L||S) {row['kl_large_small']:.4f}"
                       f" - gap {row['loss_small'] - row['loss_large']:.4f} = {row['kl_minus_gap']:.4f}, greedy "
                       f"acceptance {row['acceptance']['greedy']:.3f}", flush=True)

@@ -363,7 +363,7 @@ def finished_runs(out: Path, rec: dict, kind: str) -> list[dict]:
             continue
         multiple = float(d.name[:-1])
         lr, ratio = float(name["lr"]), float(name["ratio"])
-        r = {"family": family, "size": name["size"], "seed": int(d.parent.parent.parent.name[5:]), "lr": lr,
+        r = {"family": family, "size": name["size"], "seed": int(d.parent.parent.parent.name[5:]), "lr": lr, "dir": str(d),
              "min_lr_ratio": ratio, "multiple": multiple, "steps": round(multiple * stage["steps"]),
              # the plan's settings, or the sweep's best
              "settings": "plan" if (name["lr"], ratio) == (f"{stage['lr']:.3g}", MIN_LR_RATIOS[0]) else "sweep"}

@@ -446,6 +446,9 @@ def test_kl_matches_closed_form_and_direction():
     kl = ev.pair_kl(constant_lm(q), constant_lm(p), windows, batch_size=2)  # small = q, large = p
     assert kl["kl_large_small"] == pytest.approx(closed(p, q), rel=1e-4)
     assert kl["kl_small_large"] == pytest.approx(closed(q, p), rel=1e-4)
+    # every next token is 0: each member's loss is -log of its probability of token 0
+    assert kl["loss_small"] == pytest.approx(-np.log(q[0]), rel=1e-4)
+    assert kl["loss_large"] == pytest.approx(-np.log(p[0]), rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
