@@ -19,8 +19,11 @@ stage grows from. frontier: the progressive family with every grown stage's budg
 --budget_scales (flops.plan's budget_scale: the family costs that fraction of its largest member
 alone), grown from each stage's final weights or (--grow_from stable) its weights before the decay;
 or (--shrink last) with the earlier stages as planned (the curves' runs) and only the largest
-member's stage shortened. Each member's final loss against its independent counterpart's gives the
-saving a recipe can reach.
+member's stage shortened; --aki_top, --noise and --rewarmup change how each stage grows and warms
+up. Each member's final loss against its independent counterpart's gives the saving a recipe can reach.
+The trend: the same phases with --family tiny5 (one more member; its smaller stages are tiny's runs)
+or --chinchilla 2 (another --out: its runs are longer), each collected into its own --results file
+(results/runs/equal_loss_*.json), which summarize.py sets beside the tiny family's.
 Runs are resumable and skipped when done; two run side by side (--jobs).
 """
 import argparse
@@ -60,12 +63,24 @@ def parse_args(argv=None):
                     help="frontier: grow each stage from its final weights or from those before its decay")
     ap.add_argument("--shrink", choices=["all", "last"], default="all",
                     help="frontier: scale every grown stage, or only the last (the others keep their planned FLOPs)")
+    ap.add_argument("--aki_top", choices=["noise", "below"], default="noise",
+                    help="frontier: expand.py's --aki_top for every growth (default noise, the family's)")
+    ap.add_argument("--noise", type=float, default=None,
+                    help="frontier: expand.py's --noise for every growth (default: expand.py's, 0.1)")
+    ap.add_argument("--rewarmup", type=float, default=None,
+                    help="frontier: each grown stage's LR warmup, as a fraction of its steps (default: the "
+                         "plan's, 0.05 of its tokens)")
     ap.add_argument("--data", default="data/openstax_bytes", help="folder from data/prepare.py")
     ap.add_argument("--out", default="runs/equal_loss", help="run folder (default runs/equal_loss)")
     ap.add_argument("--results", default="results/runs/equal_loss.json", help="collect: output JSON")
     ap.add_argument("--jobs", type=int, default=2, help="training runs side by side (default 2)")
     ap.add_argument("--eval_tokens", type=int, default=131072, help="validation tokens per evaluation")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.rewarmup is not None and not 0 <= args.rewarmup < 1:
+        raise UserError(f"--rewarmup {args.rewarmup:g} is not a fraction of a stage's steps: give 0 <= F < 1")
+    if args.noise is not None and args.noise < 0:
+        raise UserError(f"--noise {args.noise:g} is negative: give 0 (the exact split) or more")
+    return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,12 +159,15 @@ def recipe(args, budget_scale: float = 1.0, shrink: str = "all") -> dict:
     return out
 
 
-def grow(args, src: str, size: str, seed: int) -> str:
-    """expand.py with the family's defaults (AKI, stacked depth, noisy split)."""
-    out = Path(src).with_name(Path(src).stem + f"_to_{size}.pt")
+def grow(args, src: str, size: str, seed: int, knobs: dict | None = None) -> str:
+    """expand.py with the family's defaults (AKI, stacked depth, noisy split), or with the frontier's
+    knobs (aki_top, noise: expand.py's flags), named after them beside the source."""
+    knobs = {k: v for k, v in (knobs or {}).items() if k in ("aki_top", "noise")}
+    out = Path(src).with_name(Path(src).stem + f"_to_{size}" + knob_suffix(knobs) + ".pt")
+    flags = [x for k, v in knobs.items() for x in (f"--{k}", f"{v:g}" if isinstance(v, float) else v)]
     if not out.exists():
         subprocess.run([sys.executable, "expand.py", "--src", src, "--size", size, "--seed", str(seed),
-                        "--out", str(out)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+                        "--out", str(out)] + flags, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return str(out)
 
 
@@ -300,8 +318,20 @@ def curves(args) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # frontier: the progressive family on smaller budgets, at the plan's settings
 
-def variant_name(budget_scale: float, grow_from: str, shrink: str = "all") -> str:
-    return f"scale{budget_scale:g}" + ("_last" if shrink == "last" else "") + ("_stable" if grow_from == "stable" else "")
+def frontier_knobs(args) -> dict:
+    """The growth's knobs that differ from the family's: {aki_top: "below", noise: x, rewarmup: f}."""
+    return {**({"aki_top": "below"} if args.aki_top == "below" else {}),
+            **({"noise": args.noise} if args.noise is not None else {}),
+            **({"rewarmup": args.rewarmup} if args.rewarmup is not None else {})}
+
+
+def knob_suffix(knobs: dict) -> str:
+    return "".join("_below" if k == "aki_top" else f"_{k}{v:g}" for k, v in knobs.items())
+
+
+def variant_name(budget_scale: float, grow_from: str, shrink: str = "all", knobs: dict | None = None) -> str:
+    return f"scale{budget_scale:g}" + ("_last" if shrink == "last" else "") + \
+        ("_stable" if grow_from == "stable" else "") + knob_suffix(knobs or {})
 
 
 def lineage(args, pool, seed: int, budget_scale: float, grow_from: str, shrink: str = "all") -> list[dict]:
@@ -309,7 +339,8 @@ def lineage(args, pool, seed: int, budget_scale: float, grow_from: str, shrink: 
     the stages it shares with the plan are the curves' runs: the smallest member, or
     (shrink="last") every member but the largest. Growing from the weights before the decay, every
     stage is its own, the smallest too: train.py --stable_ckpt writes them, counting the whole
-    stage's FLOPs in the lineage (the member still finishes its decay, and the family pays for it)."""
+    stage's FLOPs in the lineage (the member still finishes its decay, and the family pays for it).
+    The frontier's knobs (--aki_top, --noise, --rewarmup) apply to every growth after the shared stages."""
     if shrink == "last" and grow_from == "stable":
         raise UserError("--shrink last reuses the curves' stages, which grew from final weights: use --grow_from final")
     stages = recipe(args, budget_scale, shrink)["progressive"]
@@ -321,13 +352,15 @@ def lineage(args, pool, seed: int, budget_scale: float, grow_from: str, shrink: 
         if not src.exists():
             raise UserError(f"{src} is missing: run `experiments/equal_loss.py curves --settings plan --seeds {seed}` "
                             f"first")
-    out, name = [], variant_name(budget_scale, grow_from, shrink)
+    knobs = frontier_knobs(args)
+    out, name = [], variant_name(budget_scale, grow_from, shrink, knobs)
     for i, stage in enumerate(stages[start + 1:], start + 1):
         d = run_dir(Path(args.out) / "frontier" / name, "progressive", stage["size"], seed, stage["lr"],
                     MIN_LR_RATIOS[0], "1x")
         stable = d / "ckpt_stable.pt" if grow_from == "stable" and i < len(stages) - 1 else None
-        r = pool.submit(train, args, d, stage["size"], stage["steps"], stage["warmup"], stage["lr"], MIN_LR_RATIOS[0],
-                        seed, stage["batch"], grow(args, str(src), stage["size"], seed) if src else "",
+        warmup = round(knobs["rewarmup"] * stage["steps"]) if i > 0 and "rewarmup" in knobs else stage["warmup"]
+        r = pool.submit(train, args, d, stage["size"], stage["steps"], warmup, stage["lr"], MIN_LR_RATIOS[0],
+                        seed, stage["batch"], grow(args, str(src), stage["size"], seed, knobs) if src else "",
                         stable_ckpt=str(stable or "")).result()
         if i > 0:  # the grown members
             out.append({**r, "variant": name})
@@ -349,7 +382,20 @@ def frontier(args) -> list[dict]:
 
 
 RUN_NAME = re.compile(r"(?P<size>.+)_lr(?P<lr>[^_]+)_min(?P<ratio>[^_]+)$")  # run_dir's folder name
-VARIANT = re.compile(r"scale(?P<scale>[^_]+)(?P<last>_last)?(?P<stable>_stable)?$")  # variant_name's
+VARIANT = re.compile(r"scale(?P<scale>[^_]+)(?P<last>_last)?(?P<stable>_stable)?(?P<knobs>(_[a-z]+[^_]*)*)$")  # variant_name's
+KNOB = re.compile(r"_(?P<name>below|noise|rewarmup)(?P<value>[^_]*)")  # knob_suffix's
+
+
+def knobs_text(knobs: dict) -> str:
+    """The knobs as a reader says them: "AKI's top block from below, noise 0.3, re-warmup 15% of steps"."""
+    say = {"aki_top": lambda v: "AKI's top block from below", "noise": lambda v: f"noise {v:g}",
+           "rewarmup": lambda v: f"re-warmup {100 * v:g}% of steps"}
+    return ", ".join(say[k](v) for k, v in knobs.items())
+
+
+def parse_knobs(suffix: str) -> dict:
+    return {("aki_top" if m["name"] == "below" else m["name"]): ("below" if m["name"] == "below" else float(m["value"]))
+            for m in KNOB.finditer(suffix)}
 
 
 def finished_runs(out: Path, rec: dict, kind: str) -> list[dict]:
@@ -386,7 +432,9 @@ def collect(args):
     for d in sorted((out / "frontier").glob("scale*")):
         v = VARIANT.match(d.name)
         scale, grow_from, shrink = float(v["scale"]), "stable" if v["stable"] else "final", "last" if v["last"] else "all"
-        frontier_runs += [{**slim(r), "budget_scale": scale, "grow_from": grow_from, "shrink": shrink}
+        knobs = parse_knobs(v["knobs"])
+        frontier_runs += [{**slim(r), "budget_scale": scale, "grow_from": grow_from, "shrink": shrink,
+                           **({"knobs": knobs} if knobs else {})}
                           for r in finished_runs(out, recipe(args, scale, shrink), f"frontier/{d.name}")]
     # a curve's 1x point at the plan's settings is the sweep's run at that LR, bit for bit (a branch
     # equals the run planned to end there): seed 1's counts as that sweep point
@@ -553,7 +601,7 @@ def tuned_baseline(results: dict, seeds: dict, sizes: list[str]) -> list[list[st
 
 
 def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
-    """Item 4 of the frontier: per variant (budget scale, grow from, shrink), the family's saving and
+    """Item 4 of the frontier: per variant (budget scale, grow from, shrink, knobs), the family's saving and
     each grown member's final loss minus its independent counterpart's (same seed, planned budget),
     with the plan's own family (the curves' 1x points) as the first row; and the verdict: the
     smallest budget at which every member is at or below its counterpart in every seed."""
@@ -561,14 +609,15 @@ def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
     sizes = [st["size"] for st in results["recipe"]["progressive"]]
     planned = {s: {z: runs[z][1.0] for z in sizes[1:] if 1.0 in runs.get(z, {})}
                for s, runs in ((s, r.get("progressive", {})) for s, r in plan_seeds.items())}
-    variants = {(1.0, "final", "all"): planned}
+    variants = {(1.0, "final", "all", ""): planned}
     for r in (r for r in results.get("frontier", []) if r["size"] in sizes[1:]):  # the grown members
-        v = variants.setdefault((r["budget_scale"], r["grow_from"], r.get("shrink", "all")), {})
+        v = variants.setdefault((r["budget_scale"], r["grow_from"], r.get("shrink", "all"),
+                                 knobs_text(r.get("knobs", {}))), {})
         if r.get("shrink") == "last":  # the members before the last are the plan's (the curves' runs)
             v.setdefault(r["seed"], {z: x for z, x in planned.get(r["seed"], {}).items() if z != sizes[-1]})
         v.setdefault(r["seed"], {})[r["size"]] = r
     rows, ok = [], []
-    for (scale, grow_from, shrink), by_seed_ in sorted(variants.items(), key=lambda kv: (-kv[0][0], kv[0][1:])):
+    for (scale, grow_from, shrink, knobs), by_seed_ in sorted(variants.items(), key=lambda kv: (-kv[0][0], kv[0][1:])):
         seeds = sorted(s for s, m in by_seed_.items() if len(m) == len(sizes) - 1
                        and all(1.0 in plan_seeds.get(s, {}).get("independent", {}).get(z, {}) for z in sizes))
         if not seeds:
@@ -581,9 +630,9 @@ def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
             below = sum(g <= 0 for g in gaps)
             every &= below == len(gaps)
             cells.append(f"{_mean_spread(gaps, 1, '{:.3f}')} ({below}/{len(gaps)} ≤ 0)")
-        what = ("none, the plan" if grow_from == "final" else "none") if (scale, shrink) == (1.0, "all") else \
-            "the last stage" if shrink == "last" else "every grown stage"
-        what += ", grown from pre-decay weights" if grow_from == "stable" else ""
+        what = ("none, the plan" if grow_from == "final" and not knobs else "none") if (scale, shrink) == (1.0, "all") \
+            else "the last stage" if shrink == "last" else "every grown stage"
+        what += (", grown from pre-decay weights" if grow_from == "stable" else "") + (f"; {knobs}" if knobs else "")
         if every and len(seeds) >= 3:
             ok.append((saving, scale, what))
         rows.append([f"{scale:g}", what, saving] + cells + ["yes" if every else "no",
@@ -597,47 +646,68 @@ def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
     return rows, verdict
 
 
-def tables(results: dict) -> str:
-    """The measured section: savings per member and for the family, seed by seed, the token-matched
-    control, the tuned baseline and the LR sweep."""
-    from util import md_table
+def savings(results: dict) -> dict:
+    """Seed by seed, from collect's JSON: each grown member's member_savings in the seeds where both
+    of its curves are complete, and family_savings in the seeds where every member's are."""
     settings = curve_settings(results)
     seeds = by_seed(results, settings)
     sizes = [st["size"] for st in results["recipe"]["progressive"]]
 
     def done(seed, z):  # both families' curves of member z in this seed, every budget
         return all(len(seeds[seed].get(f, {}).get(z, {})) == len(MULTIPLES) for f in ("progressive", "independent"))
-    by_member = {z: sorted(s for s in seeds if done(s, z)) for z in sizes}
+    by_member = {z: sorted(s for s in seeds if done(s, z)) for z in sizes[1:]}
     complete = sorted(s for s in seeds if all(done(s, z) for z in sizes))
-    if not any(by_member[z] for z in sizes[1:]):
-        raise UserError("no grown member has both curves complete; run `experiments/equal_loss.py curves` first")
+    return {"settings": settings, "seeds": seeds, "sizes": sizes, "by_member": by_member, "complete": complete,
+            "members": {z: [member_savings(seeds[s]["progressive"][z], seeds[s]["independent"][z]) for s in ss]
+                        for z, ss in by_member.items() if ss},
+            "family": [family_savings(seeds[s], sizes) for s in complete]}
+
+
+def savings_rows(sv: dict) -> list[list[str]]:
+    """The saving table's rows: each member with its final losses, (a) and (b) as mean ± half the range
+    (or "see seeds" where a seed has only a bound), then per seed, then the family."""
     rows = []
-    for z in (z for z in sizes[1:] if by_member[z]):
-        ms = [member_savings(seeds[s]["progressive"][z], seeds[s]["independent"][z]) for s in by_member[z]]
+    for z, ms in sv["members"].items():
         exact = lambda key: all(m[key][0] == "=" for m in ms)  # noqa: E731
         rows.append([z, _mean_spread([m["loss_progressive"] for m in ms], 1, "{:.3f}"),
                      _mean_spread([m["loss_independent"] for m in ms], 1, "{:.3f}"),
                      _mean_spread([m["a"][1] for m in ms]) if exact("a") else "see seeds",
                      _mean_spread([m["b"][1] for m in ms]) if exact("b") else "see seeds",
                      ", ".join(_fmt(m["a"]) for m in ms), ", ".join(_fmt(m["b"]) for m in ms),
-                     ", ".join(map(str, by_member[z]))])
-    fs = [family_savings(seeds[s], sizes) for s in complete]
+                     ", ".join(map(str, sv["by_member"][z]))])
+    fs = sv["family"]
     if fs:
         rows.append(["family", "", "", _mean_spread([f["a"][1] for f in fs]) if all(f["a"][0] == "=" for f in fs)
                      else "see seeds", _mean_spread([f["b"][1] for f in fs]) if all(f["b"][0] == "=" for f in fs)
                      else "see seeds", ", ".join(_fmt(f["a"]) + ("" if f["holds"] else " (†)") for f in fs),
-                     ", ".join(_fmt(f["b"]) for f in fs), ", ".join(map(str, complete))])
+                     ", ".join(_fmt(f["b"]) for f in fs), ", ".join(map(str, sv["complete"]))])
+    return rows
+
+
+SAVINGS_HEADER = ["final loss, progressive", "final loss, independent", "(a) saving to reach the independent loss",
+                  "(b) saving against the independent compute for the progressive loss", "(a) per seed",
+                  "(b) per seed", "seeds"]
+DAGGER = ("(†) in that seed a smaller progressive member ended above its independent counterpart at its "
+          "planned budget, so (a) for the family is only the largest member's.")
+
+
+def tables(results: dict) -> str:
+    """The measured section: savings per member and for the family, seed by seed, the token-matched
+    control, the tuned baseline and the LR sweep."""
+    from util import md_table
+    sv = savings(results)
+    settings, seeds, sizes, by_member, fs = sv["settings"], sv["seeds"], sv["sizes"], sv["by_member"], sv["family"]
+    if not sv["members"]:
+        raise UserError("no grown member has both curves complete; run `experiments/equal_loss.py curves` first")
+    tpp = 20 * results.get("chinchilla", 1.0)  # tokens per parameter at a member's planned budget
     out = [f"Max LR and final LR: {'the LR sweep' + chr(39) + 's best' if settings == 'sweep' else 'the family plan (flops.py, adjusted LR, final LR lr/10)'}. "
            f"Mean ± half the range over the seeds in the last column; the per-seed columns list those seeds "
            f"in that order. A bound (≥, ≤, >, <) means the crossing lies outside the budgets run "
            f"({MULTIPLES[0]:g}× to {MULTIPLES[-1]:g}× of each member's planned budget)."
            + ("" if fs else " The family row needs every member's curves in a seed: none is complete yet."), "",
-           md_table(["member", "final loss, progressive", "final loss, independent",
-                     "(a) saving to reach the independent loss", "(b) saving against the independent compute "
-                     "for the progressive loss", "(a) per seed", "(b) per seed", "seeds"], rows), ""]
+           md_table(["member"] + SAVINGS_HEADER, savings_rows(sv)), ""]
     if not all(f["holds"] for f in fs):
-        out += ["(†) in that seed a smaller progressive member ended above its independent counterpart at its "
-                "planned budget, so (a) for the family is only the largest member's.", ""]
+        out += [DAGGER, ""]
     largest = sizes[-1]
     tm = [token_matched(seeds[s], results["recipe"], largest) for s in by_member[largest]]
     seeds_txt = ", ".join(map(str, by_member[largest]))
@@ -653,10 +723,10 @@ def tables(results: dict) -> str:
                            else ", ".join(_fmt(p[m]) for p in per_seed) for m in MULTIPLES]
                     + [", ".join(map(str, by_member[z]))])
     out += ["Does the saving shrink as the independent member trains longer? (a) against the independent member at "
-            "each budget of its curve (20 tokens per parameter × the multiple), the progressive curve as above "
+            f"each budget of its curve ({tpp:g} tokens per parameter × the multiple), the progressive curve as above "
             "(its last stage longer, the stages before it as planned). Percent; mean ± half the range, or "
             "each seed where a crossing lies outside the budgets run.", "",
-            md_table(["member"] + [f"{m:g}× ({20 * m:g} tok/param)" for m in MULTIPLES] + ["seeds"], rows), ""]
+            md_table(["member"] + [f"{m:g}× ({tpp * m:g} tok/param)" for m in MULTIPLES] + ["seeds"], rows), ""]
     tuned = tuned_baseline(results, seeds, sizes) if settings == "plan" else []
     if tuned:
         out += ["Against the tuned baseline (seed 1): (a) with the target the best independent member of the LR "
@@ -686,6 +756,59 @@ def tables(results: dict) -> str:
         rows.append([sw["family"], sw["size"], ", ".join(cells)])
     out += [md_table(["family", "member", "max LR: final val loss"], rows)]
     return "\n".join(out)
+
+
+def setting_name(results: dict) -> str:
+    """A collect JSON's setting: its family and its members' tokens per parameter at their budgets."""
+    return f"{results['family']}, {20 * results.get('chinchilla', 1.0):g} tok/param"
+
+
+def trend(all_results: list[dict]) -> str:
+    """Does the saving hold as members grow and as they train on more tokens per parameter? The member
+    and family rows of every collected setting (a family and its Chinchilla multiple) in one table."""
+    from util import md_table
+    rows = []
+    for results in sorted(all_results, key=lambda r: (r.get("chinchilla", 1.0), len(r["recipe"]["progressive"]))):
+        rows += [[setting_name(results)] + row for row in savings_rows(savings(results))]
+    return "\n".join([
+        "The saving at equal loss in every setting collected: each family at its planned budgets (plan settings, "
+        "WSD), its members' curves from 0.5× to 2× their budgets. Mean ± half the range over the seeds in the "
+        "last column; a bound (≥, ≤, >, <) means the crossing lies outside the budgets run. The members a "
+        "setting shares with another, at the same tokens per parameter, are the same runs.", "",
+        md_table(["setting", "member"] + SAVINGS_HEADER, rows), "", DAGGER])
+
+
+def plot_trend(all_results: list[dict], path):
+    """(a) per member against member size, one line per setting: each seed a dot (a triangle where it
+    is only a bound), the line through the mean of the seeds whose crossing was measured."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    order = [st["size"] for st in max((r["recipe"]["progressive"] for r in all_results), key=len)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, results in enumerate(sorted(all_results, key=lambda r: (r.get("chinchilla", 1.0), len(r["recipe"]["progressive"])))):
+        color, line = f"C{i}", []
+        for z, ms in savings(results)["members"].items():
+            x = order.index(z) + 0.08 * (i - 1)  # settings side by side at each member
+            for m in ms:
+                how, y = m["a"]
+                ax.plot(x, 100 * y, {"=": "o", ">=": "^", "<": "v"}.get(how, "o"), color=color, alpha=0.6, ms=5,
+                        mfc="none" if how != "=" else color)
+            exact = [m["a"][1] for m in ms if m["a"][0] == "="]
+            if exact:
+                line.append((x, 100 * statistics.mean(exact)))
+        if line:
+            ax.plot(*zip(*line), "-", color=color, label=setting_name(results))
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xticks(range(len(order)), order)
+    ax.set_xlabel("member")
+    ax.set_ylabel("(a) saving at equal loss (%)")
+    ax.set_title("The saving at equal loss, by member and setting")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot(results: dict, path):

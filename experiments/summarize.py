@@ -7,7 +7,8 @@ Turn measured runs into RESULTS.md's measured sections (the prose around them is
 A folder holding equal_loss.json (experiments/equal_loss.py collect) rewrites the section between
 `<!-- equal-loss:begin -->` and `<!-- equal-loss:end -->` and results/equal_loss.png (and, with
 consistency.json from experiments/consistency.py, the section between `<!-- consistency:begin -->`
-and `<!-- consistency:end -->`); one holding
+and `<!-- consistency:end -->`; with other settings' equal_loss_*.json, the section between
+`<!-- trend:begin -->` and `<!-- trend:end -->` and results/equal_loss_trend.png); one holding
 */seed_*/report/report.json rewrites the section between `<!-- results:begin -->` and
 `<!-- results:end -->`, results/loss_vs_flops.png and results/recipes.png.
 """
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 EQ_BEGIN, EQ_END = "<!-- equal-loss:begin -->", "<!-- equal-loss:end -->"
 KL_BEGIN, KL_END = "<!-- consistency:begin -->", "<!-- consistency:end -->"
+TREND_BEGIN, TREND_END = "<!-- trend:begin -->", "<!-- trend:end -->"
 
 
 def load_reports(runs: Path) -> dict:
@@ -402,6 +404,12 @@ def equal_loss_section(runs: Path, results: str, figures: Path):
         import consistency  # experiments/consistency.py: KL and acceptance at matched quality
         replace_section(results, KL_BEGIN, KL_END, consistency.tables(json.loads((runs / "consistency.json").read_text())))
         print(f"updated {results} (consistency section)")
+    settings = sorted(runs.glob("equal_loss_*.json"))  # other families and budgets (equal_loss.py --results)
+    if settings:
+        every = [data] + [json.loads(p.read_text()) for p in settings]
+        equal_loss.plot_trend(every, figures / "equal_loss_trend.png")
+        replace_section(results, TREND_BEGIN, TREND_END, equal_loss.trend(every))
+        print(f"updated {results} (trend section) and {figures / 'equal_loss_trend.png'}")
 
 
 def main():

@@ -125,19 +125,31 @@ def test_bad_input_is_one_line(tmp_path):
     (data / "meta.json").write_text("{}")
     assert_user_error(run_script("experiments/equal_loss.py", "curves", "--data", data, "--out", tmp_path / "o"),
                       "sweep")
+    assert_user_error(run_script("experiments/equal_loss.py", "frontier", "--rewarmup", "1.5"), "0 <= F < 1")
+    assert_user_error(run_script("experiments/equal_loss.py", "frontier", "--noise", "-0.1"), "the exact split")
+
+
+def exact_curve(fam, size, c, k, base=0.0, seed=1):
+    """A member's curve, loss linear in log compute (crossing() is exact on it): k x as efficient."""
+    return [{"family": fam, "size": size, "seed": seed, "settings": "plan", "multiple": m,
+             "flops_total": base + m * c, "val_loss": 5 - math.log((base + m * c) * k)} for m in equal_loss.MULTIPLES]
+
+
+def two_member_results(k_large=1.25, seed=1):
+    """A family s -> l: the grown l (300 FLOPs on a lineage of 100) k_large x as efficient as the
+    independent l (400 FLOPs)."""
+    return {"recipe": {"progressive": [{"size": "s", "steps": 10}, {"size": "l", "steps": 30}],
+                       "independent": [{"size": "s", "steps": 10}, {"size": "l", "steps": 40}]},
+            "family": "toy", "chinchilla": 1.0, "sweep": [],
+            "curves": exact_curve("progressive", "s", 100.0, 1.0, seed=seed) + exact_curve("independent", "s", 100.0, 1.0, seed=seed)
+            + exact_curve("progressive", "l", 300.0, k_large, base=100.0, seed=seed)
+            + exact_curve("independent", "l", 400.0, 1.0, seed=seed)}
 
 
 def test_tables_show_the_savings_and_the_tuned_baseline():
     """A two-member family on exact curves (see the family test above): the member row carries (a)
     36% and (b) 16.7%; the tuned-baseline row sets the progressive curve against the sweep's best."""
-    def curve(fam, size, c, k, base=0.0):
-        return [{"family": fam, "size": size, "seed": 1, "settings": "plan", "multiple": m,
-                 "flops_total": base + m * c, "val_loss": 5 - math.log((base + m * c) * k)}
-                for m in equal_loss.MULTIPLES]
-    results = {"recipe": {"progressive": [{"size": "s", "steps": 10}, {"size": "l", "steps": 30}],
-                          "independent": [{"size": "s", "steps": 10}, {"size": "l", "steps": 40}]},
-               "curves": curve("progressive", "s", 100.0, 1.0) + curve("independent", "s", 100.0, 1.0)
-               + curve("progressive", "l", 300.0, 1.25, base=100.0) + curve("independent", "l", 400.0, 1.0),
+    results = {**two_member_results(),
                "sweep": [{"family": "independent", "size": "l",
                           "runs": [{"lr": 1e-3, "min_lr_ratio": 0.1, "val_loss": 5 - math.log(400)},
                                    {"lr": 2e-3, "min_lr_ratio": 0.1, "val_loss": 5 - math.log(440)}]},
@@ -154,6 +166,24 @@ def test_tables_show_the_savings_and_the_tuned_baseline():
     assert row("| l | 2, ") == ("| l | 2, **not bracketed** | 0.002 | -1.087 | -0.991 | -1.215 | 12.0% | 0.001/0 | "
                                 "-1.300 | -0.213 |")
     assert "0.001: -0.991, **0.002: -1.087**" in row("| independent | l |")
+
+
+def test_trend_sets_every_setting_side_by_side(tmp_path):
+    """Two settings on exact curves: at 1x Chinchilla the grown l is 1.25x as efficient ((a) 20%, as
+    above); at 2x Chinchilla (two seeds) it is no more efficient than its independent counterpart, so
+    it saves nothing at equal loss. Each row says its setting and its seeds, the 1x setting first."""
+    one = two_member_results(1.25)
+    two = two_member_results(1.0)
+    two["curves"] += two_member_results(1.0, seed=2)["curves"]
+    two["chinchilla"] = 2.0
+    lines = equal_loss.trend([two, one]).splitlines()
+    rows = [line for line in lines if line.startswith("| toy")]
+    assert rows[0] == "| toy, 20 tok/param | l | -1.215 | -0.991 | 20.0 | 20.0 | 20.0% | 20.0% | 1 |"
+    assert rows[1].startswith("| toy, 20 tok/param | family |")
+    assert rows[2].startswith("| toy, 40 tok/param | l | -0.991 ± 0.000 | -0.991 ± 0.000 | 0.0 ± 0.0 |")
+    assert rows[2].endswith("| 1, 2 |") and len(rows) == 4
+    equal_loss.plot_trend([one, two], tmp_path / "trend.png")
+    assert (tmp_path / "trend.png").stat().st_size > 10_000
 
 
 def test_collect_reads_finished_runs_from_their_folders(tmp_path):
@@ -197,7 +227,7 @@ def test_frontier_lineage_scales_every_grown_stage_and_grows_from_the_chosen_wei
         return {"size": size, "val_loss": 1.0}
 
     monkeypatch.setattr(equal_loss, "train", fake_train)
-    monkeypatch.setattr(equal_loss, "grow", lambda args, src, size, seed: f"{src}->{size}")
+    monkeypatch.setattr(equal_loss, "grow", lambda args, src, size, seed, knobs=None: f"{src}->{size}")
     args = equal_loss.parse_args(["frontier", "--out", str(tmp_path)])
     plan, small = equal_loss.recipe(args), equal_loss.recipe(args, 0.6)
     first = equal_loss.run_dir(tmp_path / "curves", "independent", plan["independent"][0]["size"], 2,
@@ -223,6 +253,43 @@ def test_frontier_lineage_scales_every_grown_stage_and_grows_from_the_chosen_wei
                                                     for c in calls[:-1]] + [""]
 
 
+def test_frontier_knobs_reach_expand_and_the_grown_stages_warmup(monkeypatch, tmp_path):
+    """--aki_top below, --noise and --rewarmup: every growth gets expand.py's flags (its output named
+    after them, so variants never share a grown checkpoint), each grown stage warms up for the given
+    fraction of its steps (the smallest member keeps its own), the variant's folder says the knobs,
+    and collect reads them back from it."""
+    import concurrent.futures as cf
+    calls, expands = [], []
+
+    def fake_train(args, d, size, steps, warmup, lr, ratio, seed, batch, init="", **kw):
+        calls.append({"size": size, "steps": steps, "warmup": warmup, "init": init})
+        return {"size": size, "val_loss": 1.0}
+
+    def fake_run(cmd, cwd, check, stdout):
+        expands.append(cmd)
+    monkeypatch.setattr(equal_loss, "train", fake_train)
+    monkeypatch.setattr(equal_loss.subprocess, "run", fake_run)
+    args = equal_loss.parse_args(["frontier", "--out", str(tmp_path), "--aki_top", "below", "--noise", "0.3",
+                                  "--rewarmup", "0.2"])
+    plan = equal_loss.recipe(args)
+    first = equal_loss.run_dir(tmp_path / "curves", "independent", plan["independent"][0]["size"], 1,
+                               plan["independent"][0]["lr"], 0.1, "1x") / "ckpt.pt"
+    first.parent.mkdir(parents=True)
+    first.write_text("")
+    with cf.ThreadPoolExecutor(1) as pool:
+        runs = equal_loss.lineage(args, pool, 1, 1.0, "final")
+    assert {r["variant"] for r in runs} == {"scale1_below_noise0.3_rewarmup0.2"}
+    assert [c["warmup"] for c in calls] == [round(0.2 * st["steps"]) for st in plan["progressive"][1:]]
+    assert all(cmd[cmd.index("--aki_top") + 1] == "below" and cmd[cmd.index("--noise") + 1] == "0.3" for cmd in expands)
+    assert calls[0]["init"].endswith(f"ckpt_to_{calls[0]['size']}_below_noise0.3.pt")
+    name = equal_loss.VARIANT.match("scale0.8_last_below_noise0.3_rewarmup0.2")
+    assert (name["scale"], name["last"]) == ("0.8", "_last")
+    assert equal_loss.parse_knobs(name["knobs"]) == {"aki_top": "below", "noise": 0.3, "rewarmup": 0.2}
+    assert equal_loss.knobs_text({"aki_top": "below", "rewarmup": 0.15}) == \
+        "AKI's top block from below, re-warmup 15% of steps"
+    assert equal_loss.VARIANT.match("scale0.7_stable")["knobs"] == ""
+
+
 def test_frontier_finds_the_smallest_budget_at_which_every_member_holds():
     """Three seeds; at 0.8x every grown member ends at or below its counterpart, at 0.6x the middle
     one ends above in one seed: the verdict is 0.8x, with the saving 1 - lineage / independent."""
@@ -237,10 +304,15 @@ def test_frontier_finds_the_smallest_budget_at_which_every_member_holds():
         for scale, loss_m in ((0.8, 2.45), (0.6, 2.6 if seed == 2 else 2.5)):
             frontier += [run("progressive", "m", seed, loss_m, 20.0, budget_scale=scale, grow_from="final"),
                          run("progressive", "l", seed, 1.95, 60.0 * scale, budget_scale=scale, grow_from="final")]
+        # a knob at the plan's budget: its own row, below the plan's
+        frontier += [run("progressive", z, seed, loss, c, budget_scale=1.0, grow_from="final", knobs={"noise": 0.3})
+                     for z, loss, c in (("m", 2.6, 25.0), ("l", 2.1, 60.0))]
     results = {"recipe": {"progressive": [{"size": z} for z in "sml"]}, "curves": curves, "frontier": frontier}
     rows, verdict = equal_loss.frontier_rows(results)
-    assert [r[:3] for r in rows] == [["1", "none, the plan", "40.0"], ["0.8", "every grown stage", "52.0"],
-                                     ["0.6", "every grown stage", "64.0"]]
+    assert [r[:3] for r in rows] == [["1", "none, the plan", "40.0"], ["1", "none; noise 0.3", "40.0"],
+                                     ["0.8", "every grown stage", "52.0"], ["0.6", "every grown stage", "64.0"]]
+    assert rows[1][3:] == ["0.100 ± 0.000 (0/3 ≤ 0)", "0.100 ± 0.000 (0/3 ≤ 0)", "no", "1, 2, 3"]
+    del rows[1]
     assert rows[1][3:] == ["-0.050 ± 0.000 (3/3 ≤ 0)", "-0.050 ± 0.000 (3/3 ≤ 0)", "yes", "1, 2, 3"]
     assert rows[2][3] == "0.033 ± 0.050 (2/3 ≤ 0)" and rows[2][5] == "no"
     assert "0.8× the largest member alone (stages shortened: every grown stage), a 52.0% saving of FLOPs." in verdict
@@ -288,7 +360,7 @@ def test_shrinking_only_the_last_stage_keeps_the_others_planned(monkeypatch, tmp
     calls = []
     monkeypatch.setattr(equal_loss, "train", lambda args, d, size, steps, warmup, lr, ratio, seed, batch, init="", **kw:
                         calls.append((size, steps, init)) or {"size": size})
-    monkeypatch.setattr(equal_loss, "grow", lambda args, src, size, seed: f"{src}->{size}")
+    monkeypatch.setattr(equal_loss, "grow", lambda args, src, size, seed, knobs=None: f"{src}->{size}")
     prev = full["progressive"][-2]
     src = equal_loss.run_dir(tmp_path / "curves", "progressive", prev["size"], 1, prev["lr"], 0.1, "1x") / "ckpt.pt"
     src.parent.mkdir(parents=True)
