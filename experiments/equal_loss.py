@@ -767,15 +767,20 @@ def trend(all_results: list[dict]) -> str:
     """Does the saving hold as members grow and as they train on more tokens per parameter? The member
     and family rows of every collected setting (a family and its Chinchilla multiple) in one table."""
     from util import md_table
-    rows = []
+    rows, shown = [], set()
     for results in sorted(all_results, key=lambda r: (r.get("chinchilla", 1.0), len(r["recipe"]["progressive"]))):
-        rows += [[setting_name(results)] + row for row in savings_rows(savings(results))]
+        for row in savings_rows(savings(results)):
+            key = (results.get("chinchilla", 1.0), *row)  # a member two families share: the same runs, once
+            if row[0] == "family" or key not in shown:
+                rows.append([setting_name(results)] + row)
+            shown.add(key)
     return "\n".join([
         "The saving at equal loss in every setting collected: each family at its planned budgets (plan settings, "
         "WSD), its members' curves from 0.5× to 2× their budgets. Mean ± half the range over the seeds in the "
-        "last column; a bound (≥, ≤, >, <) means the crossing lies outside the budgets run. The members a "
-        "setting shares with another, at the same tokens per parameter, are the same runs.", "",
-        md_table(["setting", "member"] + SAVINGS_HEADER, rows), "", DAGGER])
+        "last column; a bound (≥, ≤, >, <) means the crossing lies outside the budgets run. A member that a "
+        "larger family shares at the same tokens per parameter (the same runs) is listed once, under the "
+        "smaller family.", "", md_table(["setting", "member"] + SAVINGS_HEADER, rows)]
+        + (["", DAGGER] if any("(†)" in row[-3] for row in rows) else []))
 
 
 def plot_trend(all_results: list[dict], path):

@@ -182,6 +182,11 @@ def test_trend_sets_every_setting_side_by_side(tmp_path):
     assert rows[1].startswith("| toy, 20 tok/param | family |")
     assert rows[2].startswith("| toy, 40 tok/param | l | -0.991 ± 0.000 | -0.991 ± 0.000 | 0.0 ± 0.0 |")
     assert rows[2].endswith("| 1, 2 |") and len(rows) == 4
+    # a larger family sharing the member at the same tokens per parameter: only its family row is new
+    larger = {**one, "family": "toy3"}
+    rows = [line for line in equal_loss.trend([one, larger]).splitlines() if line.startswith("| toy")]
+    assert [r.split(" | ")[:2] for r in rows] == [["| toy, 20 tok/param", "l"], ["| toy, 20 tok/param", "family"],
+                                                  ["| toy3, 20 tok/param", "family"]]
     equal_loss.plot_trend([one, two], tmp_path / "trend.png")
     assert (tmp_path / "trend.png").stat().st_size > 10_000
 
