@@ -340,19 +340,20 @@ def lineage(args, pool, seed: int, budget_scale: float, grow_from: str, shrink: 
     (shrink="last") every member but the largest. Growing from the weights before the decay, every
     stage is its own, the smallest too: train.py --stable_ckpt writes them, counting the whole
     stage's FLOPs in the lineage (the member still finishes its decay, and the family pays for it).
-    The frontier's knobs (--aki_top, --noise, --rewarmup) apply to every growth after the shared stages."""
+    With the frontier's knobs (--aki_top, --noise, --rewarmup) every growth uses them: the lineage
+    shares only the smallest member with the curves."""
     if shrink == "last" and grow_from == "stable":
         raise UserError("--shrink last reuses the curves' stages, which grew from final weights: use --grow_from final")
     stages = recipe(args, budget_scale, shrink)["progressive"]
     start, src = -1, None  # stable: from scratch
-    if grow_from == "final":
-        start = 0 if shrink == "all" else len(stages) - 2  # the last stage shared with the curves
+    knobs = frontier_knobs(args)
+    if grow_from == "final":  # the last stage shared with the curves (with knobs: only the smallest member)
+        start = 0 if shrink == "all" or knobs else len(stages) - 2
         src = run_dir(Path(args.out) / "curves", "independent" if start == 0 else "progressive", stages[start]["size"],
                       seed, stages[start]["lr"], MIN_LR_RATIOS[0], "1x") / "ckpt.pt"
         if not src.exists():
             raise UserError(f"{src} is missing: run `experiments/equal_loss.py curves --settings plan --seeds {seed}` "
                             f"first")
-    knobs = frontier_knobs(args)
     out, name = [], variant_name(budget_scale, grow_from, shrink, knobs)
     for i, stage in enumerate(stages[start + 1:], start + 1):
         d = run_dir(Path(args.out) / "frontier" / name, "progressive", stage["size"], seed, stage["lr"],
@@ -613,7 +614,7 @@ def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
     for r in (r for r in results.get("frontier", []) if r["size"] in sizes[1:]):  # the grown members
         v = variants.setdefault((r["budget_scale"], r["grow_from"], r.get("shrink", "all"),
                                  knobs_text(r.get("knobs", {}))), {})
-        if r.get("shrink") == "last":  # the members before the last are the plan's (the curves' runs)
+        if r.get("shrink") == "last" and not r.get("knobs"):  # the members before the last: the curves' runs
             v.setdefault(r["seed"], {z: x for z, x in planned.get(r["seed"], {}).items() if z != sizes[-1]})
         v.setdefault(r["seed"], {})[r["size"]] = r
     rows, ok = [], []

@@ -287,6 +287,13 @@ def test_frontier_knobs_reach_expand_and_the_grown_stages_warmup(monkeypatch, tm
     assert [c["warmup"] for c in calls] == [round(0.2 * st["steps"]) for st in plan["progressive"][1:]]
     assert all(cmd[cmd.index("--aki_top") + 1] == "below" and cmd[cmd.index("--noise") + 1] == "0.3" for cmd in expands)
     assert calls[0]["init"].endswith(f"ckpt_to_{calls[0]['size']}_below_noise0.3.pt")
+    calls.clear()  # shrinking the last stage only: the stages before it are grown with the knobs too
+    args.shrink = "last"
+    with cf.ThreadPoolExecutor(1) as pool:
+        runs = equal_loss.lineage(args, pool, 1, 0.7, "final", "last")
+    assert [c["size"] for c in calls] == [st["size"] for st in plan["progressive"][1:]]
+    assert [c["steps"] for c in calls[:-1]] == [st["steps"] for st in plan["progressive"][1:-1]]
+    assert calls[-1]["steps"] < plan["progressive"][-1]["steps"]
     name = equal_loss.VARIANT.match("scale0.8_last_below_noise0.3_rewarmup0.2")
     assert (name["scale"], name["last"]) == ("0.8", "_last")
     assert equal_loss.parse_knobs(name["knobs"]) == {"aki_top": "below", "noise": 0.3, "rewarmup": 0.2}
