@@ -22,6 +22,12 @@ E frontier --budget_scales 0.5 0.6 0.7 --seeds 1 --jobs "$JOBS" > "$OUT/frontier
 E frontier --budget_scales 0.8 --seeds $SEEDS --jobs "$JOBS" >> "$OUT/frontier.log" 2>&1
 E frontier --shrink last --budget_scales 0.6 0.65 0.7 --seeds $SEEDS --jobs "$JOBS" >> "$OUT/frontier.log" 2>&1
 E frontier --grow_from stable --budget_scales 1 --seeds $SEEDS --jobs "$JOBS" >> "$OUT/frontier.log" 2>&1
+# the growth's knobs at the plan's budget (seed 1), and AKI's top block from below on every seed and smaller budgets
+for knob in "--noise 0.3" "--noise 0.03" "--rewarmup 0.15" "--rewarmup 0"; do
+  E frontier $knob --budget_scales 1 --seeds 1 --jobs "$JOBS" >> "$OUT/frontier.log" 2>&1
+done
+E frontier --aki_top below --budget_scales 1 --seeds $SEEDS --jobs "$JOBS" >> "$OUT/frontier.log" 2>&1
+E frontier --aki_top below --shrink last --budget_scales 0.7 0.8 0.85 --seeds $SEEDS --jobs "$JOBS" >> "$OUT/frontier.log" 2>&1
 python3 experiments/consistency.py --out "$OUT" --data "$DATA" --seeds $SEEDS
 # the trend: one more member, and every member on twice the tokens per parameter
 E curves --family tiny5 --settings plan --seeds $SEEDS --jobs "$JOBS" > "$OUT/tiny5.log" 2>&1
