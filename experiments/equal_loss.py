@@ -631,6 +631,9 @@ def frontier_rows(results: dict) -> tuple[list[list[str]], str]:
             below = sum(g <= 0 for g in gaps)
             every &= below == len(gaps)
             cells.append(f"{_mean_spread(gaps, 1, '{:.3f}')} ({below}/{len(gaps)} ≤ 0)")
+        # the largest member against the plan's own, same seeds: what the variant changes, seed noise aside
+        cells.append(_mean_spread([by_seed_[s][sizes[-1]]["val_loss"] - planned[s][sizes[-1]]["val_loss"]
+                                   for s in seeds], 1, "{:.3f}"))
         what = ("none, the plan" if grow_from == "final" and not knobs else "none") if (scale, shrink) == (1.0, "all") \
             else "the last stage" if shrink == "last" else "every grown stage"
         what += (", grown from pre-decay weights" if grow_from == "stable" else "") + (f"; {knobs}" if knobs else "")
@@ -744,7 +747,8 @@ def tables(results: dict) -> str:
                 "seed; the first row is the plan's own family.", "",
                 md_table(["family budget (× largest alone)", "stages shortened", "saving of FLOPs (%)"]
                          + [f"{z}: progressive − independent" for z in sizes[1:]]
-                         + ["every member ≤ independent in every seed", "seeds"], frontier_), "", verdict, ""]
+                         + [f"{sizes[-1]}: − the plan's {sizes[-1]}, same seeds",
+                            "every member ≤ independent in every seed", "seeds"], frontier_), "", verdict, ""]
     out += ["LR sweep (seed 1, each member at its planned budget, WSD, final LR lr/10 unless marked /0; the "
             "chosen setting in bold):", ""]
     rows = []

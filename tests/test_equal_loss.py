@@ -323,10 +323,11 @@ def test_frontier_finds_the_smallest_budget_at_which_every_member_holds():
     rows, verdict = equal_loss.frontier_rows(results)
     assert [r[:3] for r in rows] == [["1", "none, the plan", "40.0"], ["1", "none; noise 0.3", "40.0"],
                                      ["0.8", "every grown stage", "52.0"], ["0.6", "every grown stage", "64.0"]]
-    assert rows[1][3:] == ["0.100 ± 0.000 (0/3 ≤ 0)", "0.100 ± 0.000 (0/3 ≤ 0)", "no", "1, 2, 3"]
+    assert rows[1][3:] == ["0.100 ± 0.000 (0/3 ≤ 0)", "0.100 ± 0.000 (0/3 ≤ 0)", "0.200 ± 0.000", "no", "1, 2, 3"]
     del rows[1]
-    assert rows[1][3:] == ["-0.050 ± 0.000 (3/3 ≤ 0)", "-0.050 ± 0.000 (3/3 ≤ 0)", "yes", "1, 2, 3"]
-    assert rows[2][3] == "0.033 ± 0.050 (2/3 ≤ 0)" and rows[2][5] == "no"
+    assert rows[1][3:] == ["-0.050 ± 0.000 (3/3 ≤ 0)", "-0.050 ± 0.000 (3/3 ≤ 0)", "0.050 ± 0.000", "yes", "1, 2, 3"]
+    assert rows[2][3] == "0.033 ± 0.050 (2/3 ≤ 0)" and rows[2][6] == "no"
+    assert rows[0][5] == "0.000 ± 0.000"  # the plan against itself
     assert "0.8× the largest member alone (stages shortened: every grown stage), a 52.0% saving of FLOPs." in verdict
 
 
@@ -396,7 +397,7 @@ def test_a_last_stage_variant_is_judged_with_the_planned_members_before_it():
     frontier = [run("progressive", "l", 1, 1.99, 45.0, budget_scale=0.75, grow_from="final", shrink="last")]
     rows, _ = equal_loss.frontier_rows({"recipe": {"progressive": [{"size": z} for z in "sml"]},
                                         "curves": curves, "frontier": frontier})
-    assert rows[1] == ["0.75", "the last stage", "55.0", "0.100 (0/1 ≤ 0)", "-0.010 (1/1 ≤ 0)", "no", "1"]
+    assert rows[1] == ["0.75", "the last stage", "55.0", "0.100 (0/1 ≤ 0)", "-0.010 (1/1 ≤ 0)", "0.090", "no", "1"]
 
 
 def test_saving_by_budget_is_constant_for_a_constant_efficiency():
