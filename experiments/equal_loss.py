@@ -789,33 +789,36 @@ def trend(all_results: list[dict]) -> str:
 
 
 def plot_trend(all_results: list[dict], path):
-    """(a) per member against member size, one line per setting: each seed a dot (a triangle where it
-    is only a bound), the line through the mean of the seeds whose crossing was measured."""
+    """(a) and (b) per member against member size, one line per setting: each seed a dot (an open
+    triangle where it is only a bound), the line through the mean of the seeds measured exactly."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     order = [st["size"] for st in max((r["recipe"]["progressive"] for r in all_results), key=len)]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, results in enumerate(sorted(all_results, key=lambda r: (r.get("chinchilla", 1.0), len(r["recipe"]["progressive"])))):
-        color, line = f"C{i}", []
-        for z, ms in savings(results)["members"].items():
-            x = order.index(z) + 0.08 * (i - 1)  # settings side by side at each member
-            for m in ms:
-                how, y = m["a"]
-                ax.plot(x, 100 * y, {"=": "o", ">=": "^", "<": "v"}.get(how, "o"), color=color, alpha=0.6, ms=5,
-                        mfc="none" if how != "=" else color)
-            exact = [m["a"][1] for m in ms if m["a"][0] == "="]
-            if exact:
-                line.append((x, 100 * statistics.mean(exact)))
-        if line:
-            ax.plot(*zip(*line), "-", color=color, label=setting_name(results))
-    ax.axhline(0, color="gray", lw=0.8)
-    ax.set_xticks(range(len(order)), order)
-    ax.set_xlabel("member")
-    ax.set_ylabel("(a) saving at equal loss (%)")
-    ax.set_title("The saving at equal loss, by member and setting")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    settings = sorted(all_results, key=lambda r: (r.get("chinchilla", 1.0), len(r["recipe"]["progressive"])))
+    for ax, key, title in zip(axes, "ab", ("(a) compute to reach the independent loss",
+                                           "(b) against the independent compute for the progressive loss")):
+        for i, results in enumerate(settings):
+            color, line = f"C{i}", []
+            for z, ms in savings(results)["members"].items():
+                x = order.index(z) + 0.08 * (i - 1)  # settings side by side at each member
+                for m in ms:
+                    how, y = m[key]
+                    ax.plot(x, 100 * y, "o" if how == "=" else "^" if ">" in how else "v", color=color, alpha=0.6,
+                            ms=5, mfc=color if how == "=" else "none")
+                exact = [m[key][1] for m in ms if m[key][0] == "="]
+                if exact:
+                    line.append((x, 100 * statistics.mean(exact)))
+            if line:
+                ax.plot(*zip(*line), "-", color=color, label=setting_name(results))
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_xticks(range(len(order)), order)
+        ax.set_xlabel("member")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("saving at equal loss (%)")
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -92,14 +92,14 @@ def test_results_md_has_one_section_to_replace():
 
 
 def test_results_md_regenerates_from_the_committed_results(tmp_path):
-    """RESULTS.md's equal-loss and consistency sections are what summarize.py makes of results/runs,
-    byte for byte."""
+    """RESULTS.md's equal-loss, consistency and trend sections are what summarize.py makes of
+    results/runs, byte for byte."""
     import shutil
     from conftest import run_script
     copy = tmp_path / "RESULTS.md"
     shutil.copy(ROOT / "RESULTS.md", copy)
     text = copy.read_text()
-    for name in ("equal-loss", "consistency"):  # both sections made from results/runs
+    for name in ("equal-loss", "consistency", "trend"):  # the sections made from results/runs
         start, end = text.index(f"<!-- {name}:begin -->"), text.index(f"<!-- {name}:end -->")
         text = text[:start] + f"<!-- {name}:begin -->\nstale\n" + text[end:]
     copy.write_text(text)
@@ -108,3 +108,4 @@ def test_results_md_regenerates_from_the_committed_results(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert copy.read_text() == (ROOT / "RESULTS.md").read_text()
     assert (tmp_path / "equal_loss.png").stat().st_size > 10_000
+    assert (tmp_path / "equal_loss_trend.png").stat().st_size > 10_000
