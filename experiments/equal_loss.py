@@ -433,10 +433,10 @@ def collect(args):
     for d in sorted((out / "frontier").glob("scale*")):
         v = VARIANT.match(d.name)
         scale, grow_from, shrink = float(v["scale"]), "stable" if v["stable"] else "final", "last" if v["last"] else "all"
-        knobs = parse_knobs(v["knobs"])
-        frontier_runs += [{**slim(r), "budget_scale": scale, "grow_from": grow_from, "shrink": shrink,
-                           **({"knobs": knobs} if knobs else {})}
-                          for r in finished_runs(out, recipe(args, scale, shrink), f"frontier/{d.name}")]
+        knobs, runs = parse_knobs(v["knobs"]), finished_runs(out, recipe(args, scale, shrink), f"frontier/{d.name}")
+        if any(r["size"] == rec["progressive"][-1]["size"] for r in runs):  # a variant of this family's largest
+            frontier_runs += [{**slim(r), "budget_scale": scale, "grow_from": grow_from, "shrink": shrink,
+                               **({"knobs": knobs} if knobs else {})} for r in runs]
     # a curve's 1x point at the plan's settings is the sweep's run at that LR, bit for bit (a branch
     # equals the run planned to end there): seed 1's counts as that sweep point
     planned = [r for r in curves if r["seed"] == 1 and r["multiple"] == 1.0 and r["settings"] == "plan"

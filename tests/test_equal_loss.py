@@ -210,8 +210,14 @@ def test_collect_reads_finished_runs_from_their_folders(tmp_path):
     run("curves", "independent", big, big["lr"], 1.0, loss=1.5)
     run("curves", "independent", big, big["lr"], 2.0, steps=3)  # still going: its last row is step 3
     run("sweep", "independent", big, big["lr"] / 2, 1.0, loss=1.7)
+    # frontier variants: one with the largest member's run, one (another family's, whose earlier stages
+    # are this family's) without it: only the first is this family's
+    prog = rec["progressive"]
+    run("frontier/scale1_below", "progressive", prog[-1], prog[-1]["lr"], 1.0)
+    run("frontier/scale1_noise0.3", "progressive", prog[1], prog[1]["lr"], 1.0)
     equal_loss.collect(args)
     out = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["size"], r["knobs"]) for r in out["frontier"]] == [(prog[-1]["size"], {"aki_top": "below"})]
     assert sorted((c["family"], c["size"], c["multiple"]) for c in out["curves"]) == sorted(
         [("independent", small["size"], 1.0), ("progressive", small["size"], 1.0), ("independent", big["size"], 1.0)])
     sweep = next(s for s in out["sweep"] if s["size"] == big["size"])
