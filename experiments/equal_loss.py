@@ -763,6 +763,15 @@ def tables(results: dict) -> str:
     return "\n".join(out)
 
 
+def finish_figure(plt, fig, first_ax, ylabel: str, path):
+    """The y label and legend on the first panel, then the PNG (both figures of this file)."""
+    first_ax.set_ylabel(ylabel)
+    first_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def setting_name(results: dict) -> str:
     """A collect JSON's setting: its family and its members' tokens per parameter at their budgets."""
     return f"{results['family']}, {20 * results.get('chinchilla', 1.0):g} tok/param"
@@ -817,11 +826,7 @@ def plot_trend(all_results: list[dict], path):
         ax.set_xlabel("member")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("saving at equal loss (%)")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish_figure(plt, fig, axes[0], "saving at equal loss (%)", path)
 
 
 def plot(results: dict, path):
@@ -846,11 +851,7 @@ def plot(results: dict, path):
         ax.set_title(f"{z}: final loss at 0.5–2× its budget")
         ax.set_xlabel("training FLOPs (progressive: lineage included)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("final val loss (nats/byte)")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish_figure(plt, fig, axes[0], "final val loss (nats/byte)", path)
 
 
 def main(argv=None):
