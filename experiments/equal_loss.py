@@ -688,6 +688,32 @@ def savings_rows(sv: dict) -> list[list[str]]:
     return rows
 
 
+def token_matched_text(sv: dict, recipe_: dict) -> str:
+    """The token-matched control of the largest member, seed by seed, as a sentence ("" before any seed)."""
+    largest = sv["sizes"][-1]
+    ss = sv["by_member"][largest]
+    tm = [token_matched(sv["seeds"][s], recipe_, largest) for s in ss]
+    return "" if not tm else (
+        f"the progressive {largest}'s lineage saw {tm[0]['multiple']:.2f}× the tokens of its independent "
+        f"counterpart's budget. The independent {largest} at that many tokens (its curve, interpolated): "
+        + ", ".join(f"{t['loss_independent']:.3f}" for t in tm) + f" against the progressive {largest}'s "
+        + ", ".join(f"{t['loss_progressive']:.3f}" for t in tm)
+        + f" (seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))}).")
+
+
+def by_budget_rows(sv: dict) -> list[list[str]]:
+    """Each grown member's (a) against the independent member at every budget of its curve: the mean ±
+    half the range where every seed crosses inside the budgets run, else each seed."""
+    rows = []
+    for z in (z for z in sv["sizes"][1:] if sv["by_member"][z]):
+        per_seed = [saving_by_budget(sv["seeds"][s]["progressive"][z], sv["seeds"][s]["independent"][z])
+                    for s in sv["by_member"][z]]
+        rows.append([z] + [_mean_spread([p[m][1] for p in per_seed]) if all(p[m][0] == "=" for p in per_seed)
+                           else ", ".join(_fmt(p[m]) for p in per_seed) for m in MULTIPLES]
+                    + [", ".join(map(str, sv["by_member"][z]))])
+    return rows
+
+
 SAVINGS_HEADER = ["final loss, progressive", "final loss, independent", "(a) saving to reach the independent loss",
                   "(b) saving against the independent compute for the progressive loss", "(a) per seed",
                   "(b) per seed", "seeds"]
@@ -700,7 +726,7 @@ def tables(results: dict) -> str:
     control, the tuned baseline and the LR sweep."""
     from util import md_table
     sv = savings(results)
-    settings, seeds, sizes, by_member, fs = sv["settings"], sv["seeds"], sv["sizes"], sv["by_member"], sv["family"]
+    settings, seeds, sizes, fs = sv["settings"], sv["seeds"], sv["sizes"], sv["family"]
     if not sv["members"]:
         raise UserError("no grown member has both curves complete; run `experiments/equal_loss.py curves` first")
     tpp = 20 * results.get("chinchilla", 1.0)  # tokens per parameter at a member's planned budget
@@ -712,25 +738,14 @@ def tables(results: dict) -> str:
            md_table(["member"] + SAVINGS_HEADER, savings_rows(sv)), ""]
     if not all(f["holds"] for f in fs):
         out += [DAGGER, ""]
-    largest = sizes[-1]
-    tm = [token_matched(seeds[s], results["recipe"], largest) for s in by_member[largest]]
-    seeds_txt = ", ".join(map(str, by_member[largest]))
-    out += [] if not tm else [f"Token-matched control: the progressive {largest}'s lineage saw {tm[0]['multiple']:.2f}× the tokens "
-            f"of its independent counterpart's budget. The independent {largest} at that many tokens (its curve, "
-            f"interpolated): " + ", ".join(f"{t['loss_independent']:.3f}" for t in tm)
-            + f" against the progressive {largest}'s " + ", ".join(f"{t['loss_progressive']:.3f}" for t in tm)
-            + f" (seeds {seeds_txt}).", ""]
-    rows = []
-    for z in (z for z in sizes[1:] if by_member[z]):
-        per_seed = [saving_by_budget(seeds[s]["progressive"][z], seeds[s]["independent"][z]) for s in by_member[z]]
-        rows.append([z] + [_mean_spread([p[m][1] for p in per_seed]) if all(p[m][0] == "=" for p in per_seed)
-                           else ", ".join(_fmt(p[m]) for p in per_seed) for m in MULTIPLES]
-                    + [", ".join(map(str, by_member[z]))])
+    tm = token_matched_text(sv, results["recipe"])
+    out += [f"Token-matched control: {tm}", ""] if tm else []
     out += ["Does the saving shrink as the independent member trains longer? (a) against the independent member at "
             f"each budget of its curve ({tpp:g} tokens per parameter × the multiple), the progressive curve as above "
             "(its last stage longer, the stages before it as planned). Percent; mean ± half the range, or "
             "each seed where a crossing lies outside the budgets run.", "",
-            md_table(["member"] + [f"{m:g}× ({tpp * m:g} tok/param)" for m in MULTIPLES] + ["seeds"], rows), ""]
+            md_table(["member"] + [f"{m:g}× ({tpp * m:g} tok/param)" for m in MULTIPLES] + ["seeds"],
+                     by_budget_rows(sv)), ""]
     tuned = tuned_baseline(results, seeds, sizes) if settings == "plan" else []
     if tuned:
         out += ["Against the tuned baseline (seed 1): (a) with the target the best independent member of the LR "
@@ -779,22 +794,36 @@ def setting_name(results: dict) -> str:
 
 def trend(all_results: list[dict]) -> str:
     """Does the saving hold as members grow and as they train on more tokens per parameter? The member
-    and family rows of every collected setting (a family and its Chinchilla multiple) in one table."""
+    and family rows of every collected setting (a family and its Chinchilla multiple) in one table,
+    each setting's token-matched control, and (a) against longer-trained independent members."""
     from util import md_table
-    rows, shown = [], set()
+    rows, budget_rows, matched, shown = [], [], [], set()
     for results in sorted(all_results, key=lambda r: (r.get("chinchilla", 1.0), len(r["recipe"]["progressive"]))):
-        for row in savings_rows(savings(results)):
+        sv, name = savings(results), setting_name(results)
+        for row in savings_rows(sv):
             key = (results.get("chinchilla", 1.0), *row)  # a member two families share: the same runs, once
             if row[0] == "family" or key not in shown:
-                rows.append([setting_name(results)] + row)
+                rows.append([name] + row)
             shown.add(key)
+        for row in by_budget_rows(sv):
+            key = (results.get("chinchilla", 1.0), "by budget", *row)
+            if key not in shown:
+                budget_rows.append([name] + row)
+            shown.add(key)
+        tm = token_matched_text(sv, results["recipe"])
+        matched += [f"- {name}: {tm}"] if tm else []
     return "\n".join([
         "The saving at equal loss in every setting collected: each family at its planned budgets (plan settings, "
         "WSD), its members' curves from 0.5× to 2× their budgets. Mean ± half the range over the seeds in the "
         "last column; a bound (≥, ≤, >, <) means the crossing lies outside the budgets run. A member that a "
         "larger family shares at the same tokens per parameter (the same runs) is listed once, under the "
         "smaller family.", "", md_table(["setting", "member"] + SAVINGS_HEADER, rows)]
-        + (["", DAGGER] if any("(†)" in row[-3] for row in rows) else []))
+        + (["", DAGGER] if any("(†)" in row[-3] for row in rows) else [])
+        + ["", "Token-matched control, each setting's largest member:", ""] + matched
+        + ["", "(a) against the independent member trained to each multiple of its planned budget (its tokens per "
+           "parameter: the setting's × the multiple), the progressive curve as above. Percent; mean ± half the "
+           "range, or each seed where a crossing lies outside the budgets run.", "",
+           md_table(["setting", "member"] + [f"{m:g}×" for m in MULTIPLES] + ["seeds"], budget_rows)])
 
 
 def plot_trend(all_results: list[dict], path):

@@ -177,16 +177,26 @@ def test_trend_sets_every_setting_side_by_side(tmp_path):
     two["curves"] += two_member_results(1.0, seed=2)["curves"]
     two["chinchilla"] = 2.0
     lines = equal_loss.trend([two, one]).splitlines()
-    rows = [line for line in lines if line.startswith("| toy")]
+    split = lines.index("Token-matched control, each setting's largest member:")
+    rows = [line for line in lines[:split] if line.startswith("| toy")]
     assert rows[0] == "| toy, 20 tok/param | l | -1.215 | -0.991 | 20.0 | 20.0 | 20.0% | 20.0% | 1 |"
     assert rows[1].startswith("| toy, 20 tok/param | family |")
     assert rows[2].startswith("| toy, 40 tok/param | l | -0.991 ± 0.000 | -0.991 ± 0.000 | 0.0 ± 0.0 |")
     assert rows[2].endswith("| 1, 2 |") and len(rows) == 4
+    # token-matched: the lineage (10 + 30 steps) saw as many tokens as the independent l (40)
+    assert ("- toy, 20 tok/param: the progressive l's lineage saw 1.00× the tokens of its independent counterpart's "
+            "budget. The independent l at that many tokens (its curve, interpolated): -0.991 against the "
+            "progressive l's -1.215 (seed 1).") in lines
+    assert next(line for line in lines if line.startswith("- toy, 40")).endswith("-0.991, -0.991 (seeds 1, 2).")
+    # against longer independent runs: 20% wherever the grown curve reaches the loss (lineage 250..700)
+    budget = [line for line in lines[split:] if line.startswith("| toy")]
+    assert budget[0] == "| toy, 20 tok/param | l | ≥ -25.0% | ≥ 16.7% | 20.0 | 20.0 | 20.0 | 20.0 | 1 |"
+    assert budget[1].startswith("| toy, 40 tok/param | l | ≥ -25.0%, ≥ -25.0% | 0.0 ± 0.0 |") and len(budget) == 2
     # a larger family sharing the member at the same tokens per parameter: only its family row is new
     larger = {**one, "family": "toy3"}
     rows = [line for line in equal_loss.trend([one, larger]).splitlines() if line.startswith("| toy")]
     assert [r.split(" | ")[:2] for r in rows] == [["| toy, 20 tok/param", "l"], ["| toy, 20 tok/param", "family"],
-                                                  ["| toy3, 20 tok/param", "family"]]
+                                                  ["| toy3, 20 tok/param", "family"], ["| toy, 20 tok/param", "l"]]
     equal_loss.plot_trend([one, two], tmp_path / "trend.png")
     assert (tmp_path / "trend.png").stat().st_size > 10_000
 
